@@ -1,0 +1,285 @@
+"""The asset graph of one dataset: urls → raw_gzip → idx → shards → checkpoint.
+
+Every dataset gets the same graph, built from its catalog entry, under its own key prefix and group.
+Each asset returns a content data version, so an identical result leaves downstream assets fresh, and
+carries a code version hashed from the code that computes it.
+"""
+
+
+import numpy as np
+import dagster as dg
+from pydantic import Field
+
+from mnist_assets import download, idx, manifest, shards
+from mnist_assets.catalog import FILE_KEYS, Dataset, SourceFile, redact_url
+from mnist_assets.versioning import code_version, json_version
+
+FILES = dg.StaticPartitionsDefinition(list(FILE_KEYS))
+SPLITS = dg.StaticPartitionsDefinition(list(shards.SPLITS))
+FILES_TO_SPLITS = dg.StaticPartitionMapping(
+    {
+        source: [split for split, pair in shards.SPLIT_SOURCES.items() if source in pair]
+        for source in FILE_KEYS
+    }
+)
+
+
+class UrlsConfig(dg.Config):
+    mirrors: list[str] = Field(
+        default_factory=list,
+        description="Mirror base URLs or local directories to use instead of the catalog's list "
+        "(the MNIST_ASSETS_MIRROR_<DATASET> environment variable does the same).",
+    )
+
+
+class ShardConfig(dg.Config):
+    seed: int = Field(default=20261122, description="Seed of the train/test permutation.")
+    validation_fraction: float = Field(default=0.1, description="Share of official train → test.")
+    rows_per_shard: int = Field(default=10_000, description="Examples per Parquet file.")
+    compression: str = Field(default="zstd", description="Parquet codec: " + ", ".join(shards.COMPRESSIONS))
+
+    def options(self) -> shards.ShardOptions:
+        return shards.ShardOptions(
+            self.seed, self.validation_fraction, self.rows_per_shard, self.compression
+        )
+
+
+class TrainConfig(dg.Config):
+    epochs: int = 6
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
+    dense_units: int = 128
+    dropout: float = 0.3
+    seed: int = 0
+    accuracy_floor: float = Field(
+        default=0.8, description="Blocking check: holdout accuracy below this fails the checkpoint."
+    )
+
+
+def _source_file(entry: dict, key: str) -> SourceFile:
+    return SourceFile(
+        key, entry["filename"], entry["payload_size"], entry.get("payload_sha256"), entry.get("gzip_md5")
+    )
+
+
+def _expected_kind(key: str, dataset: Dataset) -> tuple[int, tuple[int, ...]]:
+    """(ndim, trailing shape) an IDX file of this partition must have."""
+    return (3, (28, 28)) if key.endswith("images") else (1, ())
+
+
+def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
+    """The five assets of ``dataset``, keyed ``<dataset.id>/<name>`` and grouped by dataset."""
+    prefix, group = [dataset.id], dataset.id
+    key = lambda name: dg.AssetKey([dataset.id, name])  # noqa: E731
+
+    @dg.asset(
+        key_prefix=prefix,
+        group_name=group,
+        io_manager_key="json_io_manager",
+        code_version=code_version(UrlsConfig, Dataset.resolve_mirrors, Dataset.file_urls),
+        description=f"{dataset.title}: resolved mirror URLs and pinned checksums of its four files.",
+        kinds={"json"},
+    )
+    def urls(context: dg.AssetExecutionContext, config: UrlsConfig) -> dg.Output[dict]:
+        mirrors = dataset.resolve_mirrors(config.mirrors)
+        candidates = dataset.file_urls(mirrors)
+        value = {
+            "dataset": dataset.id,
+            "mirrors": mirrors,
+            "files": {
+                k: {
+                    "filename": f.filename,
+                    "urls": candidates[k],
+                    "payload_size": f.payload_size,
+                    "payload_sha256": f.payload_sha256,
+                    "gzip_md5": f.gzip_md5,
+                }
+                for k, f in dataset.files.items()
+            },
+            "class_names": list(dataset.class_names),
+        }
+        return dg.Output(
+            value,
+            data_version=dg.DataVersion(json_version(value)),
+            metadata={"mirrors": dg.MetadataValue.json([redact_url(m) for m in mirrors])},
+        )
+
+    @dg.asset(
+        key_prefix=prefix,
+        group_name=group,
+        partitions_def=FILES,
+        ins={"urls": dg.AssetIn(key("urls"))},
+        io_manager_key="gzip_io_manager",
+        code_version=code_version(download),
+        description="The gzip file as fetched from the first mirror whose payload matches the pin.",
+        kinds={"gzip"},
+    )
+    def raw_gzip(context: dg.AssetExecutionContext, urls: dict) -> dg.Output[bytes]:
+        file_key = context.partition_key
+        entry = urls["files"][file_key]
+        fetched = download.fetch(dataset, _source_file(entry, file_key), entry["urls"], log=context.log)
+        return dg.Output(
+            fetched.gzip_bytes,
+            data_version=dg.DataVersion(fetched.payload_sha256),
+            metadata={"url": fetched.url, "payload_sha256": fetched.payload_sha256},
+        )
+
+    @dg.asset(
+        name="idx",
+        key_prefix=prefix,
+        group_name=group,
+        partitions_def=FILES,
+        ins={"raw": dg.AssetIn(key("raw_gzip"))},
+        io_manager_key="npy_io_manager",
+        code_version=code_version(idx),
+        check_specs=[
+            dg.AssetCheckSpec("header_shape_dtype_agree", asset=key("idx"), blocking=True),
+            dg.AssetCheckSpec("labels_in_class_range", asset=key("idx"), blocking=True),
+        ],
+        description="The IDX payload parsed to a numpy array (stored as .npy, loaded without pickle).",
+        kinds={"numpy"},
+    )
+    def idx_arrays(context: dg.AssetExecutionContext, raw: dict[str, bytes]):
+        file_key = context.partition_key
+        array, payload_sha256 = idx.parse_gzip(raw[file_key])
+        ndim, trailing = _expected_kind(file_key, dataset)
+        yield dg.Output(
+            array,
+            data_version=dg.DataVersion(idx.array_digest(array)),
+            metadata={"shape": str(array.shape), "dtype": str(array.dtype), "payload_sha256": payload_sha256},
+        )
+        problems = []
+        if array.dtype != np.uint8 or array.ndim != ndim or array.shape[1:] != trailing:
+            problems.append(f"{file_key} must be uint8 with {ndim} dims, trailing shape {trailing}")
+        yield dg.AssetCheckResult(
+            check_name="header_shape_dtype_agree",
+            passed=not problems,
+            metadata={"shape": str(array.shape), "dtype": str(array.dtype), "problems": "; ".join(problems)},
+        )
+        is_labels = file_key.endswith("labels")
+        top = int(array.max(initial=0)) if is_labels else 0
+        yield dg.AssetCheckResult(
+            check_name="labels_in_class_range",
+            passed=top < len(dataset.class_names),
+            metadata={"applies": "yes" if is_labels else "no (image file)", "max_label": top},
+        )
+
+    @dg.asset(
+        name="shards",
+        key_prefix=prefix,
+        group_name=group,
+        partitions_def=SPLITS,
+        ins={
+            "arrays": dg.AssetIn(key("idx"), partition_mapping=FILES_TO_SPLITS),
+        },
+        io_manager_key="shards_io_manager",
+        required_resource_keys={"shards_io_manager"},
+        code_version=code_version(shards, manifest),
+        check_specs=[
+            dg.AssetCheckSpec("manifest_matches_files", asset=key("shards"), blocking=True),
+            dg.AssetCheckSpec("split_sizes_and_disjointness", asset=key("shards"), blocking=True),
+        ],
+        description="train / test (seeded share of official train) / holdout (official test) as "
+        "Parquet shards plus a manifest with sha256 per shard and a root hash.",
+        kinds={"parquet"},
+    )
+    def shard_sets(context: dg.AssetExecutionContext, config: ShardConfig, arrays: dict[str, np.ndarray]):
+        split = context.partition_key
+        images_key, labels_key = shards.SPLIT_SOURCES[split]
+        images, labels = arrays[images_key], arrays[labels_key]
+        encoded = shards.encode(
+            dataset.id,
+            split,
+            images,
+            labels,
+            {k: idx.sha256(idx.encode(arrays[k])) for k in (images_key, labels_key)},
+            dataset.class_names,
+            config.options(),
+        )
+        yield dg.Output(
+            encoded,
+            data_version=dg.DataVersion(encoded.manifest.root_sha256),
+            metadata={
+                "dagster/column_schema": dg.TableSchema(
+                    columns=[
+                        dg.TableColumn(c.name, c.type, description=c.description)
+                        for c in encoded.manifest.columns
+                    ]
+                ),
+                "dagster/row_count": encoded.manifest.rows,
+            },
+        )
+        # read back what the IO manager committed: checks see the stored files, not our memory
+        store = context.resources.shards_io_manager
+        stored = store.fetch(store.asset_dir(context.assets_def.key), split, f"{dataset.id}/shards[{split}]")
+        yield dg.AssetCheckResult(
+            check_name="manifest_matches_files",
+            passed=stored.manifest.root_sha256 == encoded.manifest.root_sha256
+            and stored.table.num_rows == encoded.manifest.rows,
+            metadata={"root_sha256": stored.manifest.root_sha256, "shards": len(stored.manifest.shards)},
+        )
+        yield _split_check(split, len(labels), stored, config.options())
+
+    def _split_check(split, source_rows, stored, options) -> dg.AssetCheckResult:
+        rows = np.sort(stored.table.column("source_index").to_numpy())
+        expected = shards.split_rows(split, source_rows, options)
+        problems = []
+        if len(np.unique(rows)) != len(rows):
+            problems.append("a source row appears twice")
+        if not np.array_equal(rows, expected):
+            problems.append(f"rows are not the {split} split of seed {options.seed}")
+        if split != "holdout":
+            other = shards.split_rows("test" if split == "train" else "train", source_rows, options)
+            if np.intersect1d(rows, other).size:
+                problems.append("train and test share rows")
+            if len(rows) + len(other) != source_rows:
+                problems.append("train and test do not cover the official train set")
+        return dg.AssetCheckResult(
+            check_name="split_sizes_and_disjointness",
+            passed=not problems,
+            metadata={"rows": int(len(rows)), "source_rows": source_rows, "problems": "; ".join(problems)},
+        )
+
+    @dg.asset(
+        key_prefix=prefix,
+        group_name=group,
+        ins={"splits": dg.AssetIn(key("shards"))},
+        io_manager_key="keras_io_manager",
+        code_version=code_version(TrainConfig, "mnist_assets.training"),
+        check_specs=[dg.AssetCheckSpec("holdout_accuracy_above_floor", asset=key("checkpoint"), blocking=True)],
+        description="A tf.keras CNN trained on train, validated on test, evaluated once on holdout.",
+        kinds={"tensorflow", "keras"},
+    )
+    def checkpoint(context: dg.AssetExecutionContext, config: TrainConfig, splits: dict):
+        from mnist_assets import training  # TensorFlow loads only when a model is trained
+
+        arrays = {name: shard_set.to_numpy() for name, shard_set in splits.items()}
+        model = training.train(arrays, len(dataset.class_names), config, log=context.log)
+        record = {
+            **model.record,
+            "config": config.model_dump(),
+            "shards_root_sha256": {k: v.manifest.root_sha256 for k, v in splits.items()},
+        }
+        model = training.TrainedModel(model.keras_bytes, record, model.history)
+        metrics = record["metrics"]
+        flat = {f"{split}_{name}": value for split, m in metrics.items() for name, value in m.items()}
+        yield dg.Output(
+            model,
+            data_version=dg.DataVersion(idx.sha256(model.keras_bytes)),
+            metadata={
+                **flat,
+                "epochs": record["epochs"],
+                "training_seconds": record["training_seconds"],
+                "parameter_count": record["parameter_count"],
+                "history": dg.MetadataValue.json(model.history),
+            },
+        )
+        accuracy = metrics["holdout"]["accuracy"]
+        yield dg.AssetCheckResult(
+            check_name="holdout_accuracy_above_floor",
+            passed=accuracy >= config.accuracy_floor,
+            metadata={"holdout_accuracy": accuracy, "floor": config.accuracy_floor},
+        )
+
+    return [urls, raw_gzip, idx_arrays, shard_sets, checkpoint]

@@ -1,0 +1,132 @@
+"""The IDX file format (LeCun's MNIST container) and its gzip wrapping.
+
+Layout: two zero bytes, a type code, the number of dimensions, one big-endian uint32 per dimension,
+then the values in C order, big-endian. The header is checked against the payload length before any
+array is built, so a lying header cannot trigger a huge allocation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+TYPE_CODES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_CODE_BY_KIND = {(dt.kind, dt.itemsize): code for code, dt in TYPE_CODES.items()}
+
+
+_CHUNK = 1 << 22
+MAX_PAYLOAD = 1 << 32
+"""Largest payload accepted (4 GiB); a header promising more is rejected before allocating."""
+
+
+class IdxError(ValueError):
+    """The bytes are not a well-formed IDX payload."""
+
+
+@dataclass(frozen=True)
+class IdxHeader:
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """Header plus payload bytes this header promises."""
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return 4 + 4 * len(self.shape) + count * self.dtype.itemsize
+
+
+def read_header(payload: bytes) -> IdxHeader:
+    if len(payload) < 4:
+        raise IdxError(f"too short for an IDX header ({len(payload)} bytes)")
+    zero, code, ndim = struct.unpack(">HBB", payload[:4])
+    if zero != 0:
+        raise IdxError(f"bad magic number 0x{payload[:4].hex()} (expected 0x0000 then type code)")
+    if code not in TYPE_CODES:
+        raise IdxError(f"unknown IDX type code 0x{code:02x}")
+    if len(payload) < 4 + 4 * ndim:
+        raise IdxError(f"header declares {ndim} dimensions but the file ends inside the header")
+    shape = struct.unpack(f">{ndim}I", payload[4 : 4 + 4 * ndim])
+    return IdxHeader(TYPE_CODES[code], tuple(shape))
+
+
+def parse(payload: bytes) -> np.ndarray:
+    """The array in an IDX payload, in native byte order."""
+    header = read_header(payload)
+    if header.size != len(payload):
+        problem = "truncated" if len(payload) < header.size else "has trailing bytes"
+        raise IdxError(
+            f"payload {problem}: header {header.dtype.str}{list(header.shape)} needs "
+            f"{header.size} bytes, got {len(payload)}"
+        )
+    offset = 4 + 4 * len(header.shape)
+    array = np.frombuffer(payload, dtype=header.dtype, offset=offset).reshape(header.shape)
+    return array.astype(header.dtype.newbyteorder("="), copy=True)
+
+
+def encode(array: np.ndarray) -> bytes:
+    """The IDX payload of an array (the inverse of :func:`parse`)."""
+    array = np.asarray(array)
+    code = _CODE_BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
+    if code is None:
+        raise IdxError(f"IDX cannot store dtype {array.dtype}")
+    if array.ndim > 255:
+        raise IdxError("IDX stores at most 255 dimensions")
+    header = struct.pack(f">HBB{array.ndim}I", 0, code, array.ndim, *array.shape)
+    return header + np.ascontiguousarray(array, dtype=TYPE_CODES[code]).tobytes()
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress at most ``limit`` bytes; more is an error (a bomb or the wrong file), not a wait."""
+    chunks, total = [], 0
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            while chunk := stream.read(min(_CHUNK, limit + 1 - total)):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    raise IdxError(f"decompresses to more than the {limit} bytes expected")
+    except (OSError, EOFError, zlib.error) as error:
+        raise IdxError(f"not a valid gzip stream: {error}") from error
+    return b"".join(chunks)
+
+
+def parse_gzip(data: bytes, max_bytes: int = MAX_PAYLOAD) -> tuple[np.ndarray, str]:
+    """(array, payload sha256) of a gzipped IDX file, decompressing no more than its header declares."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            head = stream.read(4)
+            ndim = head[3] if len(head) == 4 else 0
+            head += stream.read(4 * ndim)
+    except (OSError, EOFError, zlib.error) as error:
+        raise IdxError(f"not a valid gzip stream: {error}") from error
+    declared = read_header(head).size
+    if declared > max_bytes:
+        raise IdxError(f"header declares {declared} bytes, more than the {max_bytes} allowed")
+    payload = gunzip(data, declared)
+    return parse(payload), sha256(payload)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def array_digest(array: np.ndarray) -> str:
+    """A content hash of an array that also covers its dtype and shape."""
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()

@@ -1,0 +1,232 @@
+"""Where artifacts live: the only module that knows paths.
+
+Every IO manager stores under ``root`` (a local directory or any fsspec URL, through universal-pathlib)
+at ``root/<dataset>/<asset>/...``, one file (or directory) per partition. A run materializes one
+partition (so each gets its own content data version); a partitioned upstream arrives as
+``{partition_key: value}`` with every partition the downstream partition depends on.
+
+Writes are atomic: bytes go to a temporary name and are renamed into place. Multi-file artifacts
+(shard sets, checkpoints) are content-addressed files committed by a small JSON record written last;
+until that rename the previous record, and every file it names, stays intact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import numpy as np
+from upath import UPath
+
+from mnist_assets import idx
+from mnist_assets.manifest import Manifest
+from mnist_assets.shards import EncodedShardSet, ShardSet, decode
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class StorageError(RuntimeError):
+    """A stored artifact is missing or does not match its record."""
+
+
+def _safe(name: str) -> str:
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise StorageError(f"refusing unsafe storage name {name!r}")
+    return name
+
+
+def write_atomic(path: UPath, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        temporary.write_bytes(data)
+        temporary.rename(path)
+    except BaseException:
+        if temporary.exists():
+            temporary.unlink()
+        raise
+
+
+def _read(path: UPath, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise StorageError(
+            f"{what}: {path} is missing; materialize the asset (again) to rebuild it"
+        ) from None
+
+
+class ArtifactIOManager(dg.ConfigurableIOManager):
+    """Shared layout and partition handling; subclasses say how one value becomes bytes."""
+
+    root: str = "data/artifacts"
+
+    def asset_dir(self, asset_key: dg.AssetKey) -> UPath:
+        return UPath(self.root).joinpath(*(_safe(part) for part in asset_key.path))
+
+    # one value <-> storage, per partition (partition None for unpartitioned assets)
+    def store(self, directory: UPath, partition: str | None, value: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fetch(self, directory: UPath, partition: str | None, what: str) -> Any:
+        raise NotImplementedError
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        partition = _safe(context.asset_partition_key) if context.has_asset_partitions else None
+        context.add_output_metadata(self.store(self.asset_dir(context.asset_key), partition, obj))
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        directory = self.asset_dir(context.asset_key)
+        what = context.asset_key.to_user_string()
+        if not context.has_asset_partitions:
+            return self.fetch(directory, None, what)
+        return {
+            key: self.fetch(directory, _safe(key), f"{what}[{key}]")
+            for key in context.asset_partition_keys
+        }
+
+
+class JsonIOManager(ArtifactIOManager):
+    """Small JSON documents (resolved URL lists)."""
+
+    def _path(self, directory: UPath, partition: str | None) -> UPath:
+        return directory / f"{partition or 'value'}.json"
+
+    def store(self, directory, partition, value):
+        path = self._path(directory, partition)
+        write_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode())
+        return {"path": dg.MetadataValue.path(str(path))}
+
+    def fetch(self, directory, partition, what):
+        return json.loads(_read(self._path(directory, partition), what))
+
+
+class GzipIOManager(ArtifactIOManager):
+    """Raw downloads, kept byte-for-byte as fetched."""
+
+    def _path(self, directory: UPath, partition: str | None) -> UPath:
+        return directory / f"{partition or 'value'}.gz"
+
+    def store(self, directory, partition, value: bytes):
+        path = self._path(directory, partition)
+        write_atomic(path, value)
+        return {"path": dg.MetadataValue.path(str(path)), "bytes": len(value)}
+
+    def fetch(self, directory, partition, what):
+        return _read(self._path(directory, partition), what)
+
+
+class NumpyIOManager(ArtifactIOManager):
+    """Arrays as ``.npy``; loading never unpickles (object arrays are refused)."""
+
+    def _path(self, directory: UPath, partition: str | None) -> UPath:
+        return directory / f"{partition or 'value'}.npy"
+
+    def store(self, directory, partition, value: np.ndarray):
+        if value.dtype.hasobject:
+            raise StorageError("object arrays cannot be stored without pickle")
+        sink = io.BytesIO()
+        np.save(sink, value, allow_pickle=False)
+        path = self._path(directory, partition)
+        write_atomic(path, sink.getvalue())
+        return {"path": dg.MetadataValue.path(str(path)), "bytes": sink.tell()}
+
+    def fetch(self, directory, partition, what):
+        path = self._path(directory, partition)
+        try:
+            return np.load(io.BytesIO(_read(path, what)), allow_pickle=False)
+        except ValueError as error:
+            raise StorageError(f"{what}: {path} is not a plain .npy array ({error})") from error
+
+
+def _commit(directory: UPath, files: Mapping[str, bytes], record_name: str, record: bytes) -> None:
+    """Write content-addressed files, then the record naming them, then drop files nothing names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        path = directory / _safe(name)
+        if not (path.exists() and path.stat().st_size == len(data)):
+            write_atomic(path, data)
+    write_atomic(directory / record_name, record)
+    for path in directory.iterdir():
+        if path.name not in files and path.name != record_name and not path.name.startswith("."):
+            path.unlink()
+
+
+class ShardSetIOManager(ArtifactIOManager):
+    """Parquet shard sets under ``<split>/``, committed by ``manifest.json``; verified on every load."""
+
+    def store(self, directory, partition, value: EncodedShardSet):
+        split_dir = directory / (partition or "all")
+        manifest = value.manifest
+        _commit(split_dir, value.files, "manifest.json", manifest.to_json().encode())
+        return {
+            "path": dg.MetadataValue.path(str(split_dir / "manifest.json")),
+            "dagster/row_count": manifest.rows,
+            "shards": len(manifest.shards),
+            "bytes": sum(s.bytes for s in manifest.shards),
+            "root_sha256": manifest.root_sha256,
+        }
+
+    def fetch(self, directory, partition, what):
+        split_dir = directory / (partition or "all")
+        try:
+            manifest = Manifest.from_json(_read(split_dir / "manifest.json", what))
+        except ValueError as error:
+            raise StorageError(f"{what}: {split_dir / 'manifest.json'} is invalid: {error}") from error
+        files = {s.file: _read(split_dir / s.file, what) for s in manifest.shards}
+        try:
+            return ShardSet(manifest, decode(manifest, files))
+        except ValueError as error:
+            raise StorageError(
+                f"{what}: {split_dir} is damaged ({error}); materialize it again to repair"
+            ) from error
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A verified ``.keras`` file and the record it was committed with."""
+
+    keras_bytes: bytes
+    record: dict[str, Any]
+    location: str
+
+
+class KerasIOManager(ArtifactIOManager):
+    """Keras checkpoints as ``model-<sha>.keras`` committed by ``checkpoint.json``."""
+
+    def store(self, directory, partition, value):
+        keras_bytes, record = value.keras_bytes, dict(value.record)
+        digest = idx.sha256(keras_bytes)
+        name = f"model-{digest[:16]}.keras"
+        record.update(file=name, sha256=digest)
+        target = directory if partition is None else directory / partition
+        _commit(target, {name: keras_bytes}, "checkpoint.json", json.dumps(record, indent=2).encode())
+        return {"path": dg.MetadataValue.path(str(target / name)), "bytes": len(keras_bytes)}
+
+    def fetch(self, directory, partition, what):
+        target = directory if partition is None else directory / partition
+        record = json.loads(_read(target / "checkpoint.json", what))
+        path = target / _safe(record["file"])
+        keras_bytes = _read(path, what)
+        if idx.sha256(keras_bytes) != record["sha256"]:
+            raise StorageError(
+                f"{what}: {path} does not match its recorded sha256; materialize it again to repair"
+            )
+        return StoredCheckpoint(keras_bytes, record, str(path))
+
+
+def io_managers(root: str) -> dict[str, ArtifactIOManager]:
+    """The resource map the definitions bind, one IO manager per artifact kind."""
+    return {
+        "json_io_manager": JsonIOManager(root=root),
+        "gzip_io_manager": GzipIOManager(root=root),
+        "npy_io_manager": NumpyIOManager(root=root),
+        "shards_io_manager": ShardSetIOManager(root=root),
+        "keras_io_manager": KerasIOManager(root=root),
+    }

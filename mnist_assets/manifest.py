@@ -1,0 +1,75 @@
+"""The on-disk contract of a shard set: one typed manifest, written last, read first.
+
+Readers and writers both go through :class:`Manifest`; a shard set without a valid manifest does
+not exist, and a shard whose sha256 differs from its manifest entry is damaged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FORMAT = "mnist_assets.shards/1"
+
+
+class ShardEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str = Field(pattern=r"^part-\d{5}-[0-9a-f]{16}\.parquet$")
+    rows: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Column(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    type: str
+    description: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: str = FORMAT
+    dataset: str
+    split: str
+    rows: int
+    image_shape: tuple[int, int]
+    class_names: tuple[str, ...]
+    columns: tuple[Column, ...]
+    shards: tuple[ShardEntry, ...]
+    root_sha256: str
+    seed: int
+    validation_fraction: float
+    rows_per_shard: int
+    compression: str
+    source_payload_sha256: dict[str, str]
+
+    @staticmethod
+    def root_hash(shards: Sequence[ShardEntry]) -> str:
+        """One hash over the ordered shard list: equal iff every shard's content is equal."""
+        digest = hashlib.sha256()
+        for shard in shards:
+            digest.update(f"{shard.file}\t{shard.rows}\t{shard.sha256}\n".encode())
+        return digest.hexdigest()
+
+    def check_consistent(self) -> None:
+        if self.format != FORMAT:
+            raise ValueError(f"unknown manifest format {self.format!r}")
+        if sum(s.rows for s in self.shards) != self.rows:
+            raise ValueError("shard row counts do not add up to the manifest's rows")
+        if self.root_hash(self.shards) != self.root_sha256:
+            raise ValueError("root_sha256 does not match the shard list")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        manifest = cls.model_validate_json(text)
+        manifest.check_consistent()
+        return manifest

@@ -1,0 +1,164 @@
+"""Train/test/holdout splits as Parquet shard sets.
+
+holdout is the official test file; test (validation) is a seeded fraction of the official train file;
+train is the rest. Each row keeps its ``source_index`` so it traces back to the IDX file. Images are
+stored as 784 raw bytes (``fixed_size_binary``), which DuckDB, polars and pandas read unaided.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mnist_assets import idx
+from mnist_assets.manifest import Column, Manifest, ShardEntry
+
+SPLITS: tuple[str, ...] = ("train", "test", "holdout")
+SPLIT_SOURCES: dict[str, tuple[str, str]] = {
+    "train": ("train-images", "train-labels"),
+    "test": ("train-images", "train-labels"),
+    "holdout": ("test-images", "test-labels"),
+}
+"""Which (images, labels) files each split is cut from."""
+
+COLUMNS = (
+    Column(name="image", type="fixed_size_binary", description="row-major uint8 pixels"),
+    Column(name="label", type="uint8", description="class index into class_names"),
+    Column(name="source_index", type="uint32", description="row in the source IDX file"),
+)
+COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    seed: int = 20261122
+    validation_fraction: float = 0.1
+    rows_per_shard: int = 10_000
+    compression: str = "zstd"
+
+    def __post_init__(self):
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError("validation_fraction must be between 0 and 1")
+        if self.rows_per_shard < 1:
+            raise ValueError("rows_per_shard must be positive")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
+
+
+@dataclass(frozen=True)
+class EncodedShardSet:
+    """A shard set in memory: the manifest plus the bytes of every file it lists."""
+
+    manifest: Manifest
+    files: Mapping[str, bytes]
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A stored shard set, read back and verified."""
+
+    manifest: Manifest
+    table: pa.Table
+
+    def to_numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        return to_numpy(self.table, self.manifest.image_shape)
+
+
+def split_rows(split: str, source_rows: int, options: ShardOptions) -> np.ndarray:
+    """The sorted source indices of a split; train and test partition the official train file."""
+    if split == "holdout":
+        return np.arange(source_rows, dtype=np.uint32)
+    permutation = np.random.default_rng(options.seed).permutation(source_rows)
+    n_test = int(round(source_rows * options.validation_fraction))
+    chosen = permutation[:n_test] if split == "test" else permutation[n_test:]
+    return np.sort(chosen).astype(np.uint32)
+
+
+def to_table(images: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> pa.Table:
+    pixels = int(np.prod(images.shape[1:]))
+    flat = np.ascontiguousarray(images[rows], dtype=np.uint8).reshape(-1)
+    image_column = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(pixels), len(rows), [None, pa.py_buffer(flat)]
+    )
+    return pa.table(
+        {
+            "image": image_column,
+            "label": pa.array(labels[rows].astype(np.uint8)),
+            "source_index": pa.array(rows.astype(np.uint32)),
+        }
+    )
+
+
+def encode(
+    dataset_id: str,
+    split: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    source_payload_sha256: Mapping[str, str],
+    class_names: tuple[str, ...],
+    options: ShardOptions,
+) -> EncodedShardSet:
+    """Cut a split from the source arrays and encode it as Parquet shards plus manifest."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if images.dtype != np.uint8 or images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"{dataset_id}/{split}: expected uint8 images (n, h, w) and n labels, got images "
+            f"{images.dtype}{images.shape} and labels {labels.dtype}{labels.shape}"
+        )
+    table = to_table(images, labels, split_rows(split, len(labels), options))
+    compression = None if options.compression == "none" else options.compression
+    files: dict[str, bytes] = {}
+    entries = []
+    for number, start in enumerate(range(0, max(table.num_rows, 1), options.rows_per_shard)):
+        chunk = table.slice(start, options.rows_per_shard)
+        sink = io.BytesIO()
+        pq.write_table(chunk, sink, compression=compression)
+        data = sink.getvalue()
+        digest = idx.sha256(data)
+        name = f"part-{number:05d}-{digest[:16]}.parquet"
+        files[name] = data
+        entries.append(ShardEntry(file=name, rows=chunk.num_rows, bytes=len(data), sha256=digest))
+    manifest = Manifest(
+        dataset=dataset_id,
+        split=split,
+        rows=table.num_rows,
+        image_shape=images.shape[1:],
+        class_names=class_names,
+        columns=COLUMNS,
+        shards=tuple(entries),
+        root_sha256=Manifest.root_hash(entries),
+        seed=options.seed,
+        validation_fraction=options.validation_fraction,
+        rows_per_shard=options.rows_per_shard,
+        compression=options.compression,
+        source_payload_sha256=dict(source_payload_sha256),
+    )
+    return EncodedShardSet(manifest, files)
+
+
+def decode(manifest: Manifest, files: Mapping[str, bytes]) -> pa.Table:
+    """One table from the shard bytes, each verified against its manifest entry first."""
+    tables = []
+    for shard in manifest.shards:
+        data = files[shard.file]
+        if idx.sha256(data) != shard.sha256:
+            raise ValueError(f"shard {shard.file} does not match its manifest sha256")
+        tables.append(pq.read_table(io.BytesIO(data)))
+    return pa.concat_tables(tables)
+
+
+def to_numpy(table: pa.Table, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (n, h, w), labels uint8 (n,)) from a shard table."""
+    column = table.column("image").combine_chunks()
+    pixels = int(np.prod(image_shape))
+    raw = np.frombuffer(column.buffers()[1], dtype=np.uint8)
+    start = column.offset * pixels
+    images = raw[start : start + len(column) * pixels].reshape((len(column), *image_shape))
+    labels = table.column("label").to_numpy()
+    return images, labels

@@ -1,0 +1,121 @@
+"""Training and evaluating the CNN: the only module that imports TensorFlow.
+
+Import it inside asset bodies, never at module level elsewhere, so loading the definitions stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402  (after the log-level default)
+
+
+class Hyperparameters(Protocol):
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    conv_filters: list[int]
+    dense_units: int
+    dropout: float
+    seed: int
+
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    keras_bytes: bytes
+    record: dict[str, Any]
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def build_model(image_shape: tuple[int, int], num_classes: int, params: Hyperparameters) -> keras.Model:
+    layers = [keras.Input((*image_shape, 1)), keras.layers.Rescaling(1 / 255)]
+    for filters in params.conv_filters:
+        layers += [
+            keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+        ]
+    layers += [
+        keras.layers.Flatten(),
+        keras.layers.Dropout(params.dropout),
+        keras.layers.Dense(params.dense_units, activation="relu"),
+        keras.layers.Dense(num_classes, activation="softmax"),
+    ]
+    model = keras.Sequential(layers)
+    model.compile(
+        optimizer=keras.optimizers.Adam(params.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _inputs(images: np.ndarray) -> np.ndarray:
+    return images[..., np.newaxis]
+
+
+def evaluate(model: keras.Model, split: Split, batch_size: int = 1024) -> dict[str, float]:
+    loss, accuracy = model.evaluate(_inputs(split[0]), split[1], batch_size=batch_size, verbose=0)
+    return {"loss": float(loss), "accuracy": float(accuracy)}
+
+
+def train(
+    splits: dict[str, Split], num_classes: int, params: Hyperparameters, log=None
+) -> TrainedModel:
+    """Fit on train, validate on test each epoch, evaluate every split once at the end."""
+    keras.utils.set_random_seed(params.seed)
+    images, labels = splits["train"]
+    model = build_model(images.shape[1:], num_classes, params)
+
+    class _LogEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if log is not None:
+                shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
+                log.info(f"epoch {epoch + 1}/{params.epochs}: {shown}")
+
+    started = time.perf_counter()
+    history = model.fit(
+        _inputs(images),
+        labels,
+        validation_data=(_inputs(splits["test"][0]), splits["test"][1]),
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=[_LogEpoch()],
+    )
+    training_seconds = time.perf_counter() - started
+    metrics = {name: evaluate(model, split) for name, split in splits.items()}
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "model.keras")
+        model.save(path)
+        with open(path, "rb") as handle:
+            keras_bytes = handle.read()
+    record = {
+        "metrics": metrics,
+        "epochs": params.epochs,
+        "training_seconds": round(training_seconds, 3),
+        "parameter_count": int(model.count_params()),
+    }
+    return TrainedModel(
+        keras_bytes, record, {k: [float(x) for x in v] for k, v in history.history.items()}
+    )
+
+
+def load_model(keras_bytes: bytes) -> keras.Model:
+    """A model from ``.keras`` bytes (Keras needs a file name, so via a private temporary file)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "model.keras")
+        with open(path, "wb") as handle:
+            handle.write(keras_bytes)
+        return keras.saving.load_model(path, safe_mode=True)
