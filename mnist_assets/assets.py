@@ -6,8 +6,8 @@ carries a code version hashed from the code that computes it.
 """
 
 
-import numpy as np
 import dagster as dg
+import numpy as np
 from pydantic import Field
 
 from mnist_assets import download, idx, manifest, shards
@@ -71,7 +71,7 @@ def _expected_kind(key: str, dataset: Dataset) -> tuple[int, tuple[int, ...]]:
 def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     """The five assets of ``dataset``, keyed ``<dataset.id>/<name>`` and grouped by dataset."""
     prefix, group = [dataset.id], dataset.id
-    key = lambda name: dg.AssetKey([dataset.id, name])  # noqa: E731
+    key = lambda name: dg.AssetKey([dataset.id, name])
 
     @dg.asset(
         key_prefix=prefix,
@@ -238,7 +238,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         return dg.AssetCheckResult(
             check_name="split_sizes_and_disjointness",
             passed=not problems,
-            metadata={"rows": int(len(rows)), "source_rows": source_rows, "problems": "; ".join(problems)},
+            metadata={"rows": len(rows), "source_rows": source_rows, "problems": "; ".join(problems)},
         )
 
     @dg.asset(
@@ -283,3 +283,17 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         )
 
     return [urls, raw_gzip, idx_arrays, shard_sets, checkpoint]
+
+
+def materialization_steps() -> list[tuple[tuple[str, ...], str | None]]:
+    """(asset names, partition) runs that build a dataset's whole graph, upstream first.
+
+    One run per partition, because a run's data version applies to every partition it writes;
+    the README's CLI commands are these same steps.
+    """
+    return [
+        (("urls",), None),
+        *((("raw_gzip", "idx"), key) for key in FILE_KEYS),
+        *((("shards",), split) for split in shards.SPLITS),
+        (("checkpoint",), None),
+    ]

@@ -159,14 +159,14 @@ def _commit(directory: UPath, files: Mapping[str, bytes], record_name: str, reco
 
 
 class ShardSetIOManager(ArtifactIOManager):
-    """Parquet shard sets under ``<split>/``, committed by ``manifest.json``; verified on every load."""
+    """Parquet shard sets under ``<split>/``, committed by ``_manifest.json``; verified on every load."""
 
     def store(self, directory, partition, value: EncodedShardSet):
         split_dir = directory / (partition or "all")
         manifest = value.manifest
-        _commit(split_dir, value.files, "manifest.json", manifest.to_json().encode())
+        _commit(split_dir, value.files, "_manifest.json", manifest.to_json().encode())
         return {
-            "path": dg.MetadataValue.path(str(split_dir / "manifest.json")),
+            "path": dg.MetadataValue.path(str(split_dir / "_manifest.json")),
             "dagster/row_count": manifest.rows,
             "shards": len(manifest.shards),
             "bytes": sum(s.bytes for s in manifest.shards),
@@ -176,9 +176,9 @@ class ShardSetIOManager(ArtifactIOManager):
     def fetch(self, directory, partition, what):
         split_dir = directory / (partition or "all")
         try:
-            manifest = Manifest.from_json(_read(split_dir / "manifest.json", what))
+            manifest = Manifest.from_json(_read(split_dir / "_manifest.json", what))
         except ValueError as error:
-            raise StorageError(f"{what}: {split_dir / 'manifest.json'} is invalid: {error}") from error
+            raise StorageError(f"{what}: {split_dir / '_manifest.json'} is invalid: {error}") from error
         files = {s.file: _read(split_dir / s.file, what) for s in manifest.shards}
         try:
             return ShardSet(manifest, decode(manifest, files))

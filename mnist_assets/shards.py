@@ -74,7 +74,7 @@ def split_rows(split: str, source_rows: int, options: ShardOptions) -> np.ndarra
     if split == "holdout":
         return np.arange(source_rows, dtype=np.uint32)
     permutation = np.random.default_rng(options.seed).permutation(source_rows)
-    n_test = int(round(source_rows * options.validation_fraction))
+    n_test = round(source_rows * options.validation_fraction)
     chosen = permutation[:n_test] if split == "test" else permutation[n_test:]
     return np.sort(chosen).astype(np.uint32)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402  (after the log-level default)
+import keras
 
 
 class Hyperparameters(Protocol):

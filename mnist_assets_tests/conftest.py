@@ -1,0 +1,147 @@
+"""Real parts for the tests: a loopback HTTP server, small real mirrors, temporary storage, instances.
+
+The small mirror is cut from the real MNIST t10k files in ``../shared/data/mnist``: the first
+``MINI_TRAIN`` images play the train file, the last ``MINI_TEST`` the test file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import json
+import os
+import threading
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_assets import idx
+from mnist_assets.catalog import FILE_KEYS, parse_catalog
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = Path(os.environ.get("MNIST_ASSETS_SHARED_MNIST", REPO.parent / "shared" / "data" / "mnist"))
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+MINI_TRAIN, MINI_TEST = 2000, 500
+MINI_FILENAMES = {
+    "train-images": "train-images-idx3-ubyte.gz",
+    "train-labels": "train-labels-idx1-ubyte.gz",
+    "test-images": "t10k-images-idx3-ubyte.gz",
+    "test-labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def real_mnist_file(name: str) -> Path:
+    path = SHARED_MNIST / name
+    if not path.exists():
+        pytest.fail(f"real MNIST file {path} is missing (set MNIST_ASSETS_SHARED_MNIST)")
+    return path
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 serving directories under URL prefixes, counting requests."""
+
+    def __init__(self):
+        self.mounts: dict[str, Path] = {}
+        self.requests: Counter[str] = Counter()
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def translate_path(self, path):
+                server.requests[path] += 1
+                prefix, _, rest = path.lstrip("/").partition("/")
+                root = server.mounts.get(prefix)
+                return str(root / rest) if root else "/nonexistent"
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory="/"))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def mount(self, prefix: str, directory: Path) -> str:
+        self.mounts[prefix] = Path(directory)
+        return f"http://127.0.0.1:{self.httpd.server_port}/{prefix}/"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def http_server():
+    server = LoopbackServer()
+    yield server
+    server.close()
+
+
+def write_idx_gz(path: Path, array: np.ndarray, level: int = 6) -> str:
+    """Write an IDX gz file; returns the payload sha256."""
+    payload = idx.encode(array)
+    path.write_bytes(gzip.compress(payload, compresslevel=level, mtime=0))
+    return idx.sha256(payload)
+
+
+@pytest.fixture(scope="session")
+def t10k_arrays():
+    images = idx.parse(gzip.decompress(real_mnist_file("t10k-images-idx3-ubyte.gz").read_bytes()))
+    labels = idx.parse(gzip.decompress(real_mnist_file("t10k-labels-idx1-ubyte.gz").read_bytes()))
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def mini_mirror(tmp_path_factory, t10k_arrays) -> dict:
+    """A small real mirror: directory, catalog file entries and arrays of each file."""
+    images, labels = t10k_arrays
+    arrays = {
+        "train-images": images[:MINI_TRAIN],
+        "train-labels": labels[:MINI_TRAIN],
+        "test-images": images[-MINI_TEST:],
+        "test-labels": labels[-MINI_TEST:],
+    }
+    directory = tmp_path_factory.mktemp("mini_mirror")
+    files = {}
+    for key in FILE_KEYS:
+        digest = write_idx_gz(directory / MINI_FILENAMES[key], arrays[key])
+        files[key] = {
+            "filename": MINI_FILENAMES[key],
+            "payload_size": len(idx.encode(arrays[key])),
+            "payload_sha256": digest,
+        }
+    return {"directory": directory, "files": files, "arrays": arrays}
+
+
+def mini_catalog_document(mini_mirror: dict, mirrors: list[str]) -> dict:
+    return {
+        "datasets": {
+            "mini_mnist": {
+                "title": "MNIST t10k cut into a small train/test mirror",
+                "mirrors": mirrors,
+                "files": mini_mirror["files"],
+                "class_names": [str(d) for d in range(10)],
+            }
+        }
+    }
+
+
+@pytest.fixture
+def mini_catalog(mini_mirror, http_server, tmp_path):
+    """The mini dataset served over loopback HTTP, as a parsed catalog and as a catalog file."""
+    url = http_server.mount("mini", mini_mirror["directory"])
+    document = mini_catalog_document(mini_mirror, [url])
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(document))
+    return {"datasets": parse_catalog(document), "path": path, "url": url}
+
+
+TINY_TRAINING = {
+    "epochs": 3,
+    "batch_size": 32,
+    "conv_filters": [16],
+    "dense_units": 32,
+    "accuracy_floor": 0.5,
+}
+"""A training config small enough for tests, still far above chance on real digits."""

@@ -1,0 +1,73 @@
+import pytest
+
+from mnist_assets.catalog import FILE_KEYS, CatalogError, load_catalog, parse_catalog, redact_url
+
+
+def test_packaged_catalog_lists_both_datasets_with_four_pinned_files():
+    catalog = load_catalog()
+    assert {"mnist", "fashion_mnist"} <= set(catalog)
+    for dataset in catalog.values():
+        assert list(dataset.files) == list(FILE_KEYS)
+        assert len(dataset.class_names) == 10
+        for file in dataset.files.values():
+            assert file.payload_sha256 or file.gzip_md5
+    assert catalog["fashion_mnist"].class_names[9] == "Ankle boot"
+    assert any("/usr/share/datasets/fashion-mnist" in m for m in catalog["fashion_mnist"].mirrors)
+    assert all(m.startswith(("https://", "http://")) for m in catalog["mnist"].mirrors)
+
+
+def test_fashion_mnist_pins_match_the_debian_payloads():
+    """The pins are of the decompressed payload, so Debian's re-compressed files verify."""
+    from mnist_assets.download import verify
+    from mnist_assets_tests.conftest import FASHION_DEBIAN
+
+    dataset = load_catalog()["fashion_mnist"]
+    for file in dataset.files.values():
+        if file.key.endswith("labels"):
+            assert verify((FASHION_DEBIAN / file.filename).read_bytes(), file) == file.payload_sha256
+
+
+def test_mirror_override_by_run_config_then_environment_then_catalog(tmp_path):
+    dataset = load_catalog()["fashion_mnist"]
+    env = {dataset.mirror_env_var: f"http://mirror.internal/fm, {tmp_path}"}
+    assert dataset.mirror_env_var == "MNIST_ASSETS_MIRROR_FASHION_MNIST"
+    assert dataset.resolve_mirrors(environ=env) == [
+        "http://mirror.internal/fm/",
+        tmp_path.as_uri() + "/",
+    ]
+    assert dataset.resolve_mirrors(["https://other/"], environ=env) == ["https://other/"]
+    assert dataset.resolve_mirrors(environ={})[0] == "file:///usr/share/datasets/fashion-mnist/"
+    urls = dataset.file_urls(["https://other/"])
+    assert urls["test-labels"] == ["https://other/t10k-labels-idx1-ubyte.gz"]
+
+
+def test_mirror_with_a_forbidden_scheme_is_refused_naming_the_dataset():
+    dataset = load_catalog()["mnist"]
+    with pytest.raises(CatalogError, match=r"mnist: .*'ftp'"):
+        dataset.resolve_mirrors(["ftp://example.org/mnist/"])
+
+
+def test_credentials_never_leave_a_url_shown_to_people():
+    assert redact_url("https://user:secret@host:8080/p/x.gz") == "https://***@host:8080/p/x.gz"
+    assert redact_url("https://host/p") == "https://host/p"
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["datasets"].update({"Bad/Id": d["datasets"].pop("mnist")}), "dataset id"),
+        (lambda d: d["datasets"]["mnist"]["files"].pop("test-labels"), "files must be exactly"),
+        (lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(filename="../x.gz"), "plain file"),
+        (lambda d: d["datasets"]["mnist"]["files"]["test-labels"].pop("payload_sha256"), "pin"),
+        (lambda d: d["datasets"]["mnist"].update(mirrors=[]), "at least one mirror"),
+    ],
+)
+def test_malformed_catalog_entries_are_rejected(mutate, message):
+    import json
+
+    from mnist_assets.catalog import DEFAULT_CATALOG
+
+    document = json.loads(DEFAULT_CATALOG.read_text())
+    mutate(document)
+    with pytest.raises(CatalogError, match=message):
+        parse_catalog(document)

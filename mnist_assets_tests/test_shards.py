@@ -1,0 +1,104 @@
+import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from mnist_assets import shards
+from mnist_assets.io_managers import ShardSetIOManager, StorageError
+from mnist_assets.manifest import Manifest
+
+OPTIONS = shards.ShardOptions(seed=7, validation_fraction=0.1, rows_per_shard=300)
+SOURCES = {"train-images": "a" * 64, "train-labels": "b" * 64}
+
+
+@pytest.fixture(scope="module")
+def encoded(t10k_arrays):
+    images, labels = t10k_arrays[0][:2000], t10k_arrays[1][:2000]
+    return {
+        split: shards.encode("mini", split, images, labels, SOURCES, tuple("0123456789"), OPTIONS)
+        for split in ("train", "test")
+    }
+
+
+def test_train_and_test_partition_the_source_without_overlap(encoded):
+    train, test = encoded["train"].manifest, encoded["test"].manifest
+    assert (train.rows, test.rows) == (1800, 200)
+    rows = {
+        split: shards.decode(e.manifest, e.files).column("source_index").to_numpy()
+        for split, e in encoded.items()
+    }
+    assert np.intersect1d(rows["train"], rows["test"]).size == 0
+    assert sorted(np.concatenate(list(rows.values()))) == list(range(2000))
+
+
+def test_the_seed_decides_the_split():
+    a = shards.split_rows("test", 1000, OPTIONS)
+    assert np.array_equal(a, shards.split_rows("test", 1000, OPTIONS))
+    other = shards.ShardOptions(seed=8, validation_fraction=0.1, rows_per_shard=300)
+    assert not np.array_equal(a, shards.split_rows("test", 1000, other))
+
+
+def test_manifest_records_shards_hashes_seed_and_sources(encoded):
+    manifest = encoded["train"].manifest
+    assert [s.rows for s in manifest.shards] == [300] * 6
+    assert manifest.root_sha256 == Manifest.root_hash(manifest.shards)
+    assert (manifest.seed, manifest.compression, manifest.source_payload_sha256) == (7, "zstd", SOURCES)
+    assert [c.name for c in manifest.columns] == ["image", "label", "source_index"]
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def test_rows_trace_back_to_the_source_idx_file(encoded, t10k_arrays):
+    table = shards.decode(encoded["test"].manifest, encoded["test"].files)
+    images, labels = shards.to_numpy(table, (28, 28))
+    source = table.column("source_index").to_numpy()
+    np.testing.assert_array_equal(images, t10k_arrays[0][source])
+    np.testing.assert_array_equal(labels, t10k_arrays[1][source])
+
+
+def test_stored_shards_open_in_pyarrow_pandas_duckdb_and_polars(encoded, tmp_path):
+    store = ShardSetIOManager(root=str(tmp_path))
+    directory = store.asset_dir(dg.AssetKey(["mini", "shards"]))
+    store.store(directory, "train", encoded["train"])
+    files = sorted((tmp_path / "mini" / "shards" / "train").glob("part-*.parquet"))
+    assert len(files) == 6
+    pattern = str(tmp_path / "mini" / "shards" / "train" / "*.parquet")
+    assert pq.read_table(files[0]).schema.field("image").type.byte_width == 784
+    assert len(pd.read_parquet(files[0])["image"].iloc[0]) == 784
+    assert duckdb.sql(f"select count(*), max(label) from '{pattern}'").fetchall() == [(1800, 9)]
+    assert pl.read_parquet(pattern).height == 1800
+
+
+def test_commit_replaces_a_shard_set_whole_and_removes_unreferenced_files(encoded, tmp_path, t10k_arrays):
+    store = ShardSetIOManager(root=str(tmp_path))
+    directory = store.asset_dir(dg.AssetKey(["mini", "shards"]))
+    store.store(directory, "train", encoded["train"])
+    smaller = shards.encode(
+        "mini", "train", t10k_arrays[0][:2000], t10k_arrays[1][:2000], SOURCES, tuple("0123456789"),
+        shards.ShardOptions(seed=7, validation_fraction=0.1, rows_per_shard=1000),
+    )
+    store.store(directory, "train", smaller)
+    split_dir = tmp_path / "mini" / "shards" / "train"
+    assert sorted(p.name for p in split_dir.iterdir()) == sorted([*smaller.files, "_manifest.json"])
+    assert store.fetch(directory, "train", "mini/shards").manifest == smaller.manifest
+
+
+def test_a_flipped_bit_in_a_stored_shard_is_detected_on_load(encoded, tmp_path):
+    store = ShardSetIOManager(root=str(tmp_path))
+    directory = store.asset_dir(dg.AssetKey(["mini", "shards"]))
+    store.store(directory, "test", encoded["test"])
+    shard = next((tmp_path / "mini" / "shards" / "test").glob("part-*.parquet"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match=r"mini/shards\[test\].*damaged.*materialize it again"):
+        store.fetch(directory, "test", "mini/shards[test]")
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="compression"):
+        shards.ShardOptions(compression="lzma")
+    with pytest.raises(ValueError, match="validation_fraction"):
+        shards.ShardOptions(validation_fraction=1.5)
