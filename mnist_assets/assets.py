@@ -45,12 +45,13 @@ class ShardConfig(dg.Config):
 
 
 class TrainConfig(dg.Config):
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 1e-3
     conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
     dense_units: int = 128
-    dropout: float = 0.3
+    dropout: float = 0.4
+    batch_norm: bool = True
     seed: int = 0
     accuracy_floor: float = Field(
         default=0.8, description="Blocking check: holdout accuracy below this fails the checkpoint."

@@ -25,6 +25,7 @@ class Hyperparameters(Protocol):
     conv_filters: list[int]
     dense_units: int
     dropout: float
+    batch_norm: bool
     seed: int
 
 
@@ -38,13 +39,15 @@ class TrainedModel:
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
-def build_model(image_shape: tuple[int, int], num_classes: int, params: Hyperparameters) -> keras.Model:
+def build_model(
+    image_shape: tuple[int, int], num_classes: int, params: Hyperparameters, steps_per_epoch: int
+) -> keras.Model:
     layers = [keras.Input((*image_shape, 1)), keras.layers.Rescaling(1 / 255)]
     for filters in params.conv_filters:
-        layers += [
-            keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-        ]
+        layers.append(keras.layers.Conv2D(filters, 3, padding="same", use_bias=not params.batch_norm))
+        if params.batch_norm:
+            layers.append(keras.layers.BatchNormalization())
+        layers += [keras.layers.ReLU(), keras.layers.MaxPooling2D()]
     layers += [
         keras.layers.Flatten(),
         keras.layers.Dropout(params.dropout),
@@ -52,8 +55,12 @@ def build_model(image_shape: tuple[int, int], num_classes: int, params: Hyperpar
         keras.layers.Dense(num_classes, activation="softmax"),
     ]
     model = keras.Sequential(layers)
+    # cosine decay to zero: the last epochs settle instead of jittering around a minimum
+    schedule = keras.optimizers.schedules.CosineDecay(
+        params.learning_rate, decay_steps=max(1, params.epochs * steps_per_epoch)
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(params.learning_rate),
+        optimizer=keras.optimizers.Adam(schedule),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -75,7 +82,8 @@ def train(
     """Fit on train, validate on test each epoch, evaluate every split once at the end."""
     keras.utils.set_random_seed(params.seed)
     images, labels = splits["train"]
-    model = build_model(images.shape[1:], num_classes, params)
+    steps_per_epoch = -(-len(labels) // params.batch_size)
+    model = build_model(images.shape[1:], num_classes, params, steps_per_epoch)
 
     class _LogEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

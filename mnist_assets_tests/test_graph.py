@@ -1,6 +1,7 @@
 """The whole graph, materialized in-process into a real instance and a temporary directory."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -159,3 +160,14 @@ def test_fashion_mnist_labels_come_from_the_debian_package(tmp_path):
         assert latest_data_version(
             instance, dg.AssetKey(["fashion_mnist", "raw_gzip"]), "test-labels"
         ) == dataset.files["test-labels"].payload_sha256
+
+
+def test_status_lists_every_partition_with_its_artifact(built):
+    from mnist_assets.definitions import build_definitions
+    from mnist_assets.status import dataset_status
+
+    defs = build_definitions({"mini_mnist": built["dataset"]}, str(built["root"]))
+    rows = dataset_status(built["instance"], defs, "mini_mnist")
+    assert len(rows) == 1 + 4 + 4 + 3 + 1
+    assert all(r["materialized"] and r["data_version"] and r["code_version"] for r in rows)
+    assert all(Path(r["path"]).exists() for r in rows)

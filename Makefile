@@ -1,0 +1,49 @@
+# One entry point per task; every target creates the virtualenv first if it is missing.
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+DATASET ?= fashion_mnist
+EPOCHS  ?=
+export DAGSTER_HOME := $(CURDIR)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run offline test dev status bench lint clean-data
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+## run: materialize every asset and partition of DATASET (default fashion_mnist) into data/
+run: $(BIN)/.installed
+	scripts/materialize.sh $(DATASET) $(EPOCHS)
+	$(BIN)/python -m mnist_assets.status $(DATASET)
+
+## offline: install Debian's Fashion-MNIST, then materialize it from that directory only
+offline:
+	@test -d /usr/share/datasets/fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)
+	$(MAKE) run DATASET=fashion_mnist MNIST_ASSETS_MIRROR_FASHION_MNIST=/usr/share/datasets/fashion-mnist
+
+## test: the test suite (real loopback mirrors, real instances, tiny TensorFlow)
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+## dev: the Dagster UI on http://127.0.0.1:3000 with the same instance and data as `make run`
+dev: $(BIN)/.installed
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## status: what is materialized for DATASET, with data versions, step seconds and paths
+status: $(BIN)/.installed
+	$(BIN)/python -m mnist_assets.status $(DATASET)
+
+## bench: full-size Fashion-MNIST graph with the default training config -> data/bench/*.json, *.md
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/graph_bench.py --out data/bench
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+## clean-data: forget every artifact and run (data/ is all generated)
+clean-data:
+	find data -mindepth 1 ! -name .gitkeep -delete

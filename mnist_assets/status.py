@@ -1,0 +1,75 @@
+"""What the instance knows about a dataset: per asset and partition, the latest materialization.
+
+``python -m mnist_assets.status DATASET [--json]`` prints one line per asset partition (data version,
+step seconds, artifact path) and exits 1 if any is missing, so CI and scripts can rely on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import dagster as dg
+
+
+def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_id: str) -> list[dict]:
+    graph = defs.resolve_asset_graph()
+    keys = sorted(
+        (k for k in graph.get_all_asset_keys() if k.path[0] == dataset_id),
+        key=lambda k: ["urls", "raw_gzip", "idx", "shards", "checkpoint"].index(k.path[-1]),
+    )
+    if not keys:
+        raise SystemExit(f"unknown dataset {dataset_id!r}")
+    rows, step_stats = [], {}
+    for key in keys:
+        partitions_def = graph.get(key).partitions_def
+        for partition in partitions_def.get_partition_keys() if partitions_def else [None]:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None),
+                limit=1,
+            ).records
+            row = {"asset": key.to_user_string(), "partition": partition, "materialized": bool(records)}
+            if records:
+                event = records[0].event_log_entry
+                materialization = records[0].asset_materialization
+                if event.run_id not in step_stats:
+                    step_stats[event.run_id] = {
+                        s.step_key: s for s in instance.get_run_step_stats(event.run_id)
+                    }
+                stats = step_stats[event.run_id].get(event.step_key)
+                path = materialization.metadata.get("path")
+                row.update(
+                    data_version=materialization.tags.get("dagster/data_version", "")[:16],
+                    code_version=materialization.tags.get("dagster/code_version", ""),
+                    seconds=round(stats.end_time - stats.start_time, 2) if stats and stats.end_time else None,
+                    path=path.value if path else None,
+                )
+            rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    from mnist_assets import defs
+
+    with dg.DagsterInstance.get() as instance:
+        rows = dataset_status(instance, defs, args.dataset)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'asset':28} {'partition':13} {'data version':17} {'step s':>7}  path")
+        for r in rows:
+            if r["materialized"]:
+                seconds = "" if r["seconds"] is None else f"{r['seconds']:.2f}"
+                print(f"{r['asset']:28} {r['partition'] or '-':13} {r['data_version']:17} {seconds:>7}  {r['path']}")
+            else:
+                print(f"{r['asset']:28} {r['partition'] or '-':13} MISSING")
+    return 0 if all(r["materialized"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
