@@ -11,7 +11,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import requests
@@ -70,7 +70,7 @@ def _max_gzip_bytes(file: SourceFile) -> int:
 
 
 def _read_file_url(url: str, limit: int) -> bytes:
-    path = Path(url2pathname(unquote(urlsplit(url).path)))
+    path = Path(url2pathname(urlsplit(url).path))
     try:
         if path.stat().st_size > limit:
             raise _MirrorFailed(f"file is larger than {limit} bytes", retry=False)

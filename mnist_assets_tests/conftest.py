@@ -41,14 +41,26 @@ def real_mnist_file(name: str) -> Path:
 
 
 class LoopbackServer:
-    """A threaded HTTP server on 127.0.0.1 serving directories under URL prefixes, counting requests."""
+    """A threaded HTTP server on 127.0.0.1 serving directories under URL prefixes, counting requests.
+
+    ``fail_next[path]`` is a list of HTTP statuses answered (one per request) before the file is served.
+    """
 
     def __init__(self):
         self.mounts: dict[str, Path] = {}
         self.requests: Counter[str] = Counter()
+        self.fail_next: dict[str, list[int]] = {}
         server = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                statuses = server.fail_next.get(self.path)
+                if statuses:
+                    server.requests[self.path] += 1
+                    self.send_error(statuses.pop(0))
+                    return
+                super().do_GET()
+
             def translate_path(self, path):
                 server.requests[path] += 1
                 prefix, _, rest = path.lstrip("/").partition("/")

@@ -53,11 +53,22 @@ def test_recompressed_mirror_is_accepted_because_the_payload_is_pinned(mnist, mi
 def test_damaged_and_missing_mirrors_fall_back_to_the_next(mnist, mirrors):
     file = mnist.files["test-labels"]
     urls = [mirrors[m] + file.filename for m in ("empty", "damaged", "original")]
+    requests = mirrors["server"].requests
+    before = {m: requests[f"/{m}/{file.filename}"] for m in ("empty", "damaged")}
     fetched = download.fetch(mnist, file, urls, FAST)
     assert fetched.url == urls[2]
     # a 404 and a checksum mismatch are not retried: asking again gives the same answer
-    assert mirrors["server"].requests["/empty/" + file.filename] == 1
-    assert mirrors["server"].requests["/damaged/" + file.filename] == 1
+    assert {m: requests[f"/{m}/{file.filename}"] - before[m] for m in before} == {"empty": 1, "damaged": 1}
+
+
+def test_a_server_error_is_retried_on_the_same_mirror(mnist, mirrors):
+    file = mnist.files["test-labels"]
+    path = "/original/" + file.filename
+    before = mirrors["server"].requests[path]
+    mirrors["server"].fail_next[path] = [500]
+    fetched = download.fetch(mnist, file, [mirrors["original"] + file.filename], FAST)
+    assert fetched.payload_sha256 == file.payload_sha256
+    assert mirrors["server"].requests[path] - before == 2
 
 
 def test_no_good_mirror_is_an_error_naming_dataset_file_every_url_and_the_fix(mnist, mirrors):
