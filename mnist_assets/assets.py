@@ -45,7 +45,7 @@ class ShardConfig(dg.Config):
 
 
 class TrainConfig(dg.Config):
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 128
     learning_rate: float = 1e-3
     conv_filters: list[int] = Field(default_factory=lambda: [32, 64])

@@ -46,7 +46,7 @@ def build_model(
     for filters in params.conv_filters:
         layers.append(keras.layers.Conv2D(filters, 3, padding="same", use_bias=not params.batch_norm))
         if params.batch_norm:
-            layers.append(keras.layers.BatchNormalization())
+            layers.append(keras.layers.BatchNormalization(momentum=0.9))
         layers += [keras.layers.ReLU(), keras.layers.MaxPooling2D()]
     layers += [
         keras.layers.Flatten(),
