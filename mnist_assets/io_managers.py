@@ -70,6 +70,17 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     def asset_dir(self, asset_key: dg.AssetKey) -> UPath:
         return UPath(self.root).joinpath(*(_safe(part) for part in asset_key.path))
 
+    def record_path(self, directory: UPath, partition: str | None) -> UPath:
+        """The file whose presence means the artifact exists (written last)."""
+        raise NotImplementedError
+
+    def location(self, asset_key: dg.AssetKey, partition: str | None) -> UPath:
+        directory = self.asset_dir(asset_key)
+        return self.record_path(directory, None if partition is None else _safe(partition))
+
+    def exists(self, asset_key: dg.AssetKey, partition: str | None) -> bool:
+        return self.location(asset_key, partition).exists()
+
     # one value <-> storage, per partition (partition None for unpartitioned assets)
     def store(self, directory: UPath, partition: str | None, value: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -95,37 +106,37 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 class JsonIOManager(ArtifactIOManager):
     """Small JSON documents (resolved URL lists)."""
 
-    def _path(self, directory: UPath, partition: str | None) -> UPath:
+    def record_path(self, directory: UPath, partition: str | None) -> UPath:
         return directory / f"{partition or 'value'}.json"
 
     def store(self, directory, partition, value):
-        path = self._path(directory, partition)
+        path = self.record_path(directory, partition)
         write_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode())
         return {"path": dg.MetadataValue.path(str(path))}
 
     def fetch(self, directory, partition, what):
-        return json.loads(_read(self._path(directory, partition), what))
+        return json.loads(_read(self.record_path(directory, partition), what))
 
 
 class GzipIOManager(ArtifactIOManager):
     """Raw downloads, kept byte-for-byte as fetched."""
 
-    def _path(self, directory: UPath, partition: str | None) -> UPath:
+    def record_path(self, directory: UPath, partition: str | None) -> UPath:
         return directory / f"{partition or 'value'}.gz"
 
     def store(self, directory, partition, value: bytes):
-        path = self._path(directory, partition)
+        path = self.record_path(directory, partition)
         write_atomic(path, value)
         return {"path": dg.MetadataValue.path(str(path)), "bytes": len(value)}
 
     def fetch(self, directory, partition, what):
-        return _read(self._path(directory, partition), what)
+        return _read(self.record_path(directory, partition), what)
 
 
 class NumpyIOManager(ArtifactIOManager):
     """Arrays as ``.npy``; loading never unpickles (object arrays are refused)."""
 
-    def _path(self, directory: UPath, partition: str | None) -> UPath:
+    def record_path(self, directory: UPath, partition: str | None) -> UPath:
         return directory / f"{partition or 'value'}.npy"
 
     def store(self, directory, partition, value: np.ndarray):
@@ -133,12 +144,12 @@ class NumpyIOManager(ArtifactIOManager):
             raise StorageError("object arrays cannot be stored without pickle")
         sink = io.BytesIO()
         np.save(sink, value, allow_pickle=False)
-        path = self._path(directory, partition)
+        path = self.record_path(directory, partition)
         write_atomic(path, sink.getvalue())
         return {"path": dg.MetadataValue.path(str(path)), "bytes": sink.tell()}
 
     def fetch(self, directory, partition, what):
-        path = self._path(directory, partition)
+        path = self.record_path(directory, partition)
         try:
             return np.load(io.BytesIO(_read(path, what)), allow_pickle=False)
         except ValueError as error:
@@ -160,6 +171,9 @@ def _commit(directory: UPath, files: Mapping[str, bytes], record_name: str, reco
 
 class ShardSetIOManager(ArtifactIOManager):
     """Parquet shard sets under ``<split>/``, committed by ``_manifest.json``; verified on every load."""
+
+    def record_path(self, directory, partition):
+        return directory / (partition or "all") / "_manifest.json"
 
     def store(self, directory, partition, value: EncodedShardSet):
         split_dir = directory / (partition or "all")
@@ -199,6 +213,9 @@ class StoredCheckpoint:
 
 class KerasIOManager(ArtifactIOManager):
     """Keras checkpoints as ``model-<sha>.keras`` committed by ``checkpoint.json``."""
+
+    def record_path(self, directory, partition):
+        return (directory if partition is None else directory / partition) / "checkpoint.json"
 
     def store(self, directory, partition, value):
         keras_bytes, record = value.keras_bytes, dict(value.record)
