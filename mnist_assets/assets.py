@@ -8,10 +8,11 @@ carries a code version hashed from the code that computes it.
 
 import dagster as dg
 import numpy as np
+import pydantic
 from pydantic import Field
 
 from mnist_assets import download, idx, manifest, shards
-from mnist_assets.catalog import FILE_KEYS, Dataset, SourceFile, redact_url
+from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, SourceFile, redact_url
 from mnist_assets.versioning import code_version, json_version
 
 FILES = dg.StaticPartitionsDefinition(list(FILE_KEYS))
@@ -58,6 +59,28 @@ class TrainConfig(dg.Config):
     )
 
 
+def with_defaults(base: type[dg.Config], overrides: dict, name: str) -> type[dg.Config]:
+    """``base`` with the catalog's per-dataset defaults, so the launchpad and the code version see them."""
+    unknown = sorted(set(overrides) - set(base.model_fields))
+    if unknown:
+        raise CatalogError(f"{name}: unknown settings {', '.join(unknown)}")
+    fields = {
+        k: (base.model_fields[k].annotation, Field(default=v, description=base.model_fields[k].description))
+        for k, v in overrides.items()
+    }
+    return pydantic.create_model(name, __base__=base, **fields) if fields else base
+
+
+def versioned_asset(uses: tuple = (), **kwargs):
+    """``dg.asset`` whose code version hashes the function's own source plus what it ``uses``
+    (modules, helpers, settings dicts): editing any of them makes the asset stale."""
+
+    def wrap(fn):
+        return dg.asset(code_version=code_version(fn, *uses), **kwargs)(fn)
+
+    return wrap
+
+
 def _source_file(entry: dict, key: str) -> SourceFile:
     return SourceFile(
         key, entry["filename"], entry["payload_size"], entry.get("payload_sha256"), entry.get("gzip_md5")
@@ -69,25 +92,49 @@ def _expected_kind(key: str, dataset: Dataset) -> tuple[int, tuple[int, ...]]:
     return (3, (28, 28)) if key.endswith("images") else (1, ())
 
 
+def _split_check(split, source_rows, stored, options) -> dg.AssetCheckResult:
+    rows = np.sort(stored.table.column("source_index").to_numpy())
+    expected = shards.split_rows(split, source_rows, options)
+    problems = []
+    if len(np.unique(rows)) != len(rows):
+        problems.append("a source row appears twice")
+    if not np.array_equal(rows, expected):
+        problems.append(f"rows are not the {split} split of seed {options.seed}")
+    if split != "holdout":
+        other = shards.split_rows("test" if split == "train" else "train", source_rows, options)
+        if np.intersect1d(rows, other).size:
+            problems.append("train and test share rows")
+        if len(rows) + len(other) != source_rows:
+            problems.append("train and test do not cover the official train set")
+    return dg.AssetCheckResult(
+        check_name="split_sizes_and_disjointness",
+        passed=not problems,
+        metadata={"rows": len(rows), "source_rows": source_rows, "problems": "; ".join(problems)},
+    )
+
+
 def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     """The five assets of ``dataset``, keyed ``<dataset.id>/<name>`` and grouped by dataset."""
     prefix, group = [dataset.id], dataset.id
     key = lambda name: dg.AssetKey([dataset.id, name])
+    DatasetShardConfig = with_defaults(ShardConfig, dict(dataset.shards), f"{dataset.id}_ShardConfig")
+    DatasetTrainConfig = with_defaults(TrainConfig, dict(dataset.training), f"{dataset.id}_TrainConfig")
+    mirrors = dataset.resolve_mirrors()
 
-    @dg.asset(
+    @versioned_asset(
+        uses=(UrlsConfig, Dataset.resolve_mirrors, Dataset.file_urls, {"mirrors": mirrors}),
         key_prefix=prefix,
         group_name=group,
         io_manager_key="json_io_manager",
-        code_version=code_version(UrlsConfig, Dataset.resolve_mirrors, Dataset.file_urls),
         description=f"{dataset.title}: resolved mirror URLs and pinned checksums of its four files.",
         kinds={"json"},
     )
     def urls(context: dg.AssetExecutionContext, config: UrlsConfig) -> dg.Output[dict]:
-        mirrors = dataset.resolve_mirrors(config.mirrors)
-        candidates = dataset.file_urls(mirrors)
+        chosen = dataset.resolve_mirrors(config.mirrors) if config.mirrors else mirrors
+        candidates = dataset.file_urls(chosen)
         value = {
             "dataset": dataset.id,
-            "mirrors": mirrors,
+            "mirrors": chosen,
             "files": {
                 k: {
                     "filename": f.filename,
@@ -103,16 +150,16 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         return dg.Output(
             value,
             data_version=dg.DataVersion(json_version(value)),
-            metadata={"mirrors": dg.MetadataValue.json([redact_url(m) for m in mirrors])},
+            metadata={"mirrors": dg.MetadataValue.json([redact_url(m) for m in chosen])},
         )
 
-    @dg.asset(
+    @versioned_asset(
+        uses=(download, idx.gunzip, _source_file),
         key_prefix=prefix,
         group_name=group,
         partitions_def=FILES,
         ins={"urls": dg.AssetIn(key("urls"))},
         io_manager_key="gzip_io_manager",
-        code_version=code_version(download),
         description="The gzip file as fetched from the first mirror whose payload matches the pin.",
         kinds={"gzip"},
     )
@@ -126,14 +173,14 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
             metadata={"url": fetched.url, "payload_sha256": fetched.payload_sha256},
         )
 
-    @dg.asset(
+    @versioned_asset(
+        uses=(idx, _expected_kind),
         name="idx",
         key_prefix=prefix,
         group_name=group,
         partitions_def=FILES,
         ins={"raw": dg.AssetIn(key("raw_gzip"))},
         io_manager_key="npy_io_manager",
-        code_version=code_version(idx),
         check_specs=[
             dg.AssetCheckSpec("header_shape_dtype_agree", asset=key("idx"), blocking=True),
             dg.AssetCheckSpec("labels_in_class_range", asset=key("idx"), blocking=True),
@@ -166,17 +213,15 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
             metadata={"applies": "yes" if is_labels else "no (image file)", "max_label": top},
         )
 
-    @dg.asset(
+    @versioned_asset(
+        uses=(shards, manifest, _split_check, DatasetShardConfig().model_dump()),
         name="shards",
         key_prefix=prefix,
         group_name=group,
         partitions_def=SPLITS,
-        ins={
-            "arrays": dg.AssetIn(key("idx"), partition_mapping=FILES_TO_SPLITS),
-        },
+        ins={"arrays": dg.AssetIn(key("idx"), partition_mapping=FILES_TO_SPLITS)},
         io_manager_key="shards_io_manager",
         required_resource_keys={"shards_io_manager"},
-        code_version=code_version(shards, manifest),
         check_specs=[
             dg.AssetCheckSpec("manifest_matches_files", asset=key("shards"), blocking=True),
             dg.AssetCheckSpec("split_sizes_and_disjointness", asset=key("shards"), blocking=True),
@@ -185,7 +230,9 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         "Parquet shards plus a manifest with sha256 per shard and a root hash.",
         kinds={"parquet"},
     )
-    def shard_sets(context: dg.AssetExecutionContext, config: ShardConfig, arrays: dict[str, np.ndarray]):
+    def shard_sets(
+        context: dg.AssetExecutionContext, config: DatasetShardConfig, arrays: dict[str, np.ndarray]
+    ):
         split = context.partition_key
         images_key, labels_key = shards.SPLIT_SOURCES[split]
         images, labels = arrays[images_key], arrays[labels_key]
@@ -222,37 +269,17 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         )
         yield _split_check(split, len(labels), stored, config.options())
 
-    def _split_check(split, source_rows, stored, options) -> dg.AssetCheckResult:
-        rows = np.sort(stored.table.column("source_index").to_numpy())
-        expected = shards.split_rows(split, source_rows, options)
-        problems = []
-        if len(np.unique(rows)) != len(rows):
-            problems.append("a source row appears twice")
-        if not np.array_equal(rows, expected):
-            problems.append(f"rows are not the {split} split of seed {options.seed}")
-        if split != "holdout":
-            other = shards.split_rows("test" if split == "train" else "train", source_rows, options)
-            if np.intersect1d(rows, other).size:
-                problems.append("train and test share rows")
-            if len(rows) + len(other) != source_rows:
-                problems.append("train and test do not cover the official train set")
-        return dg.AssetCheckResult(
-            check_name="split_sizes_and_disjointness",
-            passed=not problems,
-            metadata={"rows": len(rows), "source_rows": source_rows, "problems": "; ".join(problems)},
-        )
-
-    @dg.asset(
+    @versioned_asset(
+        uses=("mnist_assets.training", DatasetTrainConfig().model_dump()),
         key_prefix=prefix,
         group_name=group,
         ins={"splits": dg.AssetIn(key("shards"))},
         io_manager_key="keras_io_manager",
-        code_version=code_version(TrainConfig, "mnist_assets.training"),
         check_specs=[dg.AssetCheckSpec("holdout_accuracy_above_floor", asset=key("checkpoint"), blocking=True)],
         description="A tf.keras CNN trained on train, validated on test, evaluated once on holdout.",
         kinds={"tensorflow", "keras"},
     )
-    def checkpoint(context: dg.AssetExecutionContext, config: TrainConfig, splits: dict):
+    def checkpoint(context: dg.AssetExecutionContext, config: DatasetTrainConfig, splits: dict):
         from mnist_assets import training  # TensorFlow loads only when a model is trained
 
         arrays = {name: shard_set.to_numpy() for name, shard_set in splits.items()}

@@ -11,8 +11,9 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 FILE_KEYS: tuple[str, ...] = ("train-images", "train-labels", "test-images", "test-labels")
@@ -48,6 +49,10 @@ class Dataset:
     files: Mapping[str, SourceFile]
     class_names: tuple[str, ...]
     homepage: str = ""
+    shards: Mapping[str, Any] = field(default_factory=dict)
+    """Overrides of the shard settings' defaults (seed, rows_per_shard, ...) for this dataset."""
+    training: Mapping[str, Any] = field(default_factory=dict)
+    """Overrides of the training settings' defaults (epochs, ...) for this dataset."""
 
     @property
     def mirror_env_var(self) -> str:
@@ -141,6 +146,8 @@ def parse_catalog(document: Mapping) -> dict[str, Dataset]:
             files={key: _parse_file(dataset_id, key, files[key]) for key in FILE_KEYS},
             class_names=class_names,
             homepage=raw.get("homepage", ""),
+            shards=dict(raw.get("shards", {})),
+            training=dict(raw.get("training", {})),
         )
         if not dataset.mirrors:
             raise CatalogError(f"{dataset_id}: list at least one mirror")

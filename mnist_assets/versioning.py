@@ -18,11 +18,14 @@ from typing import Any
 def code_version(*objects: Any) -> str:
     """A stable hash of the source of functions, classes or modules (not Python's salted hash()).
 
-    A module may be named by its dotted name, so hashing it does not import it (TensorFlow).
+    A module may be named by its dotted name, so hashing it does not import it (TensorFlow); a dict
+    stands for settings that change the result, hashed as JSON.
     """
     digest = hashlib.sha256()
     for obj in objects:
-        if isinstance(obj, str):
+        if isinstance(obj, dict):
+            source = json.dumps(obj, sort_keys=True)
+        elif isinstance(obj, str):
             source = Path(importlib.util.find_spec(obj).origin).read_text()
         else:
             source = inspect.getsource(obj)

@@ -126,6 +126,16 @@ def mini_mirror(tmp_path_factory, t10k_arrays) -> dict:
     return {"directory": directory, "files": files, "arrays": arrays}
 
 
+TINY_TRAINING = {
+    "epochs": 3,
+    "batch_size": 32,
+    "conv_filters": [16],
+    "dense_units": 32,
+    "accuracy_floor": 0.5,
+}
+"""A training config small enough for tests, still far above chance on real digits."""
+
+
 def mini_catalog_document(mini_mirror: dict, mirrors: list[str]) -> dict:
     return {
         "datasets": {
@@ -134,6 +144,7 @@ def mini_catalog_document(mini_mirror: dict, mirrors: list[str]) -> dict:
                 "mirrors": mirrors,
                 "files": mini_mirror["files"],
                 "class_names": [str(d) for d in range(10)],
+                "training": dict(TINY_TRAINING),
             }
         }
     }
@@ -147,13 +158,3 @@ def mini_catalog(mini_mirror, http_server, tmp_path):
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps(document))
     return {"datasets": parse_catalog(document), "path": path, "url": url}
-
-
-TINY_TRAINING = {
-    "epochs": 3,
-    "batch_size": 32,
-    "conv_filters": [16],
-    "dense_units": 32,
-    "accuracy_floor": 0.5,
-}
-"""A training config small enough for tests, still far above chance on real digits."""

@@ -15,7 +15,6 @@ from mnist_assets_tests.conftest import (
     FASHION_DEBIAN,
     MINI_TEST,
     MINI_TRAIN,
-    TINY_TRAINING,
     mini_catalog_document,
 )
 
@@ -49,10 +48,7 @@ def built(mini_mirror, http_server, tmp_path_factory):
     checks = []
     with dg.instance_for_test() as instance:
         for names, partition in materialization_steps():
-            config = None
-            if names == ("checkpoint",):
-                config = {"ops": {"mini_mnist__checkpoint": {"config": TINY_TRAINING}}}
-            result = materialize(dataset, root, instance, names, partition, config)
+            result = materialize(dataset, root, instance, names, partition)
             checks += result.get_asset_check_evaluations()
         yield {"dataset": dataset, "root": root, "instance": instance, "checks": checks, "url": url}
 

@@ -1,0 +1,150 @@
+"""Materialize exactly what is stale or missing, per asset and partition, in one process.
+
+Staleness is Dagster's own (the resolver the UI uses: code versions, upstream data versions), plus
+storage: a partition whose artifact file is gone is missing even if the event log says otherwise.
+Assets are visited upstream first and each partition is judged right before it would run, so a
+rebuild that reproduces identical content (same data version) leaves everything downstream alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import dagster as dg
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.definitions.temporal_context import TemporalContext
+from dagster._time import get_current_datetime
+
+
+@dataclass
+class Step:
+    asset: str
+    partition: str | None
+    causes: list[str]
+    seconds: float | None = None
+
+
+@dataclass
+class Summary:
+    datasets: list[str]
+    dry_run: bool
+    ran: list[Step] = field(default_factory=list)
+    waiting_on_upstream: list[Step] = field(default_factory=list)
+    fresh: int = 0
+    seconds: float = 0.0
+    artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _resolver(instance: dg.DagsterInstance, graph) -> CachingStaleStatusResolver:
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+
+
+class Refresher:
+    """Judges and runs the assets of some datasets against one instance and one set of definitions."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, datasets: Sequence[str]):
+        self.defs, self.instance = defs, instance
+        self.graph = defs.resolve_asset_graph()
+        known = {k.path[0] for k in self.graph.get_all_asset_keys()}
+        unknown = sorted(set(datasets) - known)
+        if unknown:
+            raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; the catalog has {', '.join(sorted(known))}")
+        self.datasets = list(datasets) or sorted(known)
+        self.keys = [
+            k for k in self.graph.toposorted_asset_keys
+            if k.path[0] in self.datasets and self.graph.get(k).is_materializable
+        ]
+
+    def partitions(self, key: dg.AssetKey) -> list[str | None]:
+        partitions_def = self.graph.get(key).partitions_def
+        return list(partitions_def.get_partition_keys()) if partitions_def else [None]
+
+    def io_manager(self, key: dg.AssetKey):
+        io_key = self.defs.resolve_assets_def(key).get_io_manager_key_for_asset_key(key)
+        return self.defs.resources[io_key]
+
+    def causes(self, resolver, key: dg.AssetKey, partition: str | None) -> list[str]:
+        """Why this partition must be rebuilt; empty when it is fresh."""
+        status = resolver.get_status(key, partition)
+        if status == StaleStatus.MISSING:
+            return ["never materialized"]
+        if not self.io_manager(key).exists(key, partition):
+            return [f"artifact missing from storage ({self.io_manager(key).location(key, partition)})"]
+        if status == StaleStatus.STALE:
+            return [
+                f"{cause.reason}" + (f" ({cause.dependency.to_user_string()})" if cause.dependency else "")
+                for cause in resolver.get_stale_causes(key, partition)
+            ] or ["stale"]
+        return []
+
+    def run(self, dry_run: bool = False, log=print) -> Summary:
+        started = time.perf_counter()
+        summary = Summary(datasets=self.datasets, dry_run=dry_run)
+        job = self.defs.resolve_implicit_global_asset_job_def()
+        planned: set[tuple[dg.AssetKey, str | None]] = set()
+        for key in self.keys:
+            for partition in self.partitions(key):
+                causes = self.causes(_resolver(self.instance, self.graph), key, partition)
+                step = Step(key.to_user_string(), partition, causes)
+                if not causes:
+                    if dry_run and self._has_planned_parent(key, partition, planned):
+                        step.causes = ["runs if its upstream's content changes"]
+                        summary.waiting_on_upstream.append(step)
+                        planned.add((key, partition))
+                    else:
+                        summary.fresh += 1
+                    continue
+                planned.add((key, partition))
+                summary.ran.append(step)
+                label = f"{step.asset}" + (f"[{partition}]" if partition else "")
+                log(f"{'would run' if dry_run else 'running'} {label}: {'; '.join(causes)}")
+                if not dry_run:
+                    t0 = time.perf_counter()
+                    job.execute_in_process(
+                        asset_selection=[key], partition_key=partition, instance=self.instance
+                    )
+                    step.seconds = round(time.perf_counter() - t0, 3)
+        summary.seconds = round(time.perf_counter() - started, 3)
+        summary.artifacts = self.artifacts()
+        return summary
+
+    def _has_planned_parent(self, key, partition, planned) -> bool:
+        for parent in self.graph.get(key).parent_keys:
+            for parent_partition in self.partitions(parent):
+                if (parent, parent_partition) not in planned:
+                    continue
+                children = self.graph.get_children_partitions(parent, parent_partition)
+                if any(c.asset_key == key and c.partition_key == partition for c in children):
+                    return True
+        return False
+
+    def artifacts(self) -> dict[str, dict[str, str]]:
+        """Where every asset partition of the datasets lives (whether or not it exists yet)."""
+        return {
+            key.to_user_string(): {
+                partition or "-": str(self.io_manager(key).location(key, partition))
+                for partition in self.partitions(key)
+            }
+            for key in self.keys
+        }
+
+
+def refresh(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    datasets: Iterable[str] = (),
+    dry_run: bool = False,
+    log=print,
+) -> Summary:
+    return Refresher(defs, instance, list(datasets)).run(dry_run=dry_run, log=log)
