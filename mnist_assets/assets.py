@@ -125,27 +125,22 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         uses=(UrlsConfig, Dataset.resolve_mirrors, Dataset.file_urls, {"mirrors": mirrors}),
         key_prefix=prefix,
         group_name=group,
+        partitions_def=FILES,
         io_manager_key="json_io_manager",
-        description=f"{dataset.title}: resolved mirror URLs and pinned checksums of its four files.",
+        description=f"{dataset.title}: a file's candidate URLs (mirror order) and its pinned checksums.",
         kinds={"json"},
     )
     def urls(context: dg.AssetExecutionContext, config: UrlsConfig) -> dg.Output[dict]:
         chosen = dataset.resolve_mirrors(config.mirrors) if config.mirrors else mirrors
-        candidates = dataset.file_urls(chosen)
+        file = dataset.files[context.partition_key]
         value = {
             "dataset": dataset.id,
-            "mirrors": chosen,
-            "files": {
-                k: {
-                    "filename": f.filename,
-                    "urls": candidates[k],
-                    "payload_size": f.payload_size,
-                    "payload_sha256": f.payload_sha256,
-                    "gzip_md5": f.gzip_md5,
-                }
-                for k, f in dataset.files.items()
-            },
-            "class_names": list(dataset.class_names),
+            "file": file.key,
+            "filename": file.filename,
+            "urls": dataset.file_urls(chosen)[file.key],
+            "payload_size": file.payload_size,
+            "payload_sha256": file.payload_sha256,
+            "gzip_md5": file.gzip_md5,
         }
         return dg.Output(
             value,
@@ -165,7 +160,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     )
     def raw_gzip(context: dg.AssetExecutionContext, urls: dict) -> dg.Output[bytes]:
         file_key = context.partition_key
-        entry = urls["files"][file_key]
+        entry = urls[file_key]
         fetched = download.fetch(dataset, _source_file(entry, file_key), entry["urls"], log=context.log)
         return dg.Output(
             fetched.gzip_bytes,
@@ -320,8 +315,7 @@ def materialization_steps() -> list[tuple[tuple[str, ...], str | None]]:
     the README's CLI commands are these same steps.
     """
     return [
-        (("urls",), None),
-        *((("raw_gzip", "idx"), key) for key in FILE_KEYS),
+        *((("urls", "raw_gzip", "idx"), key) for key in FILE_KEYS),
         *((("shards",), split) for split in shards.SPLITS),
         (("checkpoint",), None),
     ]

@@ -55,8 +55,8 @@ def built(mini_mirror, http_server, tmp_path_factory):
 
 def test_every_asset_and_partition_lands_in_storage(built, mini_mirror):
     base = built["root"] / "mini_mnist"
-    urls = json.loads((base / "urls" / "value.json").read_text())
-    assert urls["files"]["train-images"]["urls"] == [built["url"] + "train-images-idx3-ubyte.gz"]
+    urls = json.loads((base / "urls" / "train-images.json").read_text())
+    assert urls["urls"] == [built["url"] + "train-images-idx3-ubyte.gz"]
     for key in FILE_KEYS:
         filename = mini_mirror["files"][key]["filename"]
         assert (base / "raw_gzip" / f"{key}.gz").read_bytes() == (mini_mirror["directory"] / filename).read_bytes()
@@ -133,9 +133,8 @@ def test_failed_blocking_check_keeps_bad_labels_from_the_shards(mini_mirror, htt
     document["datasets"]["mini_mnist"]["class_names"] = list("01234")
     dataset = parse_catalog(document)["mini_mnist"]
     with dg.instance_for_test() as instance:
-        materialize(dataset, tmp_path, instance, ["urls"])
         result = materialize(
-            dataset, tmp_path, instance, ["raw_gzip", "idx"], "train-labels", raise_on_error=False
+            dataset, tmp_path, instance, ["urls", "raw_gzip", "idx"], "train-labels", raise_on_error=False
         )
         failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
         assert [c.check_name for c in failed] == ["labels_in_class_range"]
@@ -148,9 +147,8 @@ def test_fashion_mnist_labels_come_from_the_debian_package(tmp_path):
         pytest.fail("install Debian's dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist)")
     dataset = load_catalog()["fashion_mnist"]
     with dg.instance_for_test() as instance:
-        materialize(dataset, tmp_path, instance, ["urls"], run_config=None)
         for key in ("train-labels", "test-labels"):
-            materialize(dataset, tmp_path, instance, ["raw_gzip", "idx"], key)
+            materialize(dataset, tmp_path, instance, ["urls", "raw_gzip", "idx"], key)
         labels = np.load(tmp_path / "fashion_mnist/idx/train-labels.npy", allow_pickle=False)
         assert labels.shape == (60000,) and np.bincount(labels).tolist() == [6000] * 10
         assert latest_data_version(
@@ -164,6 +162,6 @@ def test_status_lists_every_partition_with_its_artifact(built):
 
     defs = build_definitions({"mini_mnist": built["dataset"]}, str(built["root"]))
     rows = dataset_status(built["instance"], defs, "mini_mnist")
-    assert len(rows) == 1 + 4 + 4 + 3 + 1
+    assert len(rows) == 4 + 4 + 4 + 3 + 1
     assert all(r["materialized"] and r["data_version"] and r["code_version"] for r in rows)
     assert all(Path(r["path"]).exists() for r in rows)

@@ -9,9 +9,8 @@ dataset=${1:?usage: scripts/materialize.sh DATASET [EPOCHS]}
 epochs=${2:-}
 dagster=${DAGSTER:-dagster}
 
-"$dagster" asset materialize -m mnist_assets --select "$dataset/urls"
 for file in train-images train-labels test-images test-labels; do
-  "$dagster" asset materialize -m mnist_assets --select "$dataset/raw_gzip,$dataset/idx" --partition "$file"
+  "$dagster" asset materialize -m mnist_assets --select "$dataset/urls,$dataset/raw_gzip,$dataset/idx" --partition "$file"
 done
 for split in train test holdout; do
   "$dagster" asset materialize -m mnist_assets --select "$dataset/shards" --partition "$split"
