@@ -12,7 +12,7 @@ import pydantic
 from pydantic import Field
 
 from mnist_assets import download, idx, manifest, shards
-from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, SourceFile, redact_url
+from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, redact_url
 from mnist_assets.versioning import code_version, json_version
 
 FILES = dg.StaticPartitionsDefinition(list(FILE_KEYS))
@@ -25,7 +25,7 @@ FILES_TO_SPLITS = dg.StaticPartitionMapping(
 )
 
 
-class UrlsConfig(dg.Config):
+class FetchConfig(dg.Config):
     mirrors: list[str] = Field(
         default_factory=list,
         description="Mirror base URLs or local directories to use instead of the catalog's list "
@@ -81,10 +81,16 @@ def versioned_asset(uses: tuple = (), **kwargs):
     return wrap
 
 
-def _source_file(entry: dict, key: str) -> SourceFile:
-    return SourceFile(
-        key, entry["filename"], entry["payload_size"], entry.get("payload_sha256"), entry.get("gzip_md5")
-    )
+def url_entry(dataset: Dataset, file_key: str, mirrors: list[str]) -> dict:
+    """What identifies a source file: where to look (in order) and what its content must be."""
+    file = dataset.files[file_key]
+    return {
+        "filename": file.filename,
+        "urls": dataset.file_urls(mirrors)[file_key],
+        "payload_size": file.payload_size,
+        "payload_sha256": file.payload_sha256,
+        "gzip_md5": file.gzip_md5,
+    }
 
 
 def _expected_kind(key: str, dataset: Dataset) -> tuple[int, tuple[int, ...]]:
@@ -121,47 +127,35 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     DatasetTrainConfig = with_defaults(TrainConfig, dict(dataset.training), f"{dataset.id}_TrainConfig")
     mirrors = dataset.resolve_mirrors()
 
-    @versioned_asset(
-        uses=(UrlsConfig, Dataset.resolve_mirrors, Dataset.file_urls, {"mirrors": mirrors}),
-        key_prefix=prefix,
+    @dg.observable_source_asset(
+        key=key("urls"),
         group_name=group,
         partitions_def=FILES,
-        io_manager_key="json_io_manager",
-        description=f"{dataset.title}: a file's candidate URLs (mirror order) and its pinned checksums.",
-        kinds={"json"},
+        description=f"{dataset.title}: each file's candidate URLs (mirror order) and pinned checksums, "
+        "as resolved from the catalog and the mirror override. Observing it is free; a changed entry "
+        "makes exactly that file's raw_gzip partition stale.",
+        metadata={"mirrors": dg.MetadataValue.json([redact_url(m) for m in mirrors])},
     )
-    def urls(context: dg.AssetExecutionContext, config: UrlsConfig) -> dg.Output[dict]:
-        chosen = dataset.resolve_mirrors(config.mirrors) if config.mirrors else mirrors
-        file = dataset.files[context.partition_key]
-        value = {
-            "dataset": dataset.id,
-            "file": file.key,
-            "filename": file.filename,
-            "urls": dataset.file_urls(chosen)[file.key],
-            "payload_size": file.payload_size,
-            "payload_sha256": file.payload_sha256,
-            "gzip_md5": file.gzip_md5,
-        }
-        return dg.Output(
-            value,
-            data_version=dg.DataVersion(json_version(value)),
-            metadata={"mirrors": dg.MetadataValue.json([redact_url(m) for m in chosen])},
+    def urls(context) -> dg.DataVersionsByPartition:
+        return dg.DataVersionsByPartition(
+            {k: json_version(url_entry(dataset, k, mirrors)) for k in FILE_KEYS}
         )
 
     @versioned_asset(
-        uses=(download, idx.gunzip, _source_file),
+        uses=(download, idx.gunzip, url_entry),
         key_prefix=prefix,
         group_name=group,
         partitions_def=FILES,
-        ins={"urls": dg.AssetIn(key("urls"))},
+        deps=[key("urls")],
         io_manager_key="gzip_io_manager",
         description="The gzip file as fetched from the first mirror whose payload matches the pin.",
         kinds={"gzip"},
     )
-    def raw_gzip(context: dg.AssetExecutionContext, urls: dict) -> dg.Output[bytes]:
-        file_key = context.partition_key
-        entry = urls[file_key]
-        fetched = download.fetch(dataset, _source_file(entry, file_key), entry["urls"], log=context.log)
+    def raw_gzip(context: dg.AssetExecutionContext, config: FetchConfig) -> dg.Output[bytes]:
+        file = dataset.files[context.partition_key]
+        chosen = dataset.resolve_mirrors(config.mirrors) if config.mirrors else mirrors
+        candidates = url_entry(dataset, file.key, chosen)["urls"]
+        fetched = download.fetch(dataset, file, candidates, log=context.log)
         return dg.Output(
             fetched.gzip_bytes,
             data_version=dg.DataVersion(fetched.payload_sha256),
@@ -315,7 +309,7 @@ def materialization_steps() -> list[tuple[tuple[str, ...], str | None]]:
     the README's CLI commands are these same steps.
     """
     return [
-        *((("urls", "raw_gzip", "idx"), key) for key in FILE_KEYS),
+        *((("raw_gzip", "idx"), key) for key in FILE_KEYS),
         *((("shards",), split) for split in shards.SPLITS),
         (("checkpoint",), None),
     ]

@@ -20,9 +20,11 @@ from mnist_assets.io_managers import io_managers
 DEFAULT_STORAGE = "data/artifacts"
 
 
-def build_definitions(datasets: Mapping[str, Dataset], storage: str) -> dg.Definitions:
+def build_definitions(
+    datasets: Mapping[str, Dataset], storage: str, assets_factory=dataset_assets
+) -> dg.Definitions:
     return dg.Definitions(
-        assets=[a for dataset in datasets.values() for a in dataset_assets(dataset)],
+        assets=[a for dataset in datasets.values() for a in assets_factory(dataset)],
         resources=io_managers(storage),
         # steps here are seconds of work; a subprocess per step would cost more than the step
         executor=dg.in_process_executor,

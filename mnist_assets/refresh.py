@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import dagster as dg
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.definitions.observe import observe
 from dagster._core.definitions.temporal_context import TemporalContext
 from dagster._time import get_current_datetime
 
@@ -50,6 +51,15 @@ def _resolver(instance: dg.DagsterInstance, graph) -> CachingStaleStatusResolver
     return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
 
 
+def _describe(cause) -> str:
+    if cause.dependency is None:
+        return cause.reason
+    dependency = cause.dependency.asset_key.to_user_string()
+    if cause.dependency.partition_key:
+        dependency += f"[{cause.dependency.partition_key}]"
+    return f"{cause.reason} ({dependency})"
+
+
 class Refresher:
     """Judges and runs the assets of some datasets against one instance and one set of definitions."""
 
@@ -61,10 +71,9 @@ class Refresher:
         if unknown:
             raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; the catalog has {', '.join(sorted(known))}")
         self.datasets = list(datasets) or sorted(known)
-        self.keys = [
-            k for k in self.graph.toposorted_asset_keys
-            if k.path[0] in self.datasets and self.graph.get(k).is_materializable
-        ]
+        ours = [k for k in self.graph.toposorted_asset_keys if k.path[0] in self.datasets]
+        self.keys = [k for k in ours if self.graph.get(k).is_materializable]
+        self.sources = [k for k in ours if self.graph.get(k).is_observable]
 
     def partitions(self, key: dg.AssetKey) -> list[str | None]:
         partitions_def = self.graph.get(key).partitions_def
@@ -82,10 +91,7 @@ class Refresher:
         if not self.io_manager(key).exists(key, partition):
             return [f"artifact missing from storage ({self.io_manager(key).location(key, partition)})"]
         if status == StaleStatus.STALE:
-            return [
-                f"{cause.reason}" + (f" ({cause.dependency.to_user_string()})" if cause.dependency else "")
-                for cause in resolver.get_stale_causes(key, partition)
-            ] or ["stale"]
+            return [_describe(cause) for cause in resolver.get_stale_causes(key, partition)] or ["stale"]
         return []
 
     def run(self, dry_run: bool = False, log=print) -> Summary:
@@ -93,6 +99,7 @@ class Refresher:
         summary = Summary(datasets=self.datasets, dry_run=dry_run)
         job = self.defs.resolve_implicit_global_asset_job_def()
         planned: set[tuple[dg.AssetKey, str | None]] = set()
+        self.observe()  # a dry run too: the plan must reflect the catalog as it is now
         for key in self.keys:
             for partition in self.partitions(key):
                 causes = self.causes(_resolver(self.instance, self.graph), key, partition)
@@ -118,6 +125,11 @@ class Refresher:
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.artifacts = self.artifacts()
         return summary
+
+    def observe(self) -> None:
+        """Record the sources' current data versions (catalog entries, mirror overrides) first."""
+        if self.sources:
+            observe([self.defs.resolve_assets_def(k) for k in self.sources], instance=self.instance)
 
     def _has_planned_parent(self, key, partition, planned) -> bool:
         for parent in self.graph.get(key).parent_keys:

@@ -16,7 +16,7 @@ import dagster as dg
 def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_id: str) -> list[dict]:
     graph = defs.resolve_asset_graph()
     keys = sorted(
-        (k for k in graph.get_all_asset_keys() if k.path[0] == dataset_id),
+        (k for k in graph.get_all_asset_keys() if k.path[0] == dataset_id and graph.get(k).is_materializable),
         key=lambda k: ["urls", "raw_gzip", "idx", "shards", "checkpoint"].index(k.path[-1]),
     )
     if not keys:

@@ -142,7 +142,7 @@ def mini_catalog_document(mini_mirror: dict, mirrors: list[str]) -> dict:
             "mini_mnist": {
                 "title": "MNIST t10k cut into a small train/test mirror",
                 "mirrors": mirrors,
-                "files": mini_mirror["files"],
+                "files": json.loads(json.dumps(mini_mirror["files"])),
                 "class_names": [str(d) for d in range(10)],
                 "training": dict(TINY_TRAINING),
             }

@@ -16,9 +16,10 @@ def test_definitions_are_loadable_with_both_dataset_groups_and_their_partitions(
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     for dataset in ("mnist", "fashion_mnist"):
-        for name in ("urls", "raw_gzip", "idx", "shards", "checkpoint"):
+        for name in ("raw_gzip", "idx", "shards", "checkpoint"):
             node = graph.get(dg.AssetKey([dataset, name]))
             assert node.group_name == dataset and node.code_version
+        assert graph.get(dg.AssetKey([dataset, "urls"])).is_observable
         raw = graph.get(dg.AssetKey([dataset, "raw_gzip"])).partitions_def
         assert raw.get_partition_keys() == ["train-images", "train-labels", "test-images", "test-labels"]
         shards = graph.get(dg.AssetKey([dataset, "shards"])).partitions_def
