@@ -150,5 +150,5 @@ def fetch(
     raise DownloadError(
         f"{dataset.id}: could not fetch {file.key} ({file.filename}) from any mirror:\n  - {tried}\n"
         f"What to do: point {dataset.mirror_env_var} at a directory or HTTP(S) mirror that holds "
-        f"{file.filename} (comma-separated list), or pass mirrors in the urls asset's run config."
+        f"{file.filename} (comma-separated list), or pass mirrors in the raw_gzip asset's run config."
     )
