@@ -6,6 +6,8 @@ carries a code version hashed from the code that computes it.
 """
 
 
+from concurrent.futures import ThreadPoolExecutor
+
 import dagster as dg
 import numpy as np
 import pydantic
@@ -131,14 +133,26 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         key=key("urls"),
         group_name=group,
         partitions_def=FILES,
-        description=f"{dataset.title}: each file's candidate URLs (mirror order) and pinned checksums, "
-        "as resolved from the catalog and the mirror override. Observing it is free; a changed entry "
-        "makes exactly that file's raw_gzip partition stale.",
+        description=f"{dataset.title}: each file's candidate URLs, pinned checksums and what the first "
+        "answering mirror says about it now (HEAD ETag / Last-Modified / Content-Length, or the payload "
+        "sha256 of a local mirror). A change to any of these makes exactly that file's raw_gzip "
+        "partition stale. The daily_refresh schedule observes it; `mnist-assets refresh` does too.",
         metadata={"mirrors": dg.MetadataValue.json([redact_url(m) for m in mirrors])},
     )
     def urls(context) -> dg.DataVersionsByPartition:
+        entries = {k: url_entry(dataset, k, mirrors) for k in FILE_KEYS}
+        with ThreadPoolExecutor(len(FILE_KEYS)) as pool:
+            remote = dict(zip(FILE_KEYS, pool.map(
+                lambda k: download.fingerprint(dataset, dataset.files[k], entries[k]["urls"]), FILE_KEYS
+            )))
+        silent = [k for k, seen in remote.items() if seen is None]
+        if silent:
+            context.log.warning(
+                f"{dataset.id}: no mirror answered for {', '.join(silent)}; their previous observation "
+                f"stands (set {dataset.mirror_env_var} to a reachable mirror)"
+            )
         return dg.DataVersionsByPartition(
-            {k: json_version(url_entry(dataset, k, mirrors)) for k in FILE_KEYS}
+            {k: json_version({**entries[k], "remote": remote[k]}) for k in FILE_KEYS if remote[k] is not None}
         )
 
     @versioned_asset(

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mnist-assets refresh: {error}", file=sys.stderr)
             return 2
     print(json.dumps(summary.to_dict(), indent=2))
-    return 0
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

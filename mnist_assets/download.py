@@ -152,3 +152,39 @@ def fetch(
         f"What to do: point {dataset.mirror_env_var} at a directory or HTTP(S) mirror that holds "
         f"{file.filename} (comma-separated list), or pass mirrors in the raw_gzip asset's run config."
     )
+
+
+def fingerprint(
+    dataset: Dataset, file: SourceFile, urls: list[str], policy: FetchPolicy = FetchPolicy(read_timeout=10.0)
+) -> dict | None:
+    """What the first answering mirror says about the file now, without downloading it.
+
+    HTTP(S): the response headers of a HEAD request (ETag, Last-Modified, Content-Length), which a
+    server changes when the file changes. ``file://``: the payload sha256 itself (reading a local file
+    costs less than guessing from its mtime). ``None`` when no mirror answers: the previous observation
+    then stands, so an unreachable mirror never looks like a change.
+    """
+    limit = _max_gzip_bytes(file)
+    with requests.Session() as session:
+        session.max_redirects = policy.max_redirects
+        for url in urls:
+            scheme = urlsplit(url).scheme.lower()
+            if scheme not in ALLOWED_SCHEMES:
+                continue
+            try:
+                if scheme == "file":
+                    data = _read_file_url(url, limit)
+                    try:
+                        return {"url": redact_url(url), "payload_sha256": idx.sha256(idx.gunzip(data, file.payload_size))}
+                    except idx.IdxError as error:  # a damaged file is a state too: the download will say why
+                        return {"url": redact_url(url), "gzip_sha256": idx.sha256(data), "unreadable": str(error)}
+                response = session.head(
+                    url, allow_redirects=True, timeout=(policy.connect_timeout, policy.read_timeout)
+                )
+                if response.status_code != 200:
+                    continue
+                headers = {h: response.headers.get(h) for h in ("ETag", "Last-Modified", "Content-Length")}
+                return {"url": redact_url(url), **{k: v for k, v in headers.items() if v is not None}}
+            except (_MirrorFailed, requests.RequestException):
+                continue
+    return None

@@ -1,9 +1,10 @@
 """Materialize exactly what is stale or missing, per asset and partition, in one process.
 
-Staleness is Dagster's own (the resolver the UI uses: code versions, upstream data versions), plus
-storage: a partition whose artifact file is gone is missing even if the event log says otherwise.
-Assets are visited upstream first and each partition is judged right before it would run, so a
+What needs a rebuild is judged by :mod:`mnist_assets.staleness` (Dagster's stale status plus storage),
+the same judgement the automation sensor uses. Sources are observed first, so a changed catalog entry
+or remote file is seen. Assets are visited upstream first and each partition is judged right before it would run, so a
 rebuild that reproduces identical content (same data version) leaves everything downstream alone.
+A failed partition is reported and keeps its last good artifact; the others still refresh.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.definitions.observe import observe
-from dagster._core.definitions.temporal_context import TemporalContext
-from dagster._time import get_current_datetime
+
+from mnist_assets import staleness
 
 
 @dataclass
@@ -26,6 +25,7 @@ class Step:
     partition: str | None
     causes: list[str]
     seconds: float | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Summary:
     dry_run: bool
     ran: list[Step] = field(default_factory=list)
     waiting_on_upstream: list[Step] = field(default_factory=list)
+    failed: list[Step] = field(default_factory=list)
     fresh: int = 0
     seconds: float = 0.0
     artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -42,22 +43,15 @@ class Summary:
         return asdict(self)
 
 
-def _resolver(instance: dg.DagsterInstance, graph) -> CachingStaleStatusResolver:
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=graph,
-    )
-    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
-
-
-def _describe(cause) -> str:
-    if cause.dependency is None:
-        return cause.reason
-    dependency = cause.dependency.asset_key.to_user_string()
-    if cause.dependency.partition_key:
-        dependency += f"[{cause.dependency.partition_key}]"
-    return f"{cause.reason} ({dependency})"
+def _failure_message(result) -> str:
+    """The first failed step's error message: what the asset raised, not a Dagster traceback."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",):
+                error = error.cause
+            return error.message.strip()
+    return "the run failed (see the Dagster event log)"
 
 
 class Refresher:
@@ -83,17 +77,6 @@ class Refresher:
         io_key = self.defs.resolve_assets_def(key).get_io_manager_key_for_asset_key(key)
         return self.defs.resources[io_key]
 
-    def causes(self, resolver, key: dg.AssetKey, partition: str | None) -> list[str]:
-        """Why this partition must be rebuilt; empty when it is fresh."""
-        status = resolver.get_status(key, partition)
-        if status == StaleStatus.MISSING:
-            return ["never materialized"]
-        if not self.io_manager(key).exists(key, partition):
-            return [f"artifact missing from storage ({self.io_manager(key).location(key, partition)})"]
-        if status == StaleStatus.STALE:
-            return [_describe(cause) for cause in resolver.get_stale_causes(key, partition)] or ["stale"]
-        return []
-
     def run(self, dry_run: bool = False, log=print) -> Summary:
         started = time.perf_counter()
         summary = Summary(datasets=self.datasets, dry_run=dry_run)
@@ -102,7 +85,8 @@ class Refresher:
         self.observe()  # a dry run too: the plan must reflect the catalog as it is now
         for key in self.keys:
             for partition in self.partitions(key):
-                causes = self.causes(_resolver(self.instance, self.graph), key, partition)
+                judge = staleness.resolver(self.instance, self.graph)
+                causes = staleness.causes(judge, self.io_manager(key), key, partition)
                 step = Step(key.to_user_string(), partition, causes)
                 if not causes:
                     if dry_run and self._has_planned_parent(key, partition, planned):
@@ -118,10 +102,16 @@ class Refresher:
                 log(f"{'would run' if dry_run else 'running'} {label}: {'; '.join(causes)}")
                 if not dry_run:
                     t0 = time.perf_counter()
-                    job.execute_in_process(
-                        asset_selection=[key], partition_key=partition, instance=self.instance
+                    result = job.execute_in_process(
+                        asset_selection=[key], partition_key=partition, instance=self.instance,
+                        raise_on_error=False,
                     )
                     step.seconds = round(time.perf_counter() - t0, 3)
+                    if not result.success:  # the last good artifact stays; the rest still refreshes
+                        step.error = _failure_message(result)
+                        summary.ran.remove(step)
+                        summary.failed.append(step)
+                        log(f"FAILED {label}: {step.error}")
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.artifacts = self.artifacts()
         return summary

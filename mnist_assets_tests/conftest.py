@@ -7,19 +7,24 @@ The small mirror is cut from the real MNIST t10k files in ``../shared/data/mnist
 from __future__ import annotations
 
 import gzip
+import hashlib
 import http.server
 import json
 import os
+import shutil
 import threading
 from collections import Counter
 from functools import partial
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pytest
 
 from mnist_assets import idx
 from mnist_assets.catalog import FILE_KEYS, parse_catalog
+from mnist_assets.definitions import build_definitions
+from mnist_assets.refresh import refresh
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = Path(os.environ.get("MNIST_ASSETS_SHARED_MNIST", REPO.parent / "shared" / "data" / "mnist"))
@@ -44,6 +49,7 @@ class LoopbackServer:
     """A threaded HTTP server on 127.0.0.1 serving directories under URL prefixes, counting requests.
 
     ``fail_next[path]`` is a list of HTTP statuses answered (one per request) before the file is served.
+    Files carry an ETag (md5 of the content, as S3 sends) besides Last-Modified and Content-Length.
     """
 
     def __init__(self):
@@ -63,9 +69,13 @@ class LoopbackServer:
 
             def translate_path(self, path):
                 server.requests[path] += 1
-                prefix, _, rest = path.lstrip("/").partition("/")
-                root = server.mounts.get(prefix)
-                return str(root / rest) if root else "/nonexistent"
+                return server.local_path(path)
+
+            def end_headers(self):
+                local = Path(server.local_path(self.path))
+                if local.is_file():
+                    self.send_header("ETag", f'"{hashlib.md5(local.read_bytes()).hexdigest()}"')
+                super().end_headers()
 
             def log_message(self, *args):
                 pass
@@ -73,6 +83,11 @@ class LoopbackServer:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory="/"))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    def local_path(self, url_path: str) -> str:
+        prefix, _, rest = url_path.lstrip("/").partition("/")
+        root = self.mounts.get(prefix)
+        return str(root / rest) if root else "/nonexistent"
 
     def mount(self, prefix: str, directory: Path) -> str:
         self.mounts[prefix] = Path(directory)
@@ -158,3 +173,56 @@ def mini_catalog(mini_mirror, http_server, tmp_path):
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps(document))
     return {"datasets": parse_catalog(document), "path": path, "url": url}
+
+
+def materialized(instance, defs) -> Counter:
+    counts = Counter()
+    for key in defs.resolve_asset_graph().materializable_asset_keys:
+        for record in instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=10_000).records:
+            counts[(key.path[-1], record.partition_key)] += 1
+    return counts
+
+
+class Project:
+    """A mirror directory served over loopback HTTP, a catalog, storage and one real instance."""
+
+    def __init__(self, mini_mirror, http_server, tmp_path, instance):
+        self.mirror = tmp_path / "mirror"
+        shutil.copytree(mini_mirror["directory"], self.mirror)
+        self.url = http_server.mount(f"refresh-{tmp_path.name}", self.mirror)
+        self.document = mini_catalog_document(mini_mirror, [self.url])
+        self.storage = tmp_path / "artifacts"
+        self.instance = instance
+        self.arrays = mini_mirror["arrays"]
+
+    @property
+    def dataset(self):
+        return self.document["datasets"]["mini_mnist"]
+
+    def defs(self, assets_module=None) -> dg.Definitions:
+        datasets = parse_catalog(self.document)
+        if assets_module is None:
+            return build_definitions(datasets, str(self.storage))
+        return build_definitions(datasets, str(self.storage), assets_module.dataset_assets)
+
+    def refresh(self, defs=None, dry_run=False):
+        defs = defs or self.defs()
+        before = materialized(self.instance, defs)
+        summary = refresh(defs, self.instance, ["mini_mnist"], dry_run=dry_run, log=lambda m: None)
+        delta = materialized(self.instance, defs) - before
+        return summary, delta
+
+
+@pytest.fixture
+def empty_project(mini_mirror, http_server, tmp_path):
+    """A project whose assets were never materialized."""
+    with dg.instance_for_test() as instance:
+        yield Project(mini_mirror, http_server, tmp_path, instance)
+
+
+@pytest.fixture
+def project(empty_project):
+    """A project refreshed once: every asset partition materialized."""
+    _, delta = empty_project.refresh()
+    assert sum(delta.values()) == 4 + 4 + 3 + 1
+    return empty_project

@@ -3,66 +3,14 @@
 import gzip
 import importlib.util
 import json
-import shutil
 import sys
 from collections import Counter
+from pathlib import Path
 
-import dagster as dg
 import numpy as np
-import pytest
 
 import mnist_assets.assets
-from mnist_assets.catalog import parse_catalog
-from mnist_assets.definitions import build_definitions
-from mnist_assets.refresh import refresh
-from mnist_assets_tests.conftest import MINI_FILENAMES, mini_catalog_document, write_idx_gz
-
-
-def materialized(instance, defs) -> Counter:
-    counts = Counter()
-    for key in defs.resolve_asset_graph().materializable_asset_keys:
-        for record in instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=10_000).records:
-            counts[(key.path[-1], record.partition_key)] += 1
-    return counts
-
-
-class Project:
-    """A mirror directory served over loopback HTTP, a catalog, storage and one real instance."""
-
-    def __init__(self, mini_mirror, http_server, tmp_path, instance):
-        self.mirror = tmp_path / "mirror"
-        shutil.copytree(mini_mirror["directory"], self.mirror)
-        self.url = http_server.mount(f"refresh-{tmp_path.name}", self.mirror)
-        self.document = mini_catalog_document(mini_mirror, [self.url])
-        self.storage = tmp_path / "artifacts"
-        self.instance = instance
-        self.arrays = mini_mirror["arrays"]
-
-    @property
-    def dataset(self):
-        return self.document["datasets"]["mini_mnist"]
-
-    def defs(self, assets_module=None) -> dg.Definitions:
-        datasets = parse_catalog(self.document)
-        if assets_module is None:
-            return build_definitions(datasets, str(self.storage))
-        return build_definitions(datasets, str(self.storage), assets_module.dataset_assets)
-
-    def refresh(self, defs=None, dry_run=False):
-        defs = defs or self.defs()
-        before = materialized(self.instance, defs)
-        summary = refresh(defs, self.instance, ["mini_mnist"], dry_run=dry_run, log=lambda m: None)
-        delta = materialized(self.instance, defs) - before
-        return summary, delta
-
-
-@pytest.fixture
-def project(mini_mirror, http_server, tmp_path):
-    with dg.instance_for_test() as instance:
-        built = Project(mini_mirror, http_server, tmp_path, instance)
-        _, delta = built.refresh()
-        assert sum(delta.values()) == 4 + 4 + 3 + 1
-        yield built
+from mnist_assets_tests.conftest import MINI_FILENAMES, write_idx_gz
 
 
 def test_a_second_refresh_with_nothing_changed_computes_nothing(project):
@@ -104,18 +52,35 @@ def test_new_bytes_for_one_file_recompute_only_what_is_built_from_it(project):
 
 
 def test_a_redownload_with_an_identical_payload_recomputes_nothing_downstream(project):
-    # the mirror now serves a re-compressed file: other gzip bytes, same payload
+    # the mirror now serves a re-compressed file: other gzip bytes (a new ETag), same payload
     path = project.mirror / MINI_FILENAMES["test-images"]
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=1, mtime=12345))
-    project.dataset["mirrors"] = [project.url, project.url]  # a mirror-list change forces re-downloads
-    _, delta = project.refresh()
-    assert delta == Counter({("raw_gzip", k): 1 for k in MINI_FILENAMES})
+    summary, delta = project.refresh()
+    assert delta == Counter({("raw_gzip", "test-images"): 1})
+    assert summary.ran[0].causes == ["has a new dependency data version (mini_mnist/urls[test-images])"]
     assert (project.storage / "mini_mnist/raw_gzip/test-images.gz").read_bytes() == path.read_bytes()
+
+
+def test_new_bytes_that_break_the_pin_fail_clearly_and_keep_the_last_good_file(project):
+    stored = project.storage / "mini_mnist/raw_gzip/train-labels.gz"
+    good = stored.read_bytes()
+    labels = project.arrays["train-labels"].copy()
+    labels[:10] = (labels[:10] + 1) % 10
+    write_idx_gz(project.mirror / MINI_FILENAMES["train-labels"], labels)  # the catalog pin stays
+    summary, delta = project.refresh()
+    assert delta == Counter()
+    assert summary.ran == [] and [(s.asset, s.partition) for s in summary.failed] == [
+        ("mini_mnist/raw_gzip", "train-labels")
+    ]
+    error = summary.failed[0].error
+    assert "mini_mnist: could not fetch train-labels" in error and project.url in error
+    assert "does not match the pinned" in error and "MNIST_ASSETS_MIRROR_MINI_MNIST" in error
+    assert stored.read_bytes() == good
 
 
 def test_changed_compute_code_recomputes_that_asset_and_downstream_only(project, tmp_path):
     """Load a copy of the assets module whose shards code differs, as an edit would."""
-    text = open(mnist_assets.assets.__file__).read()
+    text = Path(mnist_assets.assets.__file__).read_text()
     edited = text.replace(
         "        split = context.partition_key\n",
         "        split = context.partition_key  # edited: a new comment is enough\n",
