@@ -1,0 +1,88 @@
+"""Refresh inside Dagster: a sensor that rebuilds what needs it, a daily schedule that observes sources.
+
+Every materializable asset carries :func:`refresh_condition`. The automation sensor (running by
+default) evaluates it in the code server, because the condition reads storage, so ``dagster dev``
+rebuilds missing partitions (including those missing from the start), stale ones and deleted ones
+without clicks, upstream first, one hop per tick. The ``daily_refresh`` schedule observes every
+dataset's sources; a changed remote file or catalog entry then makes exactly its raw partition stale
+and the sensor takes it from there. Both are listed, with descriptions, under Automation in the UI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import dagster as dg
+
+from mnist_assets.staleness import NeedsRebuild, Stores
+
+DEFAULT_REFRESH_CRON = "0 4 * * *"
+SENSOR_INTERVAL_SECONDS = 30
+
+
+def refresh_condition(stores: Stores, cron: str) -> dg.AutomationCondition:
+    """Rebuild a partition that needs it, once per reason, after its dependencies are settled.
+
+    A reason is: it newly needs a rebuild, an input was updated, its code changed, or the daily tick
+    passed (so a failed rebuild is retried daily, not every tick). Waiting while any dependency needs
+    a rebuild means a parent that reproduces identical content leaves this partition alone.
+    """
+    AC = dg.AutomationCondition
+    needs = NeedsRebuild(stores)
+    reason = (
+        needs.newly_true() | AC.any_deps_updated() | AC.code_version_changed() | AC.cron_tick_passed(cron)
+    ).since(AC.newly_requested()).with_label("a new reason since it was last requested")
+    settled = ~(AC.any_deps_match(needs) | AC.any_deps_in_progress()).with_label(
+        "a dependency needs a rebuild or is running"
+    )
+    return (needs & reason & settled & ~AC.in_progress()).with_label("rebuild when stale or missing")
+
+
+def automation(
+    assets: Sequence[dg.AssetsDefinition | dg.SourceAsset], resources: Mapping[str, object], cron: str = DEFAULT_REFRESH_CRON
+) -> dict:
+    """``Definitions`` arguments: the assets with their condition, the sensor, the observe job, its schedule."""
+    stores = {
+        key: resources[a.get_io_manager_key_for_asset_key(key)]
+        for a in assets
+        if isinstance(a, dg.AssetsDefinition)
+        for key in a.keys
+    }
+    condition = refresh_condition(stores, cron)
+    automated = [
+        a.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition))
+        if isinstance(a, dg.AssetsDefinition)
+        else a
+        for a in assets
+    ]
+    sources = [a.key for a in assets if isinstance(a, dg.SourceAsset) and a.is_observable]
+    observe = dg.define_asset_job(
+        "observe_sources",
+        selection=dg.AssetSelection.assets(*sources),
+        description="Observe every dataset's source files (HEAD or local checksum) and catalog entries.",
+    )
+    return {
+        "assets": automated,
+        "jobs": [observe],
+        "schedules": [
+            dg.ScheduleDefinition(
+                name="daily_refresh",
+                job=observe,
+                cron_schedule=cron,
+                default_status=dg.DefaultScheduleStatus.RUNNING,
+                description="Observes the sources; a changed file makes its raw partition stale and the "
+                "refresh_stale_assets sensor rebuilds it and what is built from it.",
+            )
+        ],
+        "sensors": [
+            dg.AutomationConditionSensorDefinition(
+                "refresh_stale_assets",
+                target=dg.AssetSelection.all(),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+                use_user_code_server=True,  # the condition reads storage, which the daemon cannot
+                description="Rebuilds missing, stale and deleted asset partitions, upstream first "
+                "(the same judgement as `mnist-assets refresh`).",
+            )
+        ],
+    }

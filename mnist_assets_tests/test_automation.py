@@ -1,0 +1,91 @@
+"""The automation sensor and the daily schedule, evaluated with Dagster's testing APIs.
+
+Each tick must request exactly the partitions that need a rebuild, and they must be the partitions
+`mnist-assets refresh --dry-run` would run first: one judgement behind the CLI, the sensor and the UI.
+"""
+
+import gzip
+
+import dagster as dg
+
+from mnist_assets.catalog import FILE_KEYS
+from mnist_assets_tests.conftest import MINI_FILENAMES
+
+
+class Ticks:
+    """Successive evaluations of the sensor's conditions, carrying the cursor as the daemon does."""
+
+    def __init__(self, project):
+        self.project, self.cursor = project, None
+
+    def next(self) -> dict[str, set]:
+        result = dg.evaluate_automation_conditions(
+            defs=self.project.defs(), instance=self.project.instance, cursor=self.cursor
+        )
+        self.cursor = result.cursor
+        graph = self.project.defs().resolve_asset_graph()
+        return {
+            key.path[-1]: result.get_requested_partitions(key)
+            for key in graph.materializable_asset_keys
+            if result.get_num_requested(key)
+        }
+
+
+def first_hop_of_plan(project) -> dict[str, set]:
+    """What a dry-run refresh would run now, without the partitions waiting on an upstream rebuild."""
+    summary, _ = project.refresh(dry_run=True)
+    plan: dict[str, set] = {}
+    for step in summary.ran:
+        plan.setdefault(step.asset.split("/")[-1], set()).add(step.partition)
+    return plan
+
+
+def materialize(project, asset: str, partitions) -> None:
+    job = project.defs().resolve_implicit_global_asset_job_def()
+    for partition in partitions:
+        job.execute_in_process(
+            asset_selection=[dg.AssetKey(["mini_mnist", asset])], partition_key=partition, instance=project.instance
+        )
+
+
+def test_assets_missing_from_the_start_are_built_upstream_first(empty_project):
+    ticks = Ticks(empty_project)
+    assert ticks.next() == {"raw_gzip": set(FILE_KEYS)}
+    assert ticks.next() == {}  # requested once, not again while its run is pending
+    materialize(empty_project, "raw_gzip", FILE_KEYS)
+    assert ticks.next() == {"idx": set(FILE_KEYS)}
+
+
+def test_a_built_project_requests_nothing(project):
+    ticks = Ticks(project)
+    assert ticks.next() == {}
+    assert first_hop_of_plan(project) == {}
+
+
+def test_a_changed_remote_file_observed_by_the_schedule_requests_exactly_its_raw_partition(project):
+    defs = project.defs()
+    schedule = defs.resolve_schedule_def("daily_refresh")
+    assert schedule.job_name == "observe_sources" and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    ticks = Ticks(project)
+    assert ticks.next() == {}
+    path = project.mirror / MINI_FILENAMES["test-images"]
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=1, mtime=777))
+    assert ticks.next() == {}  # nobody has looked at the mirror yet
+    assert defs.resolve_job_def("observe_sources").execute_in_process(instance=project.instance).success
+    assert ticks.next() == {"raw_gzip": {"test-images"}} == first_hop_of_plan(project)
+    materialize(project, "raw_gzip", ["test-images"])
+    assert ticks.next() == {}  # the same payload came back: nothing downstream is stale
+
+
+def test_a_deleted_artifact_is_requested_alone(project):
+    ticks = Ticks(project)
+    ticks.next()
+    (project.storage / "mini_mnist/shards/holdout/_manifest.json").unlink()
+    assert ticks.next() == {"shards": {"holdout"}} == first_hop_of_plan(project)
+
+
+def test_a_training_setting_change_requests_only_the_checkpoint(project):
+    ticks = Ticks(project)
+    ticks.next()
+    project.dataset["training"]["epochs"] = 2
+    assert ticks.next() == {"checkpoint": {None}} == first_hop_of_plan(project)
