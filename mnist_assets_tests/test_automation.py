@@ -1,10 +1,12 @@
-"""The automation sensor and the daily schedule, evaluated with Dagster's testing APIs.
+"""The automation sensor, the daily schedule and the UI's stale markers, against the refresh plan.
 
-Each tick must request exactly the partitions that need a rebuild, and they must be the partitions
-`mnist-assets refresh --dry-run` would run first: one judgement behind the CLI, the sensor and the UI.
+Each tick (Dagster's testing API) must request exactly the partitions that need a rebuild, and they,
+like the partitions the webserver's GraphQL marks stale, must be the ones `mnist-assets refresh
+--dry-run` would run first: one judgement behind the CLI, the sensor and the UI.
 """
 
 import gzip
+import json
 
 import dagster as dg
 
@@ -89,3 +91,42 @@ def test_a_training_setting_change_requests_only_the_checkpoint(project):
     ticks.next()
     project.dataset["training"]["epochs"] = 2
     assert ticks.next() == {"checkpoint": {None}} == first_hop_of_plan(project)
+
+
+UI_NODES = "{ assetNodes { assetKey { path } isPartitioned staleStatus } }"
+UI_PARTITIONS = """query ($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) { ... on AssetNode { partitionKeys staleStatusByPartition } }
+}"""
+
+
+def test_the_ui_marks_stale_exactly_what_refresh_plans_to_run(project, tmp_path, monkeypatch):
+    """The webserver's GraphQL (what the UI draws), against a code server started like `dagster dev`'s."""
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    import mnist_assets.definitions
+
+    project.dataset["training"]["epochs"] = 2
+    path = project.mirror / MINI_FILENAMES["test-images"]
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=1, mtime=777))
+    plan = first_hop_of_plan(project)  # a dry run observes the mirror first
+    assert plan == {"raw_gzip": {"test-images"}, "checkpoint": {None}}
+
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(project.document))
+    monkeypatch.setenv("MNIST_ASSETS_CATALOG", str(catalog))
+    monkeypatch.setenv("MNIST_ASSETS_STORAGE", str(project.storage))
+    marked: dict[str, set] = {}
+    with define_out_of_process_context(mnist_assets.definitions.__file__, "defs", project.instance) as context:
+        for node in execute_dagster_graphql(context, UI_NODES).data["assetNodes"]:
+            path = node["assetKey"]["path"]
+            if path[-1] == "urls":
+                continue
+            statuses = [(None, node["staleStatus"])]
+            if node["isPartitioned"]:
+                found = execute_dagster_graphql(context, UI_PARTITIONS, {"key": {"path": path}})
+                partitioned = found.data["assetNodeOrError"]
+                statuses = zip(partitioned["partitionKeys"], partitioned["staleStatusByPartition"])
+            for partition, status in statuses:
+                if status != "FRESH":
+                    marked.setdefault(path[-1], set()).add(partition)
+    assert marked == plan
