@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import report
 
 from mnist_assets.assets import dataset_assets, materialization_steps
 from mnist_assets.catalog import load_catalog
@@ -72,8 +73,6 @@ def run(out: Path, epochs: int | None) -> dict:
         "parameter_count": record["parameter_count"],
         "goal_met": holdout >= 0.91 and record["training_seconds"] <= 300,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "graph_bench.json").write_text(json.dumps(result, indent=2))
     lines = [
         "| stage | seconds |",
         "|---|---|",
@@ -87,8 +86,7 @@ def run(out: Path, epochs: int | None) -> dict:
             f"{'met' if result['goal_met'] else 'NOT met'}"
         ),
     ]
-    (out / "graph_bench.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    report.write(out, "graph_bench", result, lines)
     return result
 
 

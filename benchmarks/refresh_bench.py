@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import report
+
 from mnist_assets.catalog import DEFAULT_CATALOG
 
 BIN = Path(sys.executable).parent
@@ -119,8 +121,7 @@ def run(out: Path, dataset: str, repeats: int) -> dict:
             "config_change_ran_only_checkpoint": all(r["refresh_ran"] == [f"{dataset}/checkpoint"] for r in config_rows),
         },
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "refresh_bench.json").write_text(json.dumps(result, indent=2))
+    missed = [k for k, ok in result["goals_met"].items() if not ok]
     lines = [
         f"Refresh overhead on full-size {dataset}, through the CLIs (median of {repeats}, interleaved).",
         "",
@@ -139,11 +140,9 @@ def run(out: Path, dataset: str, repeats: int) -> dict:
         ),
         "",
         f"First build from nothing: {build_seconds:.1f} s ({len(first['ran'])} partitions). "
-        f"Goals: {', '.join(k for k, ok in result['goals_met'].items() if ok) or 'none'} met"
-        + (f"; NOT met: {', '.join(k for k, ok in result['goals_met'].items() if not ok)}" if not all(result["goals_met"].values()) else ""),
+        + (f"Goals NOT met: {', '.join(missed)}." if missed else "All goals met."),
     ]
-    (out / "refresh_bench.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    report.write(out, "refresh_bench", result, lines)
     return result
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
-from mnist_assets.staleness import NeedsRebuild, Stores
+from mnist_assets.staleness import NeedsRebuild, Stores, stores_of
 
 DEFAULT_REFRESH_CRON = "0 4 * * *"
 SENSOR_INTERVAL_SECONDS = 30
@@ -39,16 +39,12 @@ def refresh_condition(stores: Stores, cron: str) -> dg.AutomationCondition:
 
 
 def automation(
-    assets: Sequence[dg.AssetsDefinition | dg.SourceAsset], resources: Mapping[str, object], cron: str = DEFAULT_REFRESH_CRON
+    assets: Sequence[dg.AssetsDefinition | dg.SourceAsset],
+    resources: Mapping[str, object],
+    cron: str = DEFAULT_REFRESH_CRON,
 ) -> dict:
     """``Definitions`` arguments: the assets with their condition, the sensor, the observe job, its schedule."""
-    stores = {
-        key: resources[a.get_io_manager_key_for_asset_key(key)]
-        for a in assets
-        if isinstance(a, dg.AssetsDefinition)
-        for key in a.keys
-    }
-    condition = refresh_condition(stores, cron)
+    condition = refresh_condition(stores_of(assets, resources), cron)
     automated = [
         a.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition))
         if isinstance(a, dg.AssetsDefinition)

@@ -2,8 +2,8 @@
 
 What needs a rebuild is judged by :mod:`mnist_assets.staleness` (Dagster's stale status plus storage),
 the same judgement the automation sensor uses. Sources are observed first, so a changed catalog entry
-or remote file is seen. Assets are visited upstream first and each partition is judged right before it would run, so a
-rebuild that reproduces identical content (same data version) leaves everything downstream alone.
+or remote file is seen. Assets are visited upstream first and each partition is judged right before
+it would run, so a rebuild that reproduces identical content (same data version) leaves everything downstream alone.
 A failed partition is reported and keeps its last good artifact; the others still refresh.
 """
 
@@ -48,7 +48,7 @@ def _failure_message(result) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
-            while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",):
+            while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
                 error = error.cause
             return error.message.strip()
     return "the run failed (see the Dagster event log)"
@@ -68,14 +68,11 @@ class Refresher:
         ours = [k for k in self.graph.toposorted_asset_keys if k.path[0] in self.datasets]
         self.keys = [k for k in ours if self.graph.get(k).is_materializable]
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
+        self.stores = staleness.stores_of(defs.assets, defs.resources)
 
     def partitions(self, key: dg.AssetKey) -> list[str | None]:
         partitions_def = self.graph.get(key).partitions_def
         return list(partitions_def.get_partition_keys()) if partitions_def else [None]
-
-    def io_manager(self, key: dg.AssetKey):
-        io_key = self.defs.resolve_assets_def(key).get_io_manager_key_for_asset_key(key)
-        return self.defs.resources[io_key]
 
     def run(self, dry_run: bool = False, log=print) -> Summary:
         started = time.perf_counter()
@@ -86,7 +83,7 @@ class Refresher:
         for key in self.keys:
             for partition in self.partitions(key):
                 judge = staleness.resolver(self.instance, self.graph)
-                causes = staleness.causes(judge, self.io_manager(key), key, partition)
+                causes = staleness.causes(judge, self.stores[key], key, partition)
                 step = Step(key.to_user_string(), partition, causes)
                 if not causes:
                     if dry_run and self._has_planned_parent(key, partition, planned):
@@ -117,7 +114,7 @@ class Refresher:
         return summary
 
     def observe(self) -> None:
-        """Record the sources' current data versions (catalog entries, mirror overrides) first."""
+        """Record the sources' current data versions (catalog entries, remote files) first."""
         if self.sources:
             observe([self.defs.resolve_assets_def(k) for k in self.sources], instance=self.instance)
 
@@ -135,7 +132,7 @@ class Refresher:
         """Where every asset partition of the datasets lives (whether or not it exists yet)."""
         return {
             key.to_user_string(): {
-                partition or "-": str(self.io_manager(key).location(key, partition))
+                partition or "-": str(self.stores[key].location(key, partition))
                 for partition in self.partitions(key)
             }
             for key in self.keys

@@ -21,6 +21,16 @@ Stores = Mapping[dg.AssetKey, "object"]
 """Asset key → the IO manager that stores it (anything with ``exists`` and ``location``)."""
 
 
+def stores_of(assets, resources: Mapping[str, object]) -> dict[dg.AssetKey, object]:
+    """The store of every materializable asset among ``assets``, from its IO manager key."""
+    return {
+        key: resources[a.get_io_manager_key_for_asset_key(key)]
+        for a in assets
+        if isinstance(a, dg.AssetsDefinition)
+        for key in a.keys
+    }
+
+
 def resolver(instance: dg.DagsterInstance, graph, view: AssetGraphView | None = None) -> CachingStaleStatusResolver:
     """A fresh view of the event log (the resolver caches, so make one per decision point)."""
     view = view or AssetGraphView(

@@ -1,7 +1,8 @@
 """What the instance knows about a dataset: per asset and partition, the latest materialization.
 
 ``python -m mnist_assets.status DATASET [--json]`` prints one line per asset partition (data version,
-step seconds, artifact path) and exits 1 if any is missing, so CI and scripts can rely on it.
+step seconds, artifact path) and exits 1 if any is missing, so CI and scripts can rely on it. A
+partition whose artifact is gone from storage is missing, whatever the event log says.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 
 import dagster as dg
 
+from mnist_assets.staleness import stores_of
+
 
 def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_id: str) -> list[dict]:
     graph = defs.resolve_asset_graph()
@@ -21,7 +24,7 @@ def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_i
     )
     if not keys:
         raise SystemExit(f"unknown dataset {dataset_id!r}")
-    rows, step_stats = [], {}
+    rows, step_stats, stores = [], {}, stores_of(defs.assets, defs.resources)
     for key in keys:
         partitions_def = graph.get(key).partitions_def
         for partition in partitions_def.get_partition_keys() if partitions_def else [None]:
@@ -29,7 +32,13 @@ def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_i
                 dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None),
                 limit=1,
             ).records
-            row = {"asset": key.to_user_string(), "partition": partition, "materialized": bool(records)}
+            in_storage = stores[key].exists(key, partition)
+            row = {
+                "asset": key.to_user_string(),
+                "partition": partition,
+                "materialized": bool(records) and in_storage,
+                "in_storage": in_storage,
+            }
             if records:
                 event = records[0].event_log_entry
                 materialization = records[0].asset_materialization
@@ -67,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = "" if r["seconds"] is None else f"{r['seconds']:.2f}"
                 print(f"{r['asset']:28} {r['partition'] or '-':13} {r['data_version']:17} {seconds:>7}  {r['path']}")
             else:
-                print(f"{r['asset']:28} {r['partition'] or '-':13} MISSING")
+                why = "MISSING FROM STORAGE" if r.get("data_version") else "MISSING"
+                print(f"{r['asset']:28} {r['partition'] or '-':13} {why}")
     return 0 if all(r["materialized"] for r in rows) else 1
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 import mnist_assets.assets
+from mnist_assets.status import dataset_status
 from mnist_assets_tests.conftest import MINI_FILENAMES, write_idx_gz
 
 
@@ -102,6 +103,8 @@ def test_changed_compute_code_recomputes_that_asset_and_downstream_only(project,
 def test_a_deleted_artifact_is_missing_and_rebuilt(project):
     victim = project.storage / "mini_mnist/idx/test-labels.npy"
     victim.unlink()
+    rows = dataset_status(project.instance, project.defs(), "mini_mnist")
+    assert [(r["asset"], r["partition"]) for r in rows if not r["materialized"]] == [("mini_mnist/idx", "test-labels")]
     summary, delta = project.refresh(dry_run=True)
     assert delta == Counter()
     assert [(s.asset, s.partition) for s in summary.ran] == [("mini_mnist/idx", "test-labels")]
