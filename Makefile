@@ -7,7 +7,7 @@ EPOCHS  ?=
 export DAGSTER_HOME := $(CURDIR)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run refresh offline test dev status bench bench-graph bench-refresh lint clean-data
+.PHONY: run refresh offline test dev status docs bench bench-graph bench-refresh lint clean-data
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,10 @@ run: $(BIN)/.installed
 	scripts/materialize.sh $(DATASET) $(EPOCHS)
 	$(BIN)/python -m mnist_assets.status $(DATASET)
 
-## refresh: rebuild exactly the stale or missing partitions of DATASET; DRY_RUN=1 prints the plan only
+## refresh: rebuild exactly the stale or missing partitions of DATASET; DRY_RUN=1 prints the plan only,
+## VERIFY=1 also reads every stored artifact against its checksums and rebuilds what is damaged
 refresh: $(BIN)/.installed
-	$(BIN)/mnist-assets refresh $(DATASET) $(if $(DRY_RUN),--dry-run)
+	$(BIN)/mnist-assets refresh $(DATASET) $(if $(DRY_RUN),--dry-run) $(if $(VERIFY),--verify)
 
 ## offline: install Debian's Fashion-MNIST, then materialize it from that directory only
 offline:
@@ -40,6 +41,10 @@ dev: $(BIN)/.installed
 ## status: what is materialized for DATASET, with data versions, step seconds and paths
 status: $(BIN)/.installed
 	$(BIN)/python -m mnist_assets.status $(DATASET)
+
+## docs: regenerate docs/faults.md (the fault table) from the fault-injection tests
+docs: $(BIN)/.installed
+	$(BIN)/python -m mnist_assets_tests.faults > docs/faults.md
 
 ## bench: both benchmarks below -> data/bench/*.json, *.md
 bench: bench-graph bench-refresh

@@ -121,6 +121,16 @@ def _split_check(split, source_rows, stored, options) -> dg.AssetCheckResult:
     )
 
 
+def _refuse_if_failed(checks: list[dg.AssetCheckResult], message: str):
+    """Blocking checks judged before anything is stored: a failure records the failed checks and
+    stops the step, so the last good artifact stays in place and nothing downstream runs."""
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        yield from failed
+        names = ", ".join(c.check_name for c in failed)
+        raise dg.Failure(f"{message} Failed checks: {names}.", metadata={"failed_checks": names})
+
+
 def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     """The five assets of ``dataset``, keyed ``<dataset.id>/<name>`` and grouped by dataset."""
     prefix, group = [dataset.id], dataset.id
@@ -177,7 +187,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         )
 
     @versioned_asset(
-        uses=(idx, _expected_kind),
+        uses=(idx, _expected_kind, _refuse_if_failed),
         name="idx",
         key_prefix=prefix,
         group_name=group,
@@ -193,28 +203,44 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     )
     def idx_arrays(context: dg.AssetExecutionContext, raw: dict[str, bytes]):
         file_key = context.partition_key
-        array, payload_sha256 = idx.parse_gzip(raw[file_key])
+        file = dataset.files[file_key]
+        try:
+            array, payload_sha256 = idx.parse_gzip(raw[file_key], max_bytes=file.payload_size)
+        except idx.IdxError as error:
+            raise dg.Failure(
+                f"{dataset.id}: {file_key} ({file.filename}) is not a usable IDX file: {error}. The previous "
+                f"idx array, if any, is kept. What to do: check the catalog pin and the mirror's copy "
+                f"({dataset.mirror_env_var}), then materialize raw_gzip[{file_key}] again."
+            ) from None
         ndim, trailing = _expected_kind(file_key, dataset)
+        problems = []
+        if array.dtype != np.uint8 or array.ndim != ndim or array.shape[1:] != trailing:
+            problems.append(f"{file_key} must be uint8 with {ndim} dims, trailing shape {trailing}")
+        is_labels = file_key.endswith("labels")
+        top = int(array.max(initial=0)) if is_labels else 0
+        checks = [
+            dg.AssetCheckResult(
+                check_name="header_shape_dtype_agree",
+                passed=not problems,
+                metadata={"shape": str(array.shape), "dtype": str(array.dtype), "problems": "; ".join(problems)},
+            ),
+            dg.AssetCheckResult(
+                check_name="labels_in_class_range",
+                passed=top < len(dataset.class_names),
+                metadata={"applies": "yes" if is_labels else "no (image file)", "max_label": top},
+            ),
+        ]
+        yield from _refuse_if_failed(
+            checks,
+            f"{dataset.id}: idx[{file_key}] ({file.filename}) was not stored; the previous array is kept. "
+            f"What to do: fix the catalog entry (class_names, file pins) or the mirror, then materialize again.",
+        )
         yield dg.Output(
             array,
             data_version=dg.DataVersion(idx.array_digest(array)),
             metadata={"shape": str(array.shape), "dtype": str(array.dtype), "payload_sha256": payload_sha256},
         )
-        problems = []
-        if array.dtype != np.uint8 or array.ndim != ndim or array.shape[1:] != trailing:
-            problems.append(f"{file_key} must be uint8 with {ndim} dims, trailing shape {trailing}")
-        yield dg.AssetCheckResult(
-            check_name="header_shape_dtype_agree",
-            passed=not problems,
-            metadata={"shape": str(array.shape), "dtype": str(array.dtype), "problems": "; ".join(problems)},
-        )
-        is_labels = file_key.endswith("labels")
-        top = int(array.max(initial=0)) if is_labels else 0
-        yield dg.AssetCheckResult(
-            check_name="labels_in_class_range",
-            passed=top < len(dataset.class_names),
-            metadata={"applies": "yes" if is_labels else "no (image file)", "max_label": top},
-        )
+        yield from checks
 
     @versioned_asset(
         uses=(shards, manifest, _split_check, DatasetShardConfig().model_dump()),
@@ -273,7 +299,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         yield _split_check(split, len(labels), stored, config.options())
 
     @versioned_asset(
-        uses=("mnist_assets.training", DatasetTrainConfig().model_dump()),
+        uses=("mnist_assets.training", _refuse_if_failed, DatasetTrainConfig().model_dump()),
         key_prefix=prefix,
         group_name=group,
         ins={"splits": dg.AssetIn(key("shards"))},
@@ -295,6 +321,18 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         model = training.TrainedModel(model.keras_bytes, record, model.history)
         metrics = record["metrics"]
         flat = {f"{split}_{name}": value for split, m in metrics.items() for name, value in m.items()}
+        accuracy = metrics["holdout"]["accuracy"]
+        floor = dg.AssetCheckResult(
+            check_name="holdout_accuracy_above_floor",
+            passed=accuracy >= config.accuracy_floor,
+            metadata={"holdout_accuracy": accuracy, "floor": config.accuracy_floor},
+        )
+        yield from _refuse_if_failed(
+            [floor],
+            f"{dataset.id}: the trained model reached holdout accuracy {accuracy:.4f}, below the floor "
+            f"{config.accuracy_floor}; it was not stored and the last good checkpoint is kept. What to do: "
+            "train longer (epochs), change the model settings, or lower accuracy_floor in the run config.",
+        )
         yield dg.Output(
             model,
             data_version=dg.DataVersion(idx.sha256(model.keras_bytes)),
@@ -306,12 +344,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
                 "history": dg.MetadataValue.json(model.history),
             },
         )
-        accuracy = metrics["holdout"]["accuracy"]
-        yield dg.AssetCheckResult(
-            check_name="holdout_accuracy_above_floor",
-            passed=accuracy >= config.accuracy_floor,
-            metadata={"holdout_accuracy": accuracy, "floor": config.accuracy_floor},
-        )
+        yield floor
 
     return [urls, raw_gzip, idx_arrays, shard_sets, checkpoint]
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 FILE_KEYS: tuple[str, ...] = ("train-images", "train-labels", "test-images", "test-labels")
 """The four files of an MNIST-format dataset; also the partition keys of the file-level assets."""
@@ -93,14 +93,14 @@ def normalize_mirror(mirror: str, dataset_id: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without any user:password, so it can be logged and stored in metadata."""
+    """The URL without user:password or query values (tokens, signatures), so it can be logged and
+    stored in metadata; query keys stay, so people can still tell which URL it was."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "&".join(f"{key}=***" for key, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def validate_dataset_id(dataset_id: str) -> str:

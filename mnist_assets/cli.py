@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     refresh.add_argument("datasets", nargs="*", help="dataset ids (default: every dataset)")
     refresh.add_argument("--dry-run", action="store_true", help="print the plan with causes, run nothing")
+    refresh.add_argument(
+        "--verify", action="store_true",
+        help="also read every stored artifact and check it against its record; rebuild what is damaged",
+    )
     status = commands.add_parser("status", help="what is materialized, with data versions and paths")
     status.add_argument("dataset")
     status.add_argument("--json", action="store_true")
@@ -33,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     with dg.DagsterInstance.get() as instance:
         try:
             summary = run_refresh(
-                defs, instance, args.datasets, dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr)
+                defs, instance, args.datasets, dry_run=args.dry_run, verify=args.verify,
+                log=lambda m: print(m, file=sys.stderr),
             )
         except ValueError as error:
             print(f"mnist-assets refresh: {error}", file=sys.stderr)

@@ -36,6 +36,10 @@ class IdxError(ValueError):
     """The bytes are not a well-formed IDX payload."""
 
 
+class _TooLong(IdxError):
+    """The gzip stream decompresses to more than the limit (trailing bytes or a bomb)."""
+
+
 @dataclass(frozen=True)
 class IdxHeader:
     dtype: np.dtype
@@ -99,7 +103,7 @@ def gunzip(data: bytes, limit: int) -> bytes:
                 chunks.append(chunk)
                 total += len(chunk)
                 if total > limit:
-                    raise IdxError(f"decompresses to more than the {limit} bytes expected")
+                    raise _TooLong(f"decompresses to more than the {limit} bytes expected")
     except (OSError, EOFError, zlib.error) as error:
         raise IdxError(f"not a valid gzip stream: {error}") from error
     return b"".join(chunks)
@@ -114,10 +118,17 @@ def parse_gzip(data: bytes, max_bytes: int = MAX_PAYLOAD) -> tuple[np.ndarray, s
             head += stream.read(4 * ndim)
     except (OSError, EOFError, zlib.error) as error:
         raise IdxError(f"not a valid gzip stream: {error}") from error
-    declared = read_header(head).size
+    header = read_header(head)
+    declared = header.size
     if declared > max_bytes:
         raise IdxError(f"header declares {declared} bytes, more than the {max_bytes} allowed")
-    payload = gunzip(data, declared)
+    try:
+        payload = gunzip(data, declared)
+    except _TooLong:
+        raise IdxError(
+            f"payload has trailing bytes: header {header.dtype.str}{list(header.shape)} declares {declared} "
+            f"bytes, the file decompresses to more than the {declared} bytes (decompression stopped there)"
+        ) from None
     return parse(payload), sha256(payload)
 
 

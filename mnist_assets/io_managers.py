@@ -7,16 +7,21 @@ partition (so each gets its own content data version); a partitioned upstream ar
 
 Writes are atomic: bytes go to a temporary name and are renamed into place. Multi-file artifacts
 (shard sets, checkpoints) are content-addressed files committed by a small JSON record written last;
-until that rename the previous record, and every file it names, stays intact.
+until that rename the previous record, and every file it names, stays intact. On local storage a
+commit holds an exclusive lock on its directory and a load a shared one, so two writers of the same
+artifact never interleave (one wins whole) and a reader never sees files vanish under it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
+import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +84,17 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         return self.record_path(directory, None if partition is None else _safe(partition))
 
     def exists(self, asset_key: dg.AssetKey, partition: str | None) -> bool:
+        """Cheap: the artifact's files are present (with their recorded sizes, where recorded)."""
         return self.location(asset_key, partition).exists()
+
+    def verify(self, asset_key: dg.AssetKey, partition: str | None) -> str | None:
+        """Thorough: load and check the artifact; the problem, or None when it is intact."""
+        directory = self.asset_dir(asset_key)
+        try:
+            self.fetch(directory, None if partition is None else _safe(partition), asset_key.to_user_string())
+        except (StorageError, ValueError, OSError) as error:
+            return str(error)
+        return None
 
     # one value <-> storage, per partition (partition None for unpartitioned assets)
     def store(self, directory: UPath, partition: str | None, value: Any) -> dict[str, Any]:
@@ -156,17 +171,43 @@ class NumpyIOManager(ArtifactIOManager):
             raise StorageError(f"{what}: {path} is not a plain .npy array ({error})") from error
 
 
-def _commit(directory: UPath, files: Mapping[str, bytes], record_name: str, record: bytes) -> None:
-    """Write content-addressed files, then the record naming them, then drop files nothing names."""
+@contextlib.contextmanager
+def _locked(directory: UPath, exclusive: bool) -> Iterator[None]:
+    """An advisory lock on ``directory`` (local storage only; object stores have no rename to guard)."""
+    if directory.protocol not in ("", "file", "local") or not (exclusive or directory.exists()):
+        yield
+        return
     directory.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        path = directory / _safe(name)
-        if not (path.exists() and path.stat().st_size == len(data)):
-            write_atomic(path, data)
-    write_atomic(directory / record_name, record)
-    for path in directory.iterdir():
-        if path.name not in files and path.name != record_name and not path.name.startswith("."):
-            path.unlink()
+    fd = os.open(str(directory / ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _commit(directory: UPath, files: Mapping[str, bytes], record_name: str, record: bytes) -> None:
+    """Write content-addressed files, then the record naming them, then drop files nothing names
+    (and temporary files of writers that died: under the lock, no live writer has any here)."""
+    with _locked(directory, exclusive=True):
+        for name, data in files.items():  # always rewritten: a same-named file may be damaged
+            write_atomic(directory / _safe(name), data)
+        write_atomic(directory / record_name, record)
+        for path in directory.iterdir():
+            orphan = path.name not in files and path.name != record_name and not path.name.startswith(".")
+            if orphan or (path.name.startswith(".") and path.name.endswith(".tmp")):
+                path.unlink()
+
+
+def _all_present(directory: UPath, sizes: Mapping[str, int | None]) -> bool:
+    """Every named file exists with its recorded size (``None``: size not recorded)."""
+    try:
+        return all(
+            (directory / _safe(name)).stat().st_size == size if size is not None else (directory / name).exists()
+            for name, size in sizes.items()
+        )
+    except (FileNotFoundError, StorageError):
+        return False
 
 
 class ShardSetIOManager(ArtifactIOManager):
@@ -187,13 +228,24 @@ class ShardSetIOManager(ArtifactIOManager):
             "root_sha256": manifest.root_sha256,
         }
 
+    def exists(self, asset_key, partition):
+        record = self.location(asset_key, partition)
+        try:
+            manifest = Manifest.from_json(record.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return False
+        return _all_present(record.parent, {s.file: s.bytes for s in manifest.shards})
+
     def fetch(self, directory, partition, what):
         split_dir = directory / (partition or "all")
-        try:
-            manifest = Manifest.from_json(_read(split_dir / "_manifest.json", what))
-        except ValueError as error:
-            raise StorageError(f"{what}: {split_dir / '_manifest.json'} is invalid: {error}") from error
-        files = {s.file: _read(split_dir / s.file, what) for s in manifest.shards}
+        with _locked(split_dir, exclusive=False):
+            try:
+                manifest = Manifest.from_json(_read(split_dir / "_manifest.json", what))
+            except ValueError as error:
+                raise StorageError(
+                    f"{what}: {split_dir / '_manifest.json'} is invalid ({error}); materialize it again to repair"
+                ) from error
+            files = {s.file: _read(split_dir / s.file, what) for s in manifest.shards}
         try:
             return ShardSet(manifest, decode(manifest, files))
         except ValueError as error:
@@ -221,16 +273,30 @@ class KerasIOManager(ArtifactIOManager):
         keras_bytes, record = value.keras_bytes, dict(value.record)
         digest = idx.sha256(keras_bytes)
         name = f"model-{digest[:16]}.keras"
-        record.update(file=name, sha256=digest)
+        record.update(file=name, sha256=digest, bytes=len(keras_bytes))
         target = directory if partition is None else directory / partition
         _commit(target, {name: keras_bytes}, "checkpoint.json", json.dumps(record, indent=2).encode())
         return {"path": dg.MetadataValue.path(str(target / name)), "bytes": len(keras_bytes)}
 
+    def exists(self, asset_key, partition):
+        record_path = self.location(asset_key, partition)
+        try:
+            record = json.loads(record_path.read_bytes())
+            return _all_present(record_path.parent, {record["file"]: record.get("bytes")})
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return False
+
     def fetch(self, directory, partition, what):
         target = directory if partition is None else directory / partition
-        record = json.loads(_read(target / "checkpoint.json", what))
-        path = target / _safe(record["file"])
-        keras_bytes = _read(path, what)
+        with _locked(target, exclusive=False):
+            try:
+                record = json.loads(_read(target / "checkpoint.json", what))
+                path = target / _safe(record["file"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise StorageError(
+                    f"{what}: {target / 'checkpoint.json'} is invalid ({error}); materialize it again to repair"
+                ) from error
+            keras_bytes = _read(path, what)
         if idx.sha256(keras_bytes) != record["sha256"]:
             raise StorageError(
                 f"{what}: {path} does not match its recorded sha256; materialize it again to repair"

@@ -50,7 +50,10 @@ def _failure_message(result) -> str:
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
                 error = error.cause
-            return error.message.strip()
+            message = error.message.strip()
+            if error.cls_name == "Failure":  # raised on purpose: its text is the whole story
+                message = message.split(": ", 1)[-1]
+            return message
     return "the run failed (see the Dagster event log)"
 
 
@@ -74,16 +77,16 @@ class Refresher:
         partitions_def = self.graph.get(key).partitions_def
         return list(partitions_def.get_partition_keys()) if partitions_def else [None]
 
-    def run(self, dry_run: bool = False, log=print) -> Summary:
+    def run(self, dry_run: bool = False, verify: bool = False, log=print) -> Summary:
         started = time.perf_counter()
         summary = Summary(datasets=self.datasets, dry_run=dry_run)
         job = self.defs.resolve_implicit_global_asset_job_def()
         planned: set[tuple[dg.AssetKey, str | None]] = set()
         self.observe()  # a dry run too: the plan must reflect the catalog as it is now
+        judge = staleness.resolver(self.instance, self.graph)
         for key in self.keys:
             for partition in self.partitions(key):
-                judge = staleness.resolver(self.instance, self.graph)
-                causes = staleness.causes(judge, self.stores[key], key, partition)
+                causes = staleness.causes(judge, self.stores[key], key, partition, verify=verify)
                 step = Step(key.to_user_string(), partition, causes)
                 if not causes:
                     if dry_run and self._has_planned_parent(key, partition, planned):
@@ -104,6 +107,7 @@ class Refresher:
                         raise_on_error=False,
                     )
                     step.seconds = round(time.perf_counter() - t0, 3)
+                    judge = staleness.resolver(self.instance, self.graph)  # the event log moved on
                     if not result.success:  # the last good artifact stays; the rest still refreshes
                         step.error = _failure_message(result)
                         summary.ran.remove(step)
@@ -144,6 +148,7 @@ def refresh(
     instance: dg.DagsterInstance,
     datasets: Iterable[str] = (),
     dry_run: bool = False,
+    verify: bool = False,
     log=print,
 ) -> Summary:
-    return Refresher(defs, instance, list(datasets)).run(dry_run=dry_run, log=log)
+    return Refresher(defs, instance, list(datasets)).run(dry_run=dry_run, verify=verify, log=log)

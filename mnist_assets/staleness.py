@@ -50,13 +50,21 @@ def _describe(cause) -> str:
     return f"{cause.reason} ({dependency})"
 
 
-def causes(resolver: CachingStaleStatusResolver, store, key: dg.AssetKey, partition: str | None) -> list[str]:
-    """Why this partition must be rebuilt; empty when it is fresh."""
+def causes(
+    resolver: CachingStaleStatusResolver, store, key: dg.AssetKey, partition: str | None, verify: bool = False
+) -> list[str]:
+    """Why this partition must be rebuilt; empty when it is fresh.
+
+    ``verify`` also loads the artifact and checks it against its record (reads every byte), which
+    finds files damaged in place; without it only presence and recorded sizes are checked.
+    """
     status = resolver.get_status(key, partition)
     if status == StaleStatus.MISSING:
         return ["never materialized"]
     if not store.exists(key, partition):
         return [f"artifact missing from storage ({store.location(key, partition)})"]
+    if verify and (problem := store.verify(key, partition)):
+        return [f"artifact damaged in storage: {problem}"]
     if status == StaleStatus.STALE:
         return [_describe(cause) for cause in resolver.get_stale_causes(key, partition)] or ["stale"]
     return []

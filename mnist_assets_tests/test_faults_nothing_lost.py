@@ -1,0 +1,90 @@
+"""Nothing lost: bad data and bad models are refused before they are stored, on a real built project."""
+
+from collections import Counter
+
+import dagster as dg
+import numpy as np
+
+from mnist_assets.io_managers import KerasIOManager
+from mnist_assets_tests.conftest import MINI_FILENAMES, write_idx_gz
+from mnist_assets_tests.faults import scenario
+
+
+def _latest_check_passed(instance, name: str) -> bool:
+    records = instance.event_log_storage.get_event_records(
+        dg.EventRecordsFilter(dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1000, ascending=False
+    )
+    evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+    return next(e.passed for e in evaluations if e.check_name == name)
+
+
+@scenario(
+    "Nothing lost",
+    "A pinned labels file with a label outside the class range",
+    "idx fails naming the check; the failed check shows in the UI; shards do not run",
+    "The previous idx array and every shard set",
+)
+def test_a_failed_blocking_check_keeps_bad_labels_from_storage_and_downstream(project):
+    stored = project.storage / "mini_mnist/idx/train-labels.npy"
+    good = stored.read_bytes()
+    labels = project.arrays["train-labels"].copy()
+    labels[7] = 12
+    digest = write_idx_gz(project.mirror / MINI_FILENAMES["train-labels"], labels)
+    project.dataset["files"]["train-labels"]["payload_sha256"] = digest  # the catalog now pins the bad file
+    manifests = {p: p.read_bytes() for p in project.storage.glob("mini_mnist/shards/*/_manifest.json")}
+
+    summary, delta = project.refresh()
+
+    assert delta == Counter({("raw_gzip", "train-labels"): 1})
+    assert [(s.asset, s.partition) for s in summary.failed] == [("mini_mnist/idx", "train-labels")]
+    error = summary.failed[0].error
+    assert "mini_mnist: idx[train-labels]" in error and MINI_FILENAMES["train-labels"] in error
+    assert "labels_in_class_range" in error and "previous array is kept" in error
+    assert _latest_check_passed(project.instance, "labels_in_class_range") is False
+    assert stored.read_bytes() == good
+    assert {p: p.read_bytes() for p in manifests} == manifests
+    assert not any(s.asset == "mini_mnist/shards" for s in summary.ran)
+
+
+@scenario(
+    "Nothing lost",
+    "A training run that ends below the accuracy floor",
+    "checkpoint fails with the accuracy, the floor and what to change",
+    "The last good checkpoint (still loads and verifies)",
+)
+def test_a_below_floor_model_never_replaces_the_last_good_checkpoint(project):
+    record = project.storage / "mini_mnist/checkpoint/checkpoint.json"
+    good = record.read_bytes()
+    project.dataset["training"]["accuracy_floor"] = 0.9999
+
+    summary, delta = project.refresh()
+
+    assert delta == Counter()
+    assert [(s.asset, s.partition) for s in summary.failed] == [("mini_mnist/checkpoint", None)]
+    assert "below the floor 0.9999" in summary.failed[0].error
+    assert "last good checkpoint is kept" in summary.failed[0].error
+    assert _latest_check_passed(project.instance, "holdout_accuracy_above_floor") is False
+    assert record.read_bytes() == good
+    store = KerasIOManager(root=str(project.storage))
+    kept = store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), None, "checkpoint")
+    assert kept.record["metrics"]["holdout"]["accuracy"] >= 0.5
+
+
+@scenario(
+    "Nothing lost",
+    "Training that raises (an impossible setting: batch_size 0)",
+    "checkpoint fails with the error; refresh exits non-zero",
+    "The last good checkpoint",
+)
+def test_a_training_run_that_raises_keeps_the_last_good_checkpoint(project):
+    directory = project.storage / "mini_mnist/checkpoint"
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    project.dataset["training"]["batch_size"] = 0
+
+    summary, delta = project.refresh()
+
+    assert delta == Counter()
+    assert [(s.asset, s.partition) for s in summary.failed] == [("mini_mnist/checkpoint", None)]
+    assert summary.failed[0].error
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    np.testing.assert_equal(sorted(before), sorted(p.name for p in directory.iterdir()))
