@@ -76,6 +76,4 @@ def render() -> str:
 
 
 if __name__ == "__main__":  # register into the importable module, not this __main__ copy
-    from mnist_assets_tests import faults
-
-    print(faults.render(), end="")
+    print(importlib.import_module("mnist_assets_tests.faults").render(), end="")

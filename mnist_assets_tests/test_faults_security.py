@@ -59,9 +59,9 @@ def test_no_load_path_in_the_package_can_unpickle():
                 if any(n.split(".")[0] in {"pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve"} for n in names):
                     problems.append(f"{path.name}:{node.lineno} imports a pickle module")
         for call in _calls(tree, "load"):
-            if getattr(call.func, "value", None) is not None and getattr(call.func.value, "id", "") == "np":
-                if _keyword(call, "allow_pickle") is not False:
-                    problems.append(f"{path.name}:{call.lineno} np.load without allow_pickle=False")
+            is_numpy = getattr(getattr(call.func, "value", None), "id", "") == "np"
+            if is_numpy and _keyword(call, "allow_pickle") is not False:
+                problems.append(f"{path.name}:{call.lineno} np.load without allow_pickle=False")
         for call in _calls(tree, "load_model"):
             if _keyword(call, "safe_mode") is not True:
                 problems.append(f"{path.name}:{call.lineno} load_model without safe_mode=True")
