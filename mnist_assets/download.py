@@ -8,6 +8,7 @@ mirror with the same payload passes; a damaged or different file never does.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from mnist_assets.catalog import ALLOWED_SCHEMES, Dataset, SourceFile, redact_ur
 
 CHUNK = 1 << 20
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+# what redact_url hides, where it shows up in exception text ("... with url: /f.gz?token=...")
+_USERINFO = re.compile(r"//[^/\s@'\"]*@")
+_QUERY_VALUE = re.compile(r"([?&][^=&\s#'\"]+=)[^&\s#'\"]*")
 
 
 class DownloadError(RuntimeError):
@@ -105,10 +109,26 @@ def _read_http_url(session: requests.Session, url: str, limit: int, policy: Fetc
             return bytes(body)
     except requests.TooManyRedirects:
         raise _MirrorFailed(f"more than {policy.max_redirects} redirects", retry=False) from None
-    except requests.Timeout:
-        raise _MirrorFailed("timed out", retry=True) from None
     except requests.RequestException as error:
-        raise _MirrorFailed(f"{type(error).__name__}: {error}", retry=True) from None
+        raise _MirrorFailed(_network_reason(error, policy), retry=True) from None
+
+
+def _network_reason(error: requests.RequestException, policy: FetchPolicy) -> str:
+    """What went wrong on the wire, in words (requests nests urllib3's reasons several levels deep)."""
+    text = str(error)
+    if isinstance(error, requests.Timeout) or "timed out" in text:
+        return f"timed out (connect {policy.connect_timeout:g} s, read {policy.read_timeout:g} s)"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        if incomplete := re.search(r"IncompleteRead\((\d+) bytes read, (\d+) more expected", text):
+            got, more = map(int, incomplete.groups())
+            return f"connection closed after {got} of {got + more} bytes"
+        if "reset" in text.lower():
+            return "connection reset by the server mid-body"
+        return "connection broken mid-body"
+    if isinstance(error, requests.ConnectionError) and "refused" in text.lower():
+        return "connection refused"
+    # anything else verbatim, minus what redact_url hides ("... with url: /f.gz?token=...")
+    return _QUERY_VALUE.sub(r"\1***", _USERINFO.sub("//***@", f"{type(error).__name__}: {text}"))
 
 
 def fetch(

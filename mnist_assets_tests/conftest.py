@@ -12,7 +12,10 @@ import http.server
 import json
 import os
 import shutil
+import socket
+import struct
 import threading
+import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -48,24 +51,58 @@ def real_mnist_file(name: str) -> Path:
 class LoopbackServer:
     """A threaded HTTP server on 127.0.0.1 serving directories under URL prefixes, counting requests.
 
-    ``fail_next[path]`` is a list of HTTP statuses answered (one per request) before the file is served.
-    Files carry an ETag (md5 of the content, as S3 sends) besides Last-Modified and Content-Length.
+    ``faults[url_path]`` injects what a bad network does, per GET: a list is consumed one fault per
+    request (then the file is served normally); a bare fault, not in a list, applies to every request.
+    A fault is an HTTP status (int) or one of ``FAULTS``; HEAD requests ignore faults. Files carry an
+    ETag (md5 of the content, as S3 sends) besides Last-Modified and Content-Length.
     """
+
+    FAULTS = ("reset", "short", "corrupt", "stall", "redirect-loop", "not-gzip")
+    stall_seconds = 3.0
 
     def __init__(self):
         self.mounts: dict[str, Path] = {}
         self.requests: Counter[str] = Counter()
-        self.fail_next: dict[str, list[int]] = {}
+        self.faults: dict[str, list | int | str] = {}
         server = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
             def do_GET(self):
-                statuses = server.fail_next.get(self.path)
-                if statuses:
-                    server.requests[self.path] += 1
-                    self.send_error(statuses.pop(0))
+                fault = server.next_fault(self.path)
+                if fault is None:
+                    super().do_GET()
                     return
-                super().do_GET()
+                server.requests[self.path] += 1
+                if isinstance(fault, int):
+                    self.send_error(fault)
+                elif fault == "redirect-loop":
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                else:
+                    self.send_faulty_body(fault, Path(server.local_path(self.path)).read_bytes())
+
+            def send_faulty_body(self, fault: str, body: bytes):
+                if fault == "not-gzip":
+                    body = b"<html><body>Mirror maintenance: the file will be back soon.</body></html>\n"
+                elif fault == "corrupt":
+                    body = body[: len(body) // 2] + bytes([body[len(body) // 2] ^ 0x20]) + body[len(body) // 2 + 1 :]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if fault == "stall":
+                    self.wfile.flush()
+                    time.sleep(server.stall_seconds)
+                if fault in ("short", "reset"):
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    if fault == "reset":  # SO_LINGER 0: close() sends a TCP RST, not a FIN
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                self.wfile.write(body)
 
             def translate_path(self, path):
                 server.requests[path] += 1
@@ -80,9 +117,19 @@ class LoopbackServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory="/"))
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # a connection the fault itself closed is not a server error
+
+        self.httpd = Server(("127.0.0.1", 0), partial(Handler, directory="/"))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    def next_fault(self, url_path: str):
+        planned = self.faults.get(url_path)
+        if isinstance(planned, list):
+            return planned.pop(0) if planned else None
+        return planned
 
     def local_path(self, url_path: str) -> str:
         prefix, _, rest = url_path.lstrip("/").partition("/")

@@ -65,7 +65,7 @@ def test_a_server_error_is_retried_on_the_same_mirror(mnist, mirrors):
     file = mnist.files["test-labels"]
     path = "/original/" + file.filename
     before = mirrors["server"].requests[path]
-    mirrors["server"].fail_next[path] = [500]
+    mirrors["server"].faults[path] = [500]
     fetched = download.fetch(mnist, file, [mirrors["original"] + file.filename], FAST)
     assert fetched.payload_sha256 == file.payload_sha256
     assert mirrors["server"].requests[path] - before == 2
