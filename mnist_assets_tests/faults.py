@@ -30,6 +30,7 @@ class Scenario:
     sees: str
     kept: str
     test: str
+    line: int
 
 
 SCENARIOS: list[Scenario] = []
@@ -41,7 +42,8 @@ def scenario(area: str, fault: str, sees: str, kept: str):
         raise ValueError(f"unknown fault area {area!r}; use one of {AREAS}")
 
     def register(test):
-        SCENARIOS.append(Scenario(area, fault, sees, kept, f"{test.__module__.rsplit('.', 1)[-1]}::{test.__name__}"))
+        name = f"{test.__module__.rsplit('.', 1)[-1]}::{test.__name__}"
+        SCENARIOS.append(Scenario(area, fault, sees, kept, name, test.__code__.co_firstlineno))
         return test
 
     return register
@@ -54,7 +56,8 @@ def load_all() -> list[Scenario]:
         if module.name.startswith("test_"):
             importlib.import_module(f"{__package__}.{module.name}")
     unique = {s.test: s for s in SCENARIOS}
-    return sorted(unique.values(), key=lambda s: (AREAS.index(s.area), s.test))
+    # in the order the tests are written, whatever order pytest imported them in
+    return sorted(unique.values(), key=lambda s: (AREAS.index(s.area), s.test.split("::")[0], s.line))
 
 
 def render() -> str:
