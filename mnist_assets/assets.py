@@ -166,7 +166,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         )
 
     @versioned_asset(
-        uses=(download, idx.gunzip, url_entry),
+        uses=(download, idx.inflate, idx.payload_digest, url_entry),
         key_prefix=prefix,
         group_name=group,
         partitions_def=FILES,

@@ -57,10 +57,9 @@ class FetchPolicy:
 
 def verify(gzip_bytes: bytes, file: SourceFile) -> str:
     """The payload sha256 if ``gzip_bytes`` holds the pinned content; raises IdxError otherwise."""
-    payload = idx.gunzip(gzip_bytes, file.payload_size)
-    if len(payload) != file.payload_size:
-        raise idx.IdxError(f"payload is {len(payload)} bytes, expected {file.payload_size}")
-    digest = idx.sha256(payload)
+    size, digest = idx.payload_digest(gzip_bytes, file.payload_size)
+    if size != file.payload_size:
+        raise idx.IdxError(f"payload is {size} bytes, expected {file.payload_size}")
     if file.payload_sha256 is not None and digest != file.payload_sha256:
         raise idx.IdxError(f"payload sha256 {digest} does not match the pinned {file.payload_sha256}")
     if file.payload_sha256 is None and hashlib.md5(gzip_bytes).hexdigest() != file.gzip_md5:
@@ -195,7 +194,7 @@ def fingerprint(
                 if scheme == "file":
                     data = _read_file_url(url, limit)
                     try:
-                        return {"url": redact_url(url), "payload_sha256": idx.sha256(idx.gunzip(data, file.payload_size))}
+                        return {"url": redact_url(url), "payload_sha256": idx.payload_digest(data, file.payload_size)[1]}
                     except idx.IdxError as error:  # a damaged file is a state too: the download will say why
                         return {"url": redact_url(url), "gzip_sha256": idx.sha256(data), "unreadable": str(error)}
                 response = session.head(

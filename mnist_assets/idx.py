@@ -12,6 +12,7 @@ import hashlib
 import io
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,19 +95,46 @@ def encode(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(array, dtype=TYPE_CODES[code]).tobytes()
 
 
-def gunzip(data: bytes, limit: int) -> bytes:
-    """Decompress at most ``limit`` bytes; more is an error (a bomb or the wrong file), not a wait."""
-    chunks, total = [], 0
+def inflate(data: bytes, limit: int) -> Iterator[bytes]:
+    """The decompressed bytes of a gzip file, chunk by chunk, never more than ``limit`` in all:
+    more is an error (a bomb or the wrong file), not a wait. Handles several members and the zero
+    padding some tools append, as ``gzip`` does. Input goes in by slices and output is capped per
+    call, so memory stays at a few MiB whatever the file holds."""
+    total, offset, view = 0, 0, memoryview(data)
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-            while chunk := stream.read(min(_CHUNK, limit + 1 - total)):
-                chunks.append(chunk)
+        while True:
+            inflater = zlib.decompressobj(wbits=31)
+            while not inflater.eof:
+                source = inflater.unconsumed_tail or view[offset : offset + _CHUNK]
+                offset += 0 if inflater.unconsumed_tail else len(source)
+                wanted = min(_CHUNK, limit + 1 - total)
+                chunk = inflater.decompress(source, wanted) if source else inflater.flush(wanted)
+                if not chunk and not source and not inflater.eof:
+                    raise IdxError("not a valid gzip stream: it ends before its end-of-stream marker")
                 total += len(chunk)
                 if total > limit:
                     raise _TooLong(f"decompresses to more than the {limit} bytes expected")
-    except (OSError, EOFError, zlib.error) as error:
+                yield chunk
+            rest = bytes(inflater.unused_data) + bytes(view[offset:])
+            if not rest.strip(b"\0"):
+                return
+            view, offset = memoryview(rest.lstrip(b"\0")), 0
+    except zlib.error as error:
         raise IdxError(f"not a valid gzip stream: {error}") from error
-    return b"".join(chunks)
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """The whole payload of a gzip file, at most ``limit`` bytes (see :func:`inflate`)."""
+    return b"".join(inflate(data, limit))
+
+
+def payload_digest(data: bytes, limit: int) -> tuple[int, str]:
+    """(size, sha256) of a gzip file's payload, streamed: the payload is never held whole."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in inflate(data, limit):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def parse_gzip(data: bytes, max_bytes: int = MAX_PAYLOAD) -> tuple[np.ndarray, str]:
