@@ -40,6 +40,9 @@ class StorageError(RuntimeError):
     """A stored artifact is missing or does not match its record."""
 
 
+REPAIR = "materialize it again to repair (`mnist-assets refresh --verify` finds and rebuilds every damaged artifact)"
+
+
 def _safe(name: str) -> str:
     if not _SAFE_NAME.match(name) or ".." in name:
         raise StorageError(f"refusing unsafe storage name {name!r}")
@@ -243,14 +246,14 @@ class ShardSetIOManager(ArtifactIOManager):
                 manifest = Manifest.from_json(_read(split_dir / "_manifest.json", what))
             except ValueError as error:
                 raise StorageError(
-                    f"{what}: {split_dir / '_manifest.json'} is invalid ({error}); materialize it again to repair"
+                    f"{what}: {split_dir / '_manifest.json'} is invalid ({error}); {REPAIR}"
                 ) from error
             files = {s.file: _read(split_dir / s.file, what) for s in manifest.shards}
         try:
             return ShardSet(manifest, decode(manifest, files))
         except ValueError as error:
             raise StorageError(
-                f"{what}: {split_dir} is damaged ({error}); materialize it again to repair"
+                f"{what}: {split_dir} is damaged ({error}); {REPAIR}"
             ) from error
 
 
@@ -294,12 +297,12 @@ class KerasIOManager(ArtifactIOManager):
                 path = target / _safe(record["file"])
             except (ValueError, KeyError, TypeError) as error:
                 raise StorageError(
-                    f"{what}: {target / 'checkpoint.json'} is invalid ({error}); materialize it again to repair"
+                    f"{what}: {target / 'checkpoint.json'} is invalid ({error}); {REPAIR}"
                 ) from error
             keras_bytes = _read(path, what)
         if idx.sha256(keras_bytes) != record["sha256"]:
             raise StorageError(
-                f"{what}: {path} does not match its recorded sha256; materialize it again to repair"
+                f"{what}: {path} does not match its recorded sha256; {REPAIR}"
             )
         return StoredCheckpoint(keras_bytes, record, str(path))
 
