@@ -103,6 +103,16 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+_USERINFO = re.compile(r"//[^/\s@'\"]*@")
+_QUERY_VALUE = re.compile(r"([?&][^=&\s#'\"]+=)[^&\s#'\"]*")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with what :func:`redact_url` hides masked wherever a URL, or the path and query of
+    one, appears in it (exception messages quote them: "... with url: /f.gz?token=...")."""
+    return _QUERY_VALUE.sub(r"\1***", _USERINFO.sub("//***@", text))
+
+
 def validate_dataset_id(dataset_id: str) -> str:
     if not _DATASET_ID.match(dataset_id):
         raise CatalogError(

@@ -18,13 +18,10 @@ from urllib.request import url2pathname
 import requests
 
 from mnist_assets import idx
-from mnist_assets.catalog import ALLOWED_SCHEMES, Dataset, SourceFile, redact_url
+from mnist_assets.catalog import ALLOWED_SCHEMES, Dataset, SourceFile, redact_text, redact_url
 
 CHUNK = 1 << 20
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
-# what redact_url hides, where it shows up in exception text ("... with url: /f.gz?token=...")
-_USERINFO = re.compile(r"//[^/\s@'\"]*@")
-_QUERY_VALUE = re.compile(r"([?&][^=&\s#'\"]+=)[^&\s#'\"]*")
 
 
 class DownloadError(RuntimeError):
@@ -126,8 +123,7 @@ def _network_reason(error: requests.RequestException, policy: FetchPolicy) -> st
         return "connection broken mid-body"
     if isinstance(error, requests.ConnectionError) and "refused" in text.lower():
         return "connection refused"
-    # anything else verbatim, minus what redact_url hides ("... with url: /f.gz?token=...")
-    return _QUERY_VALUE.sub(r"\1***", _USERINFO.sub("//***@", f"{type(error).__name__}: {text}"))
+    return redact_text(f"{type(error).__name__}: {text}")  # anything else verbatim, minus secrets
 
 
 def fetch(

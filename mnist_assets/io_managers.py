@@ -205,10 +205,7 @@ def _commit(directory: UPath, files: Mapping[str, bytes], record_name: str, reco
 def _all_present(directory: UPath, sizes: Mapping[str, int | None]) -> bool:
     """Every named file exists with its recorded size (``None``: size not recorded)."""
     try:
-        return all(
-            (directory / _safe(name)).stat().st_size == size if size is not None else (directory / name).exists()
-            for name, size in sizes.items()
-        )
+        return all(size in (None, (directory / _safe(name)).stat().st_size) for name, size in sizes.items())
     except (FileNotFoundError, StorageError):
         return False
 

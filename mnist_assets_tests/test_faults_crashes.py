@@ -299,3 +299,23 @@ def test_a_refresh_killed_while_saving_the_checkpoint_is_repaired_by_the_next_on
     repaired = store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), None, "c")
     assert repaired.record["epochs"] == 2
     assert not any(p.name.endswith(".tmp") for p in directory.iterdir())
+
+
+def test_exists_checks_the_recorded_files_and_sizes_and_reads_records_without_sizes(tmp_path):
+    store = KerasIOManager(root=str(tmp_path))
+    store.store(store.asset_dir(CHECKPOINT_KEY), None, checkpoint_value(1))
+    record_path = tmp_path / "crash/checkpoint/checkpoint.json"
+    model = next((tmp_path / "crash/checkpoint").glob("model-*.keras"))
+    good = model.read_bytes()
+    assert store.exists(CHECKPOINT_KEY, None)
+
+    model.write_bytes(good[:-1])  # truncated in place: the recorded size no longer matches
+    assert not store.exists(CHECKPOINT_KEY, None)
+
+    model.write_bytes(good)
+    record = json.loads(record_path.read_bytes())
+    del record["bytes"]  # a record written before sizes were recorded: presence is all it can say
+    record_path.write_text(json.dumps(record))
+    assert store.exists(CHECKPOINT_KEY, None)
+    model.unlink()
+    assert not store.exists(CHECKPOINT_KEY, None)

@@ -179,14 +179,17 @@ def test_credentials_never_appear_in_download_errors_or_warnings(net):
     refused = f"http://reader:hunter2@127.0.0.1:{closed_port}/{net['file'].filename}?X-Amz-Signature=hunter3"
     failing = net["urls"]["a"].replace("http://", "http://reader:hunter2@") + "?token=hunter4"
     net["server"].faults[net["paths"]["a"] + "?token=hunter4"] = 500
+    # TLS spoken to a plain-HTTP server: requests' own message quotes the path and query
+    wrong_scheme = net["urls"]["b"].replace("http://", "https://reader:hunter2@") + "?sig=hunter5"
     log = Warnings()
     with pytest.raises(download.DownloadError) as error:
-        download.fetch(net["dataset"], net["file"], [refused, failing], POLICY, log=log)
+        download.fetch(net["dataset"], net["file"], [refused, failing, wrong_scheme], POLICY, log=log)
     message = str(error.value)
     shown = message + "\n".join(log.lines)
-    assert len(log.lines) == 2 * POLICY.attempts  # a refused connection and a 500 are both retried
-    for secret in ("hunter2", "hunter3", "hunter4", "reader"):
+    assert len(log.lines) == 3 * POLICY.attempts  # refused, 500 and the TLS failure are all retried
+    for secret in ("hunter2", "hunter3", "hunter4", "hunter5", "reader"):
         assert secret not in shown
     assert f"{redact_url(refused)} (attempt 1): connection refused" in message
     assert f"{redact_url(failing)} (attempt 1): HTTP 500" in message
+    assert f"{redact_url(wrong_scheme)} (attempt 1): SSLError:" in message and "?sig=***" in message
     assert redact_url(failing).startswith("http://***@127.0.0.1:") and redact_url(failing).endswith("?token=***")
