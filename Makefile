@@ -25,13 +25,17 @@ run: $(BIN)/.installed
 refresh: $(BIN)/.installed
 	$(BIN)/mnist-assets refresh $(DATASET) $(if $(DRY_RUN),--dry-run) $(if $(VERIFY),--verify)
 
+FASHION_DEBIAN := /usr/share/datasets/fashion-mnist
+
+$(FASHION_DEBIAN):
+	apt-get update && apt-get install -y dataset-fashion-mnist
+
 ## offline: install Debian's Fashion-MNIST, then materialize it from that directory only
-offline:
-	@test -d /usr/share/datasets/fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)
+offline: | $(FASHION_DEBIAN)
 	$(MAKE) run DATASET=fashion_mnist MNIST_ASSETS_MIRROR_FASHION_MNIST=/usr/share/datasets/fashion-mnist
 
 ## test: the test suite (real loopback mirrors, real instances, tiny TensorFlow)
-test: $(BIN)/.installed
+test: $(BIN)/.installed | $(FASHION_DEBIAN)
 	$(BIN)/python -m pytest -q
 
 ## dev: the Dagster UI on http://127.0.0.1:3000 with the same instance and data as `make run`

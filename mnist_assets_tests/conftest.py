@@ -1,7 +1,8 @@
 """Real parts for the tests: a loopback HTTP server, small real mirrors, temporary storage, instances.
 
-The small mirror is cut from the real MNIST t10k files in ``../shared/data/mnist``: the first
-``MINI_TRAIN`` images play the train file, the last ``MINI_TEST`` the test file.
+The small mirror is cut from the real MNIST t10k files shipped in ``data/mnist`` beside this file
+(attribution, licence and checksums in its README): the first ``MINI_TRAIN`` images play the train
+file, the last ``MINI_TEST`` the test file.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import gzip
 import hashlib
 import http.server
 import json
-import os
 import shutil
 import socket
 import struct
@@ -30,7 +30,7 @@ from mnist_assets.definitions import build_definitions
 from mnist_assets.refresh import refresh
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_MNIST = Path(os.environ.get("MNIST_ASSETS_SHARED_MNIST", REPO.parent / "shared" / "data" / "mnist"))
+REAL_MNIST = Path(__file__).with_name("data") / "mnist"
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 MINI_TRAIN, MINI_TEST = 2000, 500
 MINI_FILENAMES = {
@@ -41,10 +41,17 @@ MINI_FILENAMES = {
 }
 
 
+def _real_mnist_sums() -> dict[str, str]:
+    lines = (REAL_MNIST / "SHA256SUMS").read_text().splitlines()
+    return {name: digest for digest, name in (line.split() for line in lines if line.strip())}
+
+
 def real_mnist_file(name: str) -> Path:
-    path = SHARED_MNIST / name
-    if not path.exists():
-        pytest.fail(f"real MNIST file {path} is missing (set MNIST_ASSETS_SHARED_MNIST)")
+    """A real MNIST file shipped with the tests, refused unless it matches ``SHA256SUMS``."""
+    path = REAL_MNIST / name
+    expected = _real_mnist_sums().get(name)
+    if expected is None or hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        pytest.fail(f"test fixture {path} is missing or damaged (see {REAL_MNIST / 'SHA256SUMS'})")
     return path
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from mnist_assets import download, idx
 from mnist_assets.catalog import load_catalog
-from mnist_assets_tests.conftest import SHARED_MNIST, real_mnist_file
+from mnist_assets_tests.conftest import REAL_MNIST, real_mnist_file
 
 FAST = download.FetchPolicy(connect_timeout=2, read_timeout=5, attempts=2, backoff_seconds=0.01)
 
@@ -28,7 +28,7 @@ def mirrors(http_server, tmp_path):
     flipped[5000] ^= 0x01
     (tmp_path / "damaged" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(flipped)))
     return {
-        "original": http_server.mount("original", SHARED_MNIST),
+        "original": http_server.mount("original", REAL_MNIST),
         "recompressed": http_server.mount("recompressed", tmp_path / "recompressed"),
         "damaged": http_server.mount("damaged", tmp_path / "damaged"),
         "empty": http_server.mount("empty", tmp_path),
@@ -85,7 +85,7 @@ def test_no_good_mirror_is_an_error_naming_dataset_file_every_url_and_the_fix(mn
 
 def test_local_directory_mirror_is_read_as_a_file_url(mnist):
     file = mnist.files["train-labels"]
-    urls = mnist.file_urls(mnist.resolve_mirrors([str(SHARED_MNIST)]))["train-labels"]
+    urls = mnist.file_urls(mnist.resolve_mirrors([str(REAL_MNIST)]))["train-labels"]
     assert urls[0].startswith("file://")
     assert download.fetch(mnist, file, urls, FAST).payload_sha256 == file.payload_sha256
 

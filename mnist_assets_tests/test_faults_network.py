@@ -10,7 +10,7 @@ import pytest
 
 from mnist_assets import download
 from mnist_assets.catalog import load_catalog, redact_url
-from mnist_assets_tests.conftest import SHARED_MNIST, real_mnist_file
+from mnist_assets_tests.conftest import REAL_MNIST, real_mnist_file
 from mnist_assets_tests.faults import scenario
 
 POLICY = download.FetchPolicy(connect_timeout=2, read_timeout=1, attempts=2, backoff_seconds=0.01, max_redirects=3)
@@ -24,7 +24,7 @@ def net(http_server, tmp_path):
     (tmp_path / "b" / "t10k-labels-idx1-ubyte.gz").write_bytes(original)
     dataset = load_catalog()["mnist"]
     file = dataset.files["test-labels"]
-    base = {"a": http_server.mount(f"a-{tmp_path.name}", SHARED_MNIST),
+    base = {"a": http_server.mount(f"a-{tmp_path.name}", REAL_MNIST),
             "b": http_server.mount(f"b-{tmp_path.name}", tmp_path / "b")}
     urls = {name: url + file.filename for name, url in base.items()}
     paths = {name: "/" + url.split("/", 3)[3] for name, url in urls.items()}
