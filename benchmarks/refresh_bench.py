@@ -26,7 +26,7 @@ import report
 from mnist_assets.catalog import DEFAULT_CATALOG
 
 BIN = Path(sys.executable).parent
-TRIVIAL = '''import dagster as dg
+TRIVIAL = """import dagster as dg
 
 
 @dg.asset
@@ -35,7 +35,7 @@ def trivial() -> int:
 
 
 defs = dg.Definitions(assets=[trivial], executor=dg.in_process_executor)
-'''
+"""
 
 
 class Scratch:
@@ -101,7 +101,9 @@ def run(out: Path, dataset: str, repeats: int, noop_repeats: int) -> dict:
                     "epochs": epochs,
                     "refresh_seconds": round(refresh_seconds, 2),
                     "refresh_step_seconds": round(step, 2),
-                    "refresh_ran": [s["asset"] + (f"[{s['partition']}]" if s["partition"] else "") for s in summary["ran"]],
+                    "refresh_ran": [
+                        s["asset"] + (f"[{s['partition']}]" if s["partition"] else "") for s in summary["ran"]
+                    ],
                     "checkpoint_alone_seconds": round(alone, 2),
                     "ratio": round(refresh_seconds / alone, 3),
                 }
@@ -109,7 +111,9 @@ def run(out: Path, dataset: str, repeats: int, noop_repeats: int) -> dict:
 
     noop_median, trivial_median = statistics.median(noop), statistics.median(trivial)
     config_ratio = statistics.median(r["ratio"] for r in config_rows)
-    outside_training = statistics.median(r["refresh_seconds"] - r["refresh_step_seconds"] for r in config_rows)
+    outside_training = statistics.median(
+        r["refresh_seconds"] - r["refresh_step_seconds"] for r in config_rows
+    )
     result = {
         "dataset": dataset,
         "first_build": {"seconds": round(build_seconds, 2), "ran": len(first["ran"])},
@@ -124,7 +128,9 @@ def run(out: Path, dataset: str, repeats: int, noop_repeats: int) -> dict:
             "noop_ratio_le_1.3": noop_median / trivial_median <= 1.3,
             "noop_recomputes_0": max(recomputed) == 0,
             "config_ratio_le_1.1": config_ratio <= 1.1,
-            "config_change_ran_only_checkpoint": all(r["refresh_ran"] == [f"{dataset}/checkpoint"] for r in config_rows),
+            "config_change_ran_only_checkpoint": all(
+                r["refresh_ran"] == [f"{dataset}/checkpoint"] for r in config_rows
+            ),
         },
     }
     missed = [k for k, ok in result["goals_met"].items() if not ok]
@@ -142,7 +148,8 @@ def run(out: Path, dataset: str, repeats: int, noop_repeats: int) -> dict:
             f"| {result['noop_vs_trivial_ratio']:.2f}x |"
         ),
         *(
-            f"| refresh after epochs -> {r['epochs']} (ran {', '.join(r['refresh_ran'])}) | {r['refresh_seconds']:.2f} "
+            f"| refresh after epochs -> {r['epochs']} (ran {', '.join(r['refresh_ran'])}) "
+            f"| {r['refresh_seconds']:.2f} "
             f"| `dagster asset materialize` of the checkpoint alone | {r['checkpoint_alone_seconds']:.2f} "
             f"| {r['ratio']:.2f}x |"
             for r in config_rows

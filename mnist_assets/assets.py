@@ -5,7 +5,6 @@ Each asset returns a content data version, so an identical result leaves downstr
 carries a code version hashed from the code that computes it.
 """
 
-
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -42,9 +41,7 @@ class ShardConfig(dg.Config):
     compression: str = Field(default="zstd", description="Parquet codec: " + ", ".join(shards.COMPRESSIONS))
 
     def options(self) -> shards.ShardOptions:
-        return shards.ShardOptions(
-            self.seed, self.validation_fraction, self.rows_per_shard, self.compression
-        )
+        return shards.ShardOptions(self.seed, self.validation_fraction, self.rows_per_shard, self.compression)
 
 
 class TrainConfig(dg.Config):
@@ -134,7 +131,10 @@ def _refuse_if_failed(checks: list[dg.AssetCheckResult], message: str):
 def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     """The five assets of ``dataset``, keyed ``<dataset.id>/<name>`` and grouped by dataset."""
     prefix, group = [dataset.id], dataset.id
-    key = lambda name: dg.AssetKey([dataset.id, name])
+
+    def key(name: str) -> dg.AssetKey:
+        return dg.AssetKey([dataset.id, name])
+
     DatasetShardConfig = with_defaults(ShardConfig, dict(dataset.shards), f"{dataset.id}_ShardConfig")
     DatasetTrainConfig = with_defaults(TrainConfig, dict(dataset.training), f"{dataset.id}_TrainConfig")
     mirrors = dataset.resolve_mirrors()
@@ -151,10 +151,12 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     )
     def urls(context) -> dg.DataVersionsByPartition:
         entries = {k: url_entry(dataset, k, mirrors) for k in FILE_KEYS}
+
+        def look(k: str):
+            return download.fingerprint(dataset, dataset.files[k], entries[k]["urls"])
+
         with ThreadPoolExecutor(len(FILE_KEYS)) as pool:
-            remote = dict(zip(FILE_KEYS, pool.map(
-                lambda k: download.fingerprint(dataset, dataset.files[k], entries[k]["urls"]), FILE_KEYS
-            )))
+            remote = dict(zip(FILE_KEYS, pool.map(look, FILE_KEYS), strict=True))
         silent = [k for k, seen in remote.items() if seen is None]
         if silent:
             context.log.warning(
@@ -222,7 +224,11 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
             dg.AssetCheckResult(
                 check_name="header_shape_dtype_agree",
                 passed=not problems,
-                metadata={"shape": str(array.shape), "dtype": str(array.dtype), "problems": "; ".join(problems)},
+                metadata={
+                    "shape": str(array.shape),
+                    "dtype": str(array.dtype),
+                    "problems": "; ".join(problems),
+                },
             ),
             dg.AssetCheckResult(
                 check_name="labels_in_class_range",
@@ -233,7 +239,8 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         yield from _refuse_if_failed(
             checks,
             f"{dataset.id}: idx[{file_key}] ({file.filename}) was not stored; the previous array is kept. "
-            f"What to do: fix the catalog entry (class_names, file pins) or the mirror, then materialize again.",
+            "What to do: fix the catalog entry (class_names, file pins) or the mirror, then materialize "
+            "again.",
         )
         yield dg.Output(
             array,
@@ -304,7 +311,9 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         group_name=group,
         ins={"splits": dg.AssetIn(key("shards"))},
         io_manager_key="keras_io_manager",
-        check_specs=[dg.AssetCheckSpec("holdout_accuracy_above_floor", asset=key("checkpoint"), blocking=True)],
+        check_specs=[
+            dg.AssetCheckSpec("holdout_accuracy_above_floor", asset=key("checkpoint"), blocking=True)
+        ],
         description="A tf.keras CNN trained on train, validated on test, evaluated once on holdout.",
         kinds={"tensorflow", "keras"},
     )

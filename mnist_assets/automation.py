@@ -30,8 +30,10 @@ def refresh_condition(stores: Stores, cron: str) -> dg.AutomationCondition:
     AC = dg.AutomationCondition
     needs = NeedsRebuild(stores)
     reason = (
-        needs.newly_true() | AC.any_deps_updated() | AC.code_version_changed() | AC.cron_tick_passed(cron)
-    ).since(AC.newly_requested()).with_label("a new reason since it was last requested")
+        (needs.newly_true() | AC.any_deps_updated() | AC.code_version_changed() | AC.cron_tick_passed(cron))
+        .since(AC.newly_requested())
+        .with_label("a new reason since it was last requested")
+    )
     settled = ~(AC.any_deps_match(needs) | AC.any_deps_in_progress()).with_label(
         "a dependency needs a rebuild or is running"
     )
@@ -43,7 +45,8 @@ def automation(
     resources: Mapping[str, object],
     cron: str = DEFAULT_REFRESH_CRON,
 ) -> dict:
-    """``Definitions`` arguments: the assets with their condition, the sensor, the observe job, its schedule."""
+    """``Definitions`` arguments: the assets with their condition, the sensor, the observe job and
+    its schedule."""
     condition = refresh_condition(stores_of(assets, resources), cron)
     automated = [
         a.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition))

@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     refresh.add_argument("datasets", nargs="*", help="dataset ids (default: every dataset)")
     refresh.add_argument("--dry-run", action="store_true", help="print the plan with causes, run nothing")
     refresh.add_argument(
-        "--verify", action="store_true",
+        "--verify",
+        action="store_true",
         help="also read every stored artifact and check it against its record; rebuild what is damaged",
     )
     status = commands.add_parser("status", help="what is materialized, with data versions and paths")
@@ -37,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     with dg.DagsterInstance.get() as instance:
         try:
             summary = run_refresh(
-                defs, instance, args.datasets, dry_run=args.dry_run, verify=args.verify,
+                defs,
+                instance,
+                args.datasets,
+                dry_run=args.dry_run,
+                verify=args.verify,
                 log=lambda m: print(m, file=sys.stderr),
             )
         except ValueError as error:

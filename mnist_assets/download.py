@@ -60,7 +60,9 @@ def verify(gzip_bytes: bytes, file: SourceFile) -> str:
     if file.payload_sha256 is not None and digest != file.payload_sha256:
         raise idx.IdxError(f"payload sha256 {digest} does not match the pinned {file.payload_sha256}")
     if file.payload_sha256 is None and hashlib.md5(gzip_bytes).hexdigest() != file.gzip_md5:
-        raise idx.IdxError(f"gzip md5 {hashlib.md5(gzip_bytes).hexdigest()} does not match the pinned {file.gzip_md5}")
+        raise idx.IdxError(
+            f"gzip md5 {hashlib.md5(gzip_bytes).hexdigest()} does not match the pinned {file.gzip_md5}"
+        )
     return digest
 
 
@@ -83,9 +85,7 @@ def _read_file_url(url: str, limit: int) -> bytes:
 
 def _read_http_url(session: requests.Session, url: str, limit: int, policy: FetchPolicy) -> bytes:
     try:
-        with session.get(
-            url, stream=True, timeout=(policy.connect_timeout, policy.read_timeout)
-        ) as response:
+        with session.get(url, stream=True, timeout=(policy.connect_timeout, policy.read_timeout)) as response:
             if response.status_code != 200:
                 raise _MirrorFailed(
                     f"HTTP {response.status_code}", retry=response.status_code in RETRYABLE_STATUS
@@ -99,9 +99,7 @@ def _read_http_url(session: requests.Session, url: str, limit: int, policy: Fetc
                 if len(body) > limit:
                     raise _MirrorFailed(f"body exceeds {limit} bytes", retry=False)
             if declared is not None and declared.isdigit() and len(body) != int(declared):
-                raise _MirrorFailed(
-                    f"body ended after {len(body)} of {declared} bytes", retry=True
-                )
+                raise _MirrorFailed(f"body ended after {len(body)} of {declared} bytes", retry=True)
             return bytes(body)
     except requests.TooManyRedirects:
         raise _MirrorFailed(f"more than {policy.max_redirects} redirects", retry=False) from None
@@ -190,9 +188,16 @@ def fingerprint(
                 if scheme == "file":
                     data = _read_file_url(url, limit)
                     try:
-                        return {"url": redact_url(url), "payload_sha256": idx.payload_digest(data, file.payload_size)[1]}
+                        return {
+                            "url": redact_url(url),
+                            "payload_sha256": idx.payload_digest(data, file.payload_size)[1],
+                        }
                     except idx.IdxError as error:  # a damaged file is a state too: the download will say why
-                        return {"url": redact_url(url), "gzip_sha256": idx.sha256(data), "unreadable": str(error)}
+                        return {
+                            "url": redact_url(url),
+                            "gzip_sha256": idx.sha256(data),
+                            "unreadable": str(error),
+                        }
                 response = session.head(
                     url, allow_redirects=True, timeout=(policy.connect_timeout, policy.read_timeout)
                 )

@@ -40,7 +40,10 @@ class StorageError(RuntimeError):
     """A stored artifact is missing or does not match its record."""
 
 
-REPAIR = "materialize it again to repair (`mnist-assets refresh --verify` finds and rebuilds every damaged artifact)"
+REPAIR = (
+    "materialize it again to repair "
+    "(`mnist-assets refresh --verify` finds and rebuilds every damaged artifact)"
+)
 
 
 def _safe(name: str) -> str:
@@ -116,8 +119,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         if not context.has_asset_partitions:
             return self.fetch(directory, None, what)
         return {
-            key: self.fetch(directory, _safe(key), f"{what}[{key}]")
-            for key in context.asset_partition_keys
+            key: self.fetch(directory, _safe(key), f"{what}[{key}]") for key in context.asset_partition_keys
         }
 
 
@@ -249,9 +251,7 @@ class ShardSetIOManager(ArtifactIOManager):
         try:
             return ShardSet(manifest, decode(manifest, files))
         except ValueError as error:
-            raise StorageError(
-                f"{what}: {split_dir} is damaged ({error}); {REPAIR}"
-            ) from error
+            raise StorageError(f"{what}: {split_dir} is damaged ({error}); {REPAIR}") from error
 
 
 @dataclass(frozen=True)
@@ -298,9 +298,7 @@ class KerasIOManager(ArtifactIOManager):
                 ) from error
             keras_bytes = _read(path, what)
         if idx.sha256(keras_bytes) != record["sha256"]:
-            raise StorageError(
-                f"{what}: {path} does not match its recorded sha256; {REPAIR}"
-            )
+            raise StorageError(f"{what}: {path} does not match its recorded sha256; {REPAIR}")
         return StoredCheckpoint(keras_bytes, record, str(path))
 
 

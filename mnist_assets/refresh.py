@@ -3,7 +3,8 @@
 What needs a rebuild is judged by :mod:`mnist_assets.staleness` (Dagster's stale status plus storage),
 the same judgement the automation sensor uses. Sources are observed first, so a changed catalog entry
 or remote file is seen. Assets are visited upstream first and each partition is judged right before
-it would run, so a rebuild that reproduces identical content (same data version) leaves everything downstream alone.
+it would run, so a rebuild that reproduces identical content (same data version) leaves everything
+downstream alone.
 A failed partition is reported and keeps its last good artifact; the others still refresh.
 """
 
@@ -66,7 +67,9 @@ class Refresher:
         known = {k.path[0] for k in self.graph.get_all_asset_keys()}
         unknown = sorted(set(datasets) - known)
         if unknown:
-            raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; the catalog has {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown dataset(s) {', '.join(unknown)}; the catalog has {', '.join(sorted(known))}"
+            )
         self.datasets = list(datasets) or sorted(known)
         ours = [k for k in self.graph.toposorted_asset_keys if k.path[0] in self.datasets]
         self.keys = [k for k in ours if self.graph.get(k).is_materializable]
@@ -103,7 +106,9 @@ class Refresher:
                 if not dry_run:
                     t0 = time.perf_counter()
                     result = job.execute_in_process(
-                        asset_selection=[key], partition_key=partition, instance=self.instance,
+                        asset_selection=[key],
+                        partition_key=partition,
+                        instance=self.instance,
                         raise_on_error=False,
                     )
                     step.seconds = round(time.perf_counter() - t0, 3)

@@ -31,7 +31,9 @@ def stores_of(assets, resources: Mapping[str, object]) -> dict[dg.AssetKey, obje
     }
 
 
-def resolver(instance: dg.DagsterInstance, graph, view: AssetGraphView | None = None) -> CachingStaleStatusResolver:
+def resolver(
+    instance: dg.DagsterInstance, graph, view: AssetGraphView | None = None
+) -> CachingStaleStatusResolver:
     """A fresh view of the event log (the resolver caches, so make one per decision point)."""
     view = view or AssetGraphView(
         temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
@@ -105,5 +107,7 @@ class NeedsRebuild(dg.AutomationCondition):
         return dg.AutomationResult(
             context=context,
             true_subset=true_subset,
-            metadata={"causes": dg.MetadataValue.json({p or "-": c for p, c in found.items()})} if found else {},
+            metadata={"causes": dg.MetadataValue.json({p or "-": c for p, c in found.items()})}
+            if found
+            else {},
         )

@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             if r["materialized"]:
                 seconds = "" if r["seconds"] is None else f"{r['seconds']:.2f}"
-                print(f"{r['asset']:28} {r['partition'] or '-':13} {r['data_version']:17} {seconds:>7}  {r['path']}")
+                print(
+                    f"{r['asset']:28} {r['partition'] or '-':13} {r['data_version']:17} {seconds:>7}  "
+                    f"{r['path']}"
+                )
             else:
                 why = "MISSING FROM STORAGE" if r.get("data_version") else "MISSING"
                 print(f"{r['asset']:28} {r['partition'] or '-':13} {why}")

@@ -76,9 +76,7 @@ def evaluate(model: keras.Model, split: Split, batch_size: int = 1024) -> dict[s
     return {"loss": float(loss), "accuracy": float(accuracy)}
 
 
-def train(
-    splits: dict[str, Split], num_classes: int, params: Hyperparameters, log=None
-) -> TrainedModel:
+def train(splits: dict[str, Split], num_classes: int, params: Hyperparameters, log=None) -> TrainedModel:
     """Fit on train, validate on test each epoch, evaluate every split once at the end."""
     keras.utils.set_random_seed(params.seed)
     images, labels = splits["train"]
@@ -115,9 +113,7 @@ def train(
         "training_seconds": round(training_seconds, 3),
         "parameter_count": int(model.count_params()),
     }
-    return TrainedModel(
-        keras_bytes, record, {k: [float(x) for x in v] for k, v in history.history.items()}
-    )
+    return TrainedModel(keras_bytes, record, {k: [float(x) for x in v] for k, v in history.history.items()})
 
 
 def load_model(keras_bytes: bytes) -> keras.Model:

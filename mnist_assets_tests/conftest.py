@@ -94,7 +94,11 @@ class LoopbackServer:
                 if fault == "not-gzip":
                     body = b"<html><body>Mirror maintenance: the file will be back soon.</body></html>\n"
                 elif fault == "corrupt":
-                    body = body[: len(body) // 2] + bytes([body[len(body) // 2] ^ 0x20]) + body[len(body) // 2 + 1 :]
+                    body = (
+                        body[: len(body) // 2]
+                        + bytes([body[len(body) // 2] ^ 0x20])
+                        + body[len(body) // 2 + 1 :]
+                    )
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -105,7 +109,9 @@ class LoopbackServer:
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
                     if fault == "reset":  # SO_LINGER 0: close() sends a TCP RST, not a FIN
-                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.connection.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
                     self.close_connection = True
                     self.connection.close()
                     return
@@ -232,7 +238,9 @@ def mini_catalog(mini_mirror, http_server, tmp_path):
 def materialized(instance, defs) -> Counter:
     counts = Counter()
     for key in defs.resolve_asset_graph().materializable_asset_keys:
-        for record in instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=10_000).records:
+        for record in instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key), limit=10_000
+        ).records:
             counts[(key.path[-1], record.partition_key)] += 1
     return counts
 
@@ -262,7 +270,9 @@ class Project:
     def refresh(self, defs=None, dry_run=False, verify=False):
         defs = defs or self.defs()
         before = materialized(self.instance, defs)
-        summary = refresh(defs, self.instance, ["mini_mnist"], dry_run=dry_run, verify=verify, log=lambda m: None)
+        summary = refresh(
+            defs, self.instance, ["mini_mnist"], dry_run=dry_run, verify=verify, log=lambda m: None
+        )
         delta = materialized(self.instance, defs) - before
         return summary, delta
 

@@ -46,7 +46,9 @@ def materialize(project, asset: str, partitions) -> None:
     job = project.defs().resolve_implicit_global_asset_job_def()
     for partition in partitions:
         job.execute_in_process(
-            asset_selection=[dg.AssetKey(["mini_mnist", asset])], partition_key=partition, instance=project.instance
+            asset_selection=[dg.AssetKey(["mini_mnist", asset])],
+            partition_key=partition,
+            instance=project.instance,
         )
 
 
@@ -67,7 +69,9 @@ def test_a_built_project_requests_nothing(project):
 def test_a_changed_remote_file_observed_by_the_schedule_requests_exactly_its_raw_partition(project):
     defs = project.defs()
     schedule = defs.resolve_schedule_def("daily_refresh")
-    assert schedule.job_name == "observe_sources" and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert (
+        schedule.job_name == "observe_sources" and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    )
     ticks = Ticks(project)
     assert ticks.next() == {}
     path = project.mirror / MINI_FILENAMES["test-images"]
@@ -116,7 +120,9 @@ def test_the_ui_marks_stale_exactly_what_refresh_plans_to_run(project, tmp_path,
     monkeypatch.setenv("MNIST_ASSETS_CATALOG", str(catalog))
     monkeypatch.setenv("MNIST_ASSETS_STORAGE", str(project.storage))
     marked: dict[str, set] = {}
-    with define_out_of_process_context(mnist_assets.definitions.__file__, "defs", project.instance) as context:
+    with define_out_of_process_context(
+        mnist_assets.definitions.__file__, "defs", project.instance
+    ) as context:
         for node in execute_dagster_graphql(context, UI_NODES).data["assetNodes"]:
             path = node["assetKey"]["path"]
             if path[-1] == "urls":
@@ -125,7 +131,9 @@ def test_the_ui_marks_stale_exactly_what_refresh_plans_to_run(project, tmp_path,
             if node["isPartitioned"]:
                 found = execute_dagster_graphql(context, UI_PARTITIONS, {"key": {"path": path}})
                 partitioned = found.data["assetNodeOrError"]
-                statuses = zip(partitioned["partitionKeys"], partitioned["staleStatusByPartition"])
+                statuses = zip(
+                    partitioned["partitionKeys"], partitioned["staleStatusByPartition"], strict=True
+                )
             for partition, status in statuses:
                 if status != "FRESH":
                     marked.setdefault(path[-1], set()).add(partition)

@@ -37,7 +37,11 @@ def test_dagster_cli_validates_the_code_location(tmp_path):
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     out = subprocess.run(
         [DAGSTER, "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO, env=env, capture_output=True, text=True, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Validation successful" in out.stdout + out.stderr
@@ -49,6 +53,10 @@ def test_catalog_and_storage_come_from_the_environment(mini_catalog, tmp_path):
         "print(sorted({k.path[0] for k in defs.resolve_asset_graph().get_all_asset_keys()})); "
         "print(defs.resources['npy_io_manager'].root)"
     )
-    env = {**os.environ, "MNIST_ASSETS_CATALOG": str(mini_catalog["path"]), "MNIST_ASSETS_STORAGE": str(tmp_path)}
+    env = {
+        **os.environ,
+        "MNIST_ASSETS_CATALOG": str(mini_catalog["path"]),
+        "MNIST_ASSETS_STORAGE": str(tmp_path),
+    }
     out = subprocess.run([PYTHON, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["['mini_mnist']", str(tmp_path)]

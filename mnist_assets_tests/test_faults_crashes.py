@@ -46,7 +46,12 @@ def checkpoint_value(seed: int) -> SimpleNamespace:
 
 def run_child(script: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -89,7 +94,8 @@ KILL_POINTS = {
 @scenario(
     "Crashes and concurrency",
     "SIGKILL during a shard-set write (after a shard, mid-file, before the manifest)",
-    "The run dies; the next load still returns the previous set; the next write repairs and sweeps temp files",
+    "The run dies; the next load still returns the previous set; "
+    "the next write repairs and sweeps temp files",
     "The previous shard set, whole and verified",
 )
 @pytest.mark.parametrize("point", KILL_POINTS)
@@ -102,7 +108,11 @@ def test_sigkill_during_a_shard_set_write_keeps_the_previous_set(tmp_path, point
 
     kill_at, partial = KILL_POINTS[point]
     child = kill_during_store(
-        f"ShardSetIOManager(root={str(tmp_path)!r})", "SHARDS_KEY", "synthetic_shard_set(2, 500)", kill_at, partial
+        f"ShardSetIOManager(root={str(tmp_path)!r})",
+        "SHARDS_KEY",
+        "synthetic_shard_set(2, 500)",
+        kill_at,
+        partial,
     )
 
     assert child.returncode == -signal.SIGKILL, child.stderr
@@ -138,7 +148,8 @@ def test_sigkill_during_a_checkpoint_save_keeps_the_last_good_one(tmp_path, part
     store.store(directory, None, checkpoint_value(2))
     assert store.fetch(directory, None, "crash/checkpoint").record["seed"] == 2
     assert [p.suffix for p in (tmp_path / "crash/checkpoint").iterdir() if p.name != ".lock"] in (
-        [".json", ".keras"], [".keras", ".json"]
+        [".json", ".keras"],
+        [".keras", ".json"],
     )
 
 
@@ -156,14 +167,17 @@ def test_a_flipped_bit_in_a_stored_checkpoint_is_detected_on_load(tmp_path):
     data = bytearray(model.read_bytes())
     data[1000] ^= 0x01
     model.write_bytes(bytes(data))
-    with pytest.raises(StorageError, match=r"crash/checkpoint: .*model-.*\.keras does not match its recorded sha256"):
+    with pytest.raises(
+        StorageError, match=r"crash/checkpoint: .*model-.*\.keras does not match its recorded sha256"
+    ):
         store.fetch(directory, None, "crash/checkpoint")
 
 
 @scenario(
     "Crashes and concurrency",
     "Bits flipped in a built project's shard and checkpoint",
-    "`refresh` trusts sizes and runs nothing; `refresh --verify` names the damage and rebuilds exactly those two",
+    "`refresh` trusts sizes and runs nothing; "
+    "`refresh --verify` names the damage and rebuilds exactly those two",
     "Everything undamaged",
 )
 def test_refresh_verify_finds_damaged_artifacts_and_rebuilds_only_them(project):
@@ -223,12 +237,17 @@ def test_concurrent_writers_never_mix_versions_and_readers_never_see_a_partial_s
 
     def launch(script: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-c", textwrap.dedent(script)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     reader = launch(READER.format(root=str(tmp_path), done=str(done)))
-    writers = [launch(WRITER.format(root=str(tmp_path), seed=seed, rows=rows)) for seed, rows in ((3, 400), (4, 300))]
+    writers = [
+        launch(WRITER.format(root=str(tmp_path), seed=seed, rows=rows)) for seed, rows in ((3, 400), (4, 300))
+    ]
     for writer in writers:
         _, err = writer.communicate(timeout=180)
         assert writer.returncode == 0, err
@@ -281,16 +300,22 @@ def test_a_refresh_killed_while_saving_the_checkpoint_is_repaired_by_the_next_on
     directory = project.storage / "mini_mnist/checkpoint"
     good = (directory / "checkpoint.json").read_bytes()
     project.dataset["training"]["epochs"] = 2
-    child = run_child(KILLED_REFRESH.format(
-        ref=serialize_value(project.instance.get_ref()), document=json.dumps(project.document),
-        root=str(project.storage),
-    ))
+    child = run_child(
+        KILLED_REFRESH.format(
+            ref=serialize_value(project.instance.get_ref()),
+            document=json.dumps(project.document),
+            root=str(project.storage),
+        )
+    )
 
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
     assert (directory / "checkpoint.json").read_bytes() == good
     assert any(p.name.endswith(".dying.tmp") for p in directory.iterdir())
     store = KerasIOManager(root=str(project.storage))
-    assert store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), None, "c").record["epochs"] == 3
+    assert (
+        store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), None, "c").record["epochs"]
+        == 3
+    )
 
     summary, delta = project.refresh()
 

@@ -123,7 +123,9 @@ def test_absurd_dimensions_are_refused_before_any_large_allocation():
     message, peak = _refusal(idx.parse_gzip, _gz(header + bytes(64)), max_bytes=10_000)
     assert "more than the 10000 allowed" in message and peak < SMALL_PEAK
     message, peak = _refusal(idx.parse, header + bytes(64))
-    assert message.startswith(f"payload truncated: header >f8[{', '.join(['2147483648'] * 4)}] needs {declared}")
+    assert message.startswith(
+        f"payload truncated: header >f8[{', '.join(['2147483648'] * 4)}] needs {declared}"
+    )
     assert peak < SMALL_PEAK
 
 

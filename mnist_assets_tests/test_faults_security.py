@@ -29,18 +29,24 @@ def test_only_http_https_and_file_urls_are_fetched(mirror):
     with pytest.raises(CatalogError, match=r"^mnist: .*scheme"):
         dataset.resolve_mirrors([mirror])
     with pytest.raises(download.DownloadError, match="is not allowed"):
-        download.fetch(dataset, dataset.files["test-labels"], [mirror + "x.gz"], download.FetchPolicy(attempts=1))
+        download.fetch(
+            dataset, dataset.files["test-labels"], [mirror + "x.gz"], download.FetchPolicy(attempts=1)
+        )
 
 
 def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
     return [
-        node for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and (getattr(node.func, "attr", None) or getattr(node.func, "id", None)) == name
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (getattr(node.func, "attr", None) or getattr(node.func, "id", None)) == name
     ]
 
 
 def _keyword(call: ast.Call, name: str):
-    return next((k.value.value for k in call.keywords if k.arg == name and isinstance(k.value, ast.Constant)), None)
+    return next(
+        (k.value.value for k in call.keywords if k.arg == name and isinstance(k.value, ast.Constant)), None
+    )
 
 
 @scenario(
@@ -56,7 +62,10 @@ def test_no_load_path_in_the_package_can_unpickle():
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-                if any(n.split(".")[0] in {"pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve"} for n in names):
+                if any(
+                    n.split(".")[0] in {"pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve"}
+                    for n in names
+                ):
                     problems.append(f"{path.name}:{node.lineno} imports a pickle module")
         for call in _calls(tree, "load"):
             is_numpy = getattr(getattr(call.func, "value", None), "id", "") == "np"
@@ -119,17 +128,26 @@ def test_documented_webserver_commands_bind_loopback_only():
 def test_credentials_in_mirror_urls_never_reach_the_event_log_or_metadata(project):
     from mnist_assets.catalog import redact_url
 
-    assert redact_url("https://h/x.gz?X-Amz-Signature=abc&token=t") == "https://h/x.gz?X-Amz-Signature=***&token=***"
+    assert (
+        redact_url("https://h/x.gz?X-Amz-Signature=abc&token=t")
+        == "https://h/x.gz?X-Amz-Signature=***&token=***"
+    )
     secret = "s3cret-pass"
     project.dataset["mirrors"] = [project.url.replace("http://", f"http://reader:{secret}@")]
     summary, delta = project.refresh()
 
     assert delta == Counter({("raw_gzip", key): 1 for key in project.dataset["files"]})  # same payloads
-    records = project.instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.ASSET_MATERIALIZATION))
-    records += project.instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.ASSET_OBSERVATION))
+    records = project.instance.get_event_records(
+        dg.EventRecordsFilter(dg.DagsterEventType.ASSET_MATERIALIZATION)
+    )
+    records += project.instance.get_event_records(
+        dg.EventRecordsFilter(dg.DagsterEventType.ASSET_OBSERVATION)
+    )
     logs = [e for run in project.instance.get_runs() for e in project.instance.all_logs(run.run_id)]
     shown = "\n".join([*(repr(r.event_log_entry) for r in records), *(repr(e) for e in logs), repr(summary)])
     assert "***@" in shown
     assert secret not in shown
-    stored = [p.read_bytes() for p in project.storage.rglob("*") if p.is_file() and p.suffix in (".json", ".md")]
+    stored = [
+        p.read_bytes() for p in project.storage.rglob("*") if p.is_file() and p.suffix in (".json", ".md")
+    ]
     assert not any(secret.encode() in data for data in stored)

@@ -63,10 +63,15 @@ def test_every_asset_and_partition_lands_in_storage(built, mini_mirror):
     assert url.metadata["url"].value == built["url"] + "train-images-idx3-ubyte.gz"
     for key in FILE_KEYS:
         filename = mini_mirror["files"][key]["filename"]
-        assert (base / "raw_gzip" / f"{key}.gz").read_bytes() == (mini_mirror["directory"] / filename).read_bytes()
+        assert (base / "raw_gzip" / f"{key}.gz").read_bytes() == (
+            mini_mirror["directory"] / filename
+        ).read_bytes()
         stored = np.load(base / "idx" / f"{key}.npy", allow_pickle=False)
         np.testing.assert_array_equal(stored, mini_mirror["arrays"][key])
-    rows = {s: json.loads((base / "shards" / s / "_manifest.json").read_text())["rows"] for s in ("train", "test", "holdout")}
+    rows = {
+        s: json.loads((base / "shards" / s / "_manifest.json").read_text())["rows"]
+        for s in ("train", "test", "holdout")
+    }
     assert rows == {"train": MINI_TRAIN - MINI_TRAIN // 10, "test": MINI_TRAIN // 10, "holdout": MINI_TEST}
     record = json.loads((base / "checkpoint" / "checkpoint.json").read_text())
     assert (base / "checkpoint" / record["file"]).exists()
@@ -95,7 +100,10 @@ def test_every_asset_has_a_code_version_and_a_content_data_version(built, mini_m
         array_version = latest_data_version(instance, dg.AssetKey(["mini_mnist", "idx"]), key)
         assert array_version == idx.array_digest(mini_mirror["arrays"][key])
     manifest = json.loads((built["root"] / "mini_mnist/shards/holdout/_manifest.json").read_text())
-    assert latest_data_version(instance, dg.AssetKey(["mini_mnist", "shards"]), "holdout") == manifest["root_sha256"]
+    assert (
+        latest_data_version(instance, dg.AssetKey(["mini_mnist", "shards"]), "holdout")
+        == manifest["root_sha256"]
+    )
     record = json.loads((built["root"] / "mini_mnist/checkpoint/checkpoint.json").read_text())
     assert latest_data_version(instance, dg.AssetKey(["mini_mnist", "checkpoint"])) == record["sha256"]
 
@@ -113,18 +121,25 @@ def test_checkpoint_metrics_reproduce_with_plain_keras_on_the_holdout_shards(bui
     assert accuracy == pytest.approx(record["metrics"]["holdout"]["accuracy"], abs=1e-6)
     assert loss == pytest.approx(record["metrics"]["holdout"]["loss"], rel=1e-5)
     assert record["metrics"]["holdout"]["accuracy"] > 0.5  # ten classes: chance is 0.1
-    metadata = built["instance"].get_latest_materialization_event(
-        dg.AssetKey(["mini_mnist", "checkpoint"])
-    ).asset_materialization.metadata
+    metadata = (
+        built["instance"]
+        .get_latest_materialization_event(dg.AssetKey(["mini_mnist", "checkpoint"]))
+        .asset_materialization.metadata
+    )
     assert metadata["holdout_accuracy"].value == record["metrics"]["holdout"]["accuracy"]
     assert metadata["parameter_count"].value == model.count_params()
     assert {"train_loss", "test_accuracy", "epochs", "training_seconds"} <= set(metadata)
 
 
 def test_shards_metadata_carries_row_count_and_column_schema(built):
-    event = built["instance"].fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(["mini_mnist", "shards"]), asset_partitions=["test"]), limit=1
-    ).records[0]
+    event = (
+        built["instance"]
+        .fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(["mini_mnist", "shards"]), asset_partitions=["test"]),
+            limit=1,
+        )
+        .records[0]
+    )
     metadata = event.asset_materialization.metadata
     assert metadata["dagster/row_count"].value == MINI_TRAIN // 10
     names = [c.name for c in metadata["dagster/column_schema"].schema.columns]
@@ -140,9 +155,10 @@ def test_fashion_mnist_labels_come_from_the_debian_package(tmp_path):
             materialize(dataset, tmp_path, instance, ["raw_gzip", "idx"], key)
         labels = np.load(tmp_path / "fashion_mnist/idx/train-labels.npy", allow_pickle=False)
         assert labels.shape == (60000,) and np.bincount(labels).tolist() == [6000] * 10
-        assert latest_data_version(
-            instance, dg.AssetKey(["fashion_mnist", "raw_gzip"]), "test-labels"
-        ) == dataset.files["test-labels"].payload_sha256
+        assert (
+            latest_data_version(instance, dg.AssetKey(["fashion_mnist", "raw_gzip"]), "test-labels")
+            == dataset.files["test-labels"].payload_sha256
+        )
 
 
 def test_status_lists_every_partition_with_its_artifact(built):

@@ -31,7 +31,9 @@ def test_a_training_config_change_recomputes_only_the_checkpoint(project):
 def test_a_shard_setting_change_recomputes_the_shards_and_the_checkpoint(project):
     project.dataset["shards"] = {"rows_per_shard": 700}
     _, delta = project.refresh()
-    assert delta == Counter({("shards", "train"): 1, ("shards", "test"): 1, ("shards", "holdout"): 1, ("checkpoint", None): 1})
+    assert delta == Counter(
+        {("shards", "train"): 1, ("shards", "test"): 1, ("shards", "holdout"): 1, ("checkpoint", None): 1}
+    )
 
 
 def test_new_bytes_for_one_file_recompute_only_what_is_built_from_it(project):
@@ -104,7 +106,9 @@ def test_a_deleted_artifact_is_missing_and_rebuilt(project):
     victim = project.storage / "mini_mnist/idx/test-labels.npy"
     victim.unlink()
     rows = dataset_status(project.instance, project.defs(), "mini_mnist")
-    assert [(r["asset"], r["partition"]) for r in rows if not r["materialized"]] == [("mini_mnist/idx", "test-labels")]
+    assert [(r["asset"], r["partition"]) for r in rows if not r["materialized"]] == [
+        ("mini_mnist/idx", "test-labels")
+    ]
     summary, delta = project.refresh(dry_run=True)
     assert delta == Counter()
     assert [(s.asset, s.partition) for s in summary.ran] == [("mini_mnist/idx", "test-labels")]
@@ -120,7 +124,9 @@ def test_dry_run_prints_the_plan_with_causes_and_changes_nothing(project):
     summary, delta = project.refresh(dry_run=True)
     assert delta == Counter()
     assert [(s.asset, s.partition) for s in summary.ran] == [
-        ("mini_mnist/shards", "train"), ("mini_mnist/shards", "test"),
-        ("mini_mnist/shards", "holdout"), ("mini_mnist/checkpoint", None),
+        ("mini_mnist/shards", "train"),
+        ("mini_mnist/shards", "test"),
+        ("mini_mnist/shards", "holdout"),
+        ("mini_mnist/checkpoint", None),
     ]
     assert json.loads(json.dumps(summary.to_dict()))["dry_run"] is True

@@ -77,7 +77,12 @@ def test_commit_replaces_a_shard_set_whole_and_removes_unreferenced_files(encode
     directory = store.asset_dir(dg.AssetKey(["mini", "shards"]))
     store.store(directory, "train", encoded["train"])
     smaller = shards.encode(
-        "mini", "train", t10k_arrays[0][:2000], t10k_arrays[1][:2000], SOURCES, tuple("0123456789"),
+        "mini",
+        "train",
+        t10k_arrays[0][:2000],
+        t10k_arrays[1][:2000],
+        SOURCES,
+        tuple("0123456789"),
         shards.ShardOptions(seed=7, validation_fraction=0.1, rows_per_shard=1000),
     )
     store.store(directory, "train", smaller)
