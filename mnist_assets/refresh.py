@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import dagster as dg
-from dagster._core.definitions.observe import observe
 
 from mnist_assets import staleness
+from mnist_assets.dagster_private import observe_sources
 
 
 @dataclass
@@ -125,7 +125,7 @@ class Refresher:
     def observe(self) -> None:
         """Record the sources' current data versions (catalog entries, remote files) first."""
         if self.sources:
-            observe([self.defs.resolve_assets_def(k) for k in self.sources], instance=self.instance)
+            observe_sources([self.defs.resolve_assets_def(k) for k in self.sources], self.instance)
 
     def _has_planned_parent(self, key, partition, planned) -> bool:
         for parent in self.graph.get(key).parent_keys:

@@ -12,10 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.definitions.temporal_context import TemporalContext
-from dagster._time import get_current_datetime
+
+from mnist_assets.dagster_private import StaleStatus, StaleStatusResolver, stale_status_resolver
 
 Stores = Mapping[dg.AssetKey, "object"]
 """Asset key → the IO manager that stores it (anything with ``exists`` and ``location``)."""
@@ -31,16 +29,8 @@ def stores_of(assets, resources: Mapping[str, object]) -> dict[dg.AssetKey, obje
     }
 
 
-def resolver(
-    instance: dg.DagsterInstance, graph, view: AssetGraphView | None = None
-) -> CachingStaleStatusResolver:
-    """A fresh view of the event log (the resolver caches, so make one per decision point)."""
-    view = view or AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=graph,
-    )
-    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+resolver = stale_status_resolver
+"""A fresh view of the event log; it caches, so make one per decision point."""
 
 
 def _describe(cause) -> str:
@@ -53,7 +43,7 @@ def _describe(cause) -> str:
 
 
 def causes(
-    resolver: CachingStaleStatusResolver, store, key: dg.AssetKey, partition: str | None, verify: bool = False
+    resolver: StaleStatusResolver, store, key: dg.AssetKey, partition: str | None, verify: bool = False
 ) -> list[str]:
     """Why this partition must be rebuilt; empty when it is fresh.
 

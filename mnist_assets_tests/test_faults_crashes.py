@@ -268,7 +268,7 @@ def test_concurrent_writers_never_mix_versions_and_readers_never_see_a_partial_s
 KILLED_REFRESH = """
     import json, os, signal
     import dagster as dg
-    from dagster._serdes import deserialize_value
+    from dagster import deserialize_value
     from mnist_assets import io_managers
     from mnist_assets.catalog import parse_catalog
     from mnist_assets.definitions import build_definitions
@@ -295,7 +295,7 @@ KILLED_REFRESH = """
     "The last good checkpoint, loadable until the repair lands",
 )
 def test_a_refresh_killed_while_saving_the_checkpoint_is_repaired_by_the_next_one(project):
-    from dagster._serdes import serialize_value
+    from dagster import serialize_value
 
     directory = project.storage / "mini_mnist/checkpoint"
     good = (directory / "checkpoint.json").read_bytes()

@@ -1,0 +1,50 @@
+"""Every use of Dagster's private modules, in one place, each beside the public API that is missing.
+
+Dagster 1.13 keeps two things we need behind ``dagster._…`` modules. An upgrade that moves them breaks
+the imports of this file and nothing else; ``test_dagster_private.py`` exercises every name here
+against a real instance and fails if a private import appears anywhere else in the package.
+
+1. The stale-status resolver (``CachingStaleStatusResolver``, ``StaleStatus`` and the
+   ``AssetGraphView`` it reads through). Missing public API: asking "is this asset partition stale,
+   and why?" for a definitions object and an instance. The UI and the declarative automation use this
+   very resolver internally; ``refresh``, ``status`` and the sensor must agree with the UI, so they use
+   it too instead of re-deriving staleness from the event log.
+2. In-process observation of source assets (``observe``). Missing public API: the counterpart of
+   ``dg.materialize`` for observable source assets; ``refresh`` observes before it plans.
+
+Also private, outside Python: ``dagster.yaml`` names ``dagster._core.storage.root`` and
+``dagster._core.storage.local_compute_log_manager`` (Dagster's documented way to configure where the
+instance keeps artifacts and compute logs); the test imports those too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dagster as dg
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.definitions.observe import observe
+from dagster._core.definitions.temporal_context import TemporalContext
+from dagster._time import get_current_datetime
+
+__all__ = ["AssetGraphView", "StaleStatus", "StaleStatusResolver", "observe_sources", "stale_status_resolver"]
+
+StaleStatusResolver = CachingStaleStatusResolver
+
+
+def stale_status_resolver(
+    instance: dg.DagsterInstance, asset_graph, view: AssetGraphView | None = None
+) -> CachingStaleStatusResolver:
+    """The resolver the UI uses, over the event log as it is now (it caches: make one per decision)."""
+    view = view or AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=asset_graph,
+    )
+    return CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
+
+
+def observe_sources(sources: Sequence[dg.SourceAsset | dg.AssetsDefinition], instance: dg.DagsterInstance):
+    """Observe source assets in this process and record their data versions in ``instance``."""
+    return observe(list(sources), instance=instance)
