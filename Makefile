@@ -4,16 +4,31 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 DATASET ?= fashion_mnist
 EPOCHS  ?=
+LOCK    := requirements.lock
+UV_VERSION := 0.13.9
 export DAGSTER_HOME := $(CURDIR)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run refresh offline test dev status docs bench bench-graph bench-refresh lint clean-data
+.PHONY: run refresh offline test dev status docs bench bench-graph bench-refresh lint lock clean-data
 
-$(BIN)/.installed: pyproject.toml
+# The whole dependency tree comes from the lock (exact versions, every file's sha256); pyproject.toml's
+# ranges only decide what the lock may pick (`make lock`). The project itself goes in last, without deps.
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+
+## lock: re-resolve requirements.lock from pyproject.toml ([project] dependencies + the test extra) for
+## Python 3.11, keeping the current pins where they still fit; UPGRADE=1 takes the newest allowed versions
+lock: $(BIN)/uv
+	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
+	  --generate-hashes --no-strip-extras --custom-compile-command 'make lock' \
+	  $(if $(UPGRADE),--upgrade) --quiet -o $(LOCK)
 
 ## run: materialize every asset and partition of DATASET (default fashion_mnist) into data/
 run: $(BIN)/.installed
@@ -34,9 +49,9 @@ $(FASHION_DEBIAN):
 offline: | $(FASHION_DEBIAN)
 	$(MAKE) run DATASET=fashion_mnist MNIST_ASSETS_MIRROR_FASHION_MNIST=/usr/share/datasets/fashion-mnist
 
-## test: the test suite (real loopback mirrors, real instances, tiny TensorFlow)
+## test: the test suite on 2 workers (real loopback mirrors, real instances, tiny TensorFlow)
 test: $(BIN)/.installed | $(FASHION_DEBIAN)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 ## dev: the Dagster UI on http://127.0.0.1:3000 with the same instance and data as `make run`
 dev: $(BIN)/.installed
@@ -61,8 +76,13 @@ bench-graph: $(BIN)/.installed
 bench-refresh: $(BIN)/.installed
 	$(BIN)/python benchmarks/refresh_bench.py --out data/bench
 
+## lint: ruff check, ruff format --check and mypy; all three run, and lint fails if any of them failed
 lint: $(BIN)/.installed
-	$(BIN)/ruff check .
+	status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/mypy mnist_assets || status=1; \
+	exit $$status
 
 ## clean-data: forget every artifact and run (data/ is all generated)
 clean-data:
