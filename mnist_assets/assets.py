@@ -58,11 +58,13 @@ class TrainConfig(dg.Config):
     )
 
 
-def with_defaults(base: type[dg.Config], overrides: dict, name: str) -> type[dg.Config]:
+def with_defaults(base: type[dg.Config], overrides: dict, name: str, where: str) -> type[dg.Config]:
     """``base`` with the catalog's per-dataset defaults, so the launchpad and the code version see them."""
     unknown = sorted(set(overrides) - set(base.model_fields))
     if unknown:
-        raise CatalogError(f"{name}: unknown settings {', '.join(unknown)}")
+        raise CatalogError(
+            f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(base.model_fields))}"
+        )
     fields = {
         k: (base.model_fields[k].annotation, Field(default=v, description=base.model_fields[k].description))
         for k, v in overrides.items()
@@ -135,8 +137,12 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     def key(name: str) -> dg.AssetKey:
         return dg.AssetKey([dataset.id, name])
 
-    DatasetShardConfig = with_defaults(ShardConfig, dict(dataset.shards), f"{dataset.id}_ShardConfig")
-    DatasetTrainConfig = with_defaults(TrainConfig, dict(dataset.training), f"{dataset.id}_TrainConfig")
+    DatasetShardConfig = with_defaults(
+        ShardConfig, dataset.shards, f"{dataset.id}_ShardConfig", f"{dataset.id}/shards"
+    )
+    DatasetTrainConfig = with_defaults(
+        TrainConfig, dataset.training, f"{dataset.id}_TrainConfig", f"{dataset.id}/training"
+    )
     mirrors = dataset.resolve_mirrors()
 
     @dg.observable_source_asset(

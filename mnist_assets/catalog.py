@@ -11,10 +11,11 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import pydantic
 
 FILE_KEYS: tuple[str, ...] = ("train-images", "train-labels", "test-images", "test-labels")
 """The four files of an MNIST-format dataset; also the partition keys of the file-level assets."""
@@ -30,29 +31,66 @@ class CatalogError(ValueError):
     """The catalog or a mirror override is malformed."""
 
 
-@dataclass(frozen=True)
-class SourceFile:
+FileKey = Literal["train-images", "train-labels", "test-images", "test-labels"]
+
+
+class _Entry(pydantic.BaseModel):
+    """A part of the catalog: frozen, and unknown keys are refused (a misspelled setting must not be
+    silently ignored)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceFile(_Entry):
     """One gzip file of a dataset and the content it must decompress to."""
 
-    key: str
+    key: FileKey
+    """The file's role, from the key it is listed under (not written in the entry)."""
     filename: str
-    payload_size: int
-    payload_sha256: str | None = None
-    gzip_md5: str | None = None
+    payload_size: int = pydantic.Field(gt=0)
+    payload_sha256: str | None = pydantic.Field(default=None, pattern=_SHA256.pattern)
+    gzip_md5: str | None = pydantic.Field(default=None, pattern=_MD5.pattern)
+
+    @pydantic.field_validator("filename")
+    @classmethod
+    def _plain_name(cls, filename: str) -> str:
+        if not filename or "/" in filename or filename.startswith("."):
+            raise ValueError(f"filename {filename!r} must be a plain file name")
+        return filename
+
+    @pydantic.model_validator(mode="after")
+    def _pinned(self) -> SourceFile:
+        if self.payload_sha256 is None and self.gzip_md5 is None:
+            raise ValueError("pin payload_sha256 (preferred) or gzip_md5")
+        return self
 
 
-@dataclass(frozen=True)
-class Dataset:
-    id: str
-    title: str
-    mirrors: tuple[str, ...]
-    files: Mapping[str, SourceFile]
-    class_names: tuple[str, ...]
+class Dataset(_Entry):
+    id: str = pydantic.Field(pattern=_DATASET_ID.pattern)
+    """From the key the entry is listed under (not written in the entry)."""
+    title: str = ""
     homepage: str = ""
-    shards: Mapping[str, Any] = field(default_factory=dict)
+    mirrors: tuple[str, ...] = pydantic.Field(min_length=1)
+    files: dict[FileKey, SourceFile]
+    class_names: tuple[str, ...] = pydantic.Field(min_length=2, max_length=256)
+    shards: dict[str, Any] = pydantic.Field(default_factory=dict)
     """Overrides of the shard settings' defaults (seed, rows_per_shard, ...) for this dataset."""
-    training: Mapping[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = pydantic.Field(default_factory=dict)
     """Overrides of the training settings' defaults (epochs, ...) for this dataset."""
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _fill_in(cls, raw: Any) -> Any:
+        """The title defaults to the id; each file entry learns its key; all four files must be there."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = {**raw, "title": raw.get("title") or raw.get("id", "")}
+        files = raw.get("files")
+        if isinstance(files, dict):
+            if sorted(files) != sorted(FILE_KEYS):
+                raise ValueError(f"files must be exactly {', '.join(FILE_KEYS)}")
+            raw["files"] = {k: {**v, "key": k} if isinstance(v, dict) else v for k, v in files.items()}
+        return raw
 
     @property
     def mirror_env_var(self) -> str:
@@ -121,48 +159,50 @@ def validate_dataset_id(dataset_id: str) -> str:
     return dataset_id
 
 
-def _parse_file(dataset_id: str, key: str, raw: Mapping) -> SourceFile:
-    where = f"{dataset_id}/{key}"
-    filename = raw.get("filename", "")
-    if not filename or "/" in filename or filename.startswith("."):
-        raise CatalogError(f"{where}: filename {filename!r} must be a plain file name")
-    sha, md5 = raw.get("payload_sha256"), raw.get("gzip_md5")
-    if sha is None and md5 is None:
-        raise CatalogError(f"{where}: pin payload_sha256 (preferred) or gzip_md5")
-    if sha is not None and not _SHA256.match(sha):
-        raise CatalogError(f"{where}: payload_sha256 must be 64 lowercase hex digits")
-    if md5 is not None and not _MD5.match(md5):
-        raise CatalogError(f"{where}: gzip_md5 must be 32 lowercase hex digits")
-    size = raw.get("payload_size")
-    if not isinstance(size, int) or size <= 0:
-        raise CatalogError(f"{where}: payload_size must be a positive integer")
-    return SourceFile(key, filename, size, sha, md5)
+def _explain(dataset_id: str, error: pydantic.ValidationError) -> str:
+    """Each problem as ``dataset/where: what``; an unknown key lists the keys that are allowed."""
+    problems = []
+    for problem in error.errors():
+        where = "/".join([dataset_id, *(str(part) for part in problem["loc"])])
+        if problem["type"] == "extra_forbidden":
+            model = SourceFile if problem["loc"][0] == "files" else Dataset
+            allowed = sorted(set(model.model_fields) - {"id", "key"})
+            problems.append(
+                f"{where}: unknown key {problem['loc'][-1]!r}; allowed keys: {', '.join(allowed)}"
+            )
+        else:
+            problems.append(f"{where}: {problem['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)
 
 
-def parse_catalog(document: Mapping) -> dict[str, Dataset]:
-    datasets = {}
-    for dataset_id, raw in document.get("datasets", {}).items():
-        validate_dataset_id(dataset_id)
-        files = raw.get("files", {})
-        if sorted(files) != sorted(FILE_KEYS):
-            raise CatalogError(f"{dataset_id}: files must be exactly {', '.join(FILE_KEYS)}")
-        class_names = tuple(raw.get("class_names", ()))
-        if not 2 <= len(class_names) <= 256:
-            raise CatalogError(f"{dataset_id}: class_names must list 2 to 256 names")
-        dataset = Dataset(
-            id=dataset_id,
-            title=raw.get("title", dataset_id),
-            mirrors=tuple(raw.get("mirrors", ())),
-            files={key: _parse_file(dataset_id, key, files[key]) for key in FILE_KEYS},
-            class_names=class_names,
-            homepage=raw.get("homepage", ""),
-            shards=dict(raw.get("shards", {})),
-            training=dict(raw.get("training", {})),
+def parse_dataset(dataset_id: str, raw: Any) -> Dataset:
+    validate_dataset_id(dataset_id)
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{dataset_id}: the entry must be a JSON object")
+    files = raw.get("files") if isinstance(raw.get("files"), dict) else {}
+    written = {"id"} & set(raw) | {"key"} & {k for f in files.values() if isinstance(f, dict) for k in f}
+    if written:  # they are the keys the entries are listed under
+        raise CatalogError(
+            f"{dataset_id}: unknown key {sorted(written)[0]!r} (set by where the entry is listed)"
         )
-        if not dataset.mirrors:
-            raise CatalogError(f"{dataset_id}: list at least one mirror")
-        dataset.resolve_mirrors(environ={})  # validates schemes
-        datasets[dataset_id] = dataset
+    try:
+        dataset = Dataset.model_validate({**raw, "id": dataset_id})
+    except pydantic.ValidationError as error:
+        raise CatalogError(_explain(dataset_id, error)) from None
+    dataset.resolve_mirrors(environ={})  # validates schemes
+    return dataset
+
+
+def parse_catalog(document: Any) -> dict[str, Dataset]:
+    """Every dataset of a catalog document; top-level keys starting with ``_`` are comments."""
+    if not isinstance(document, dict):
+        raise CatalogError("the catalog must be a JSON object with a 'datasets' entry")
+    unknown = sorted(k for k in document if k != "datasets" and not k.startswith("_"))
+    if unknown:
+        raise CatalogError(f"catalog: unknown key {unknown[0]!r}; allowed keys: datasets (and _comments)")
+    datasets = {
+        dataset_id: parse_dataset(dataset_id, raw) for dataset_id, raw in document.get("datasets", {}).items()
+    }
     if not datasets:
         raise CatalogError("the catalog lists no datasets")
     return datasets

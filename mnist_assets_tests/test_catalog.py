@@ -1,6 +1,15 @@
+import json
+
 import pytest
 
-from mnist_assets.catalog import FILE_KEYS, CatalogError, load_catalog, parse_catalog, redact_url
+from mnist_assets.catalog import (
+    DEFAULT_CATALOG,
+    FILE_KEYS,
+    CatalogError,
+    load_catalog,
+    parse_catalog,
+    redact_url,
+)
 
 
 def test_packaged_catalog_lists_both_datasets_with_four_pinned_files():
@@ -59,15 +68,37 @@ def test_credentials_never_leave_a_url_shown_to_people():
         (lambda d: d["datasets"]["mnist"]["files"].pop("test-labels"), "files must be exactly"),
         (lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(filename="../x.gz"), "plain file"),
         (lambda d: d["datasets"]["mnist"]["files"]["test-labels"].pop("payload_sha256"), "pin"),
-        (lambda d: d["datasets"]["mnist"].update(mirrors=[]), "at least one mirror"),
+        (lambda d: d["datasets"]["mnist"].update(mirrors=[]), "mnist/mirrors: .*at least 1 item"),
+        (
+            lambda d: d["datasets"]["mnist"].update(trainng={"epochs": 2}),
+            "mnist/trainng: unknown key 'trainng'; allowed keys: class_names, files, homepage, mirrors, "
+            "shards, title, training",
+        ),
+        (
+            lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(payload_sha=""),
+            "mnist/files/test-labels/payload_sha: unknown key 'payload_sha'; "
+            "allowed keys: filename, gzip_md5, payload_sha256, payload_size",
+        ),
+        (lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(payload_size="big"), "payload_size"),
+        (lambda d: d["datasets"]["mnist"].update(id="other"), "unknown key 'id'"),
+        (lambda d: d.update(dataset={}), "unknown key 'dataset'; allowed keys: datasets"),
     ],
 )
 def test_malformed_catalog_entries_are_rejected(mutate, message):
-    import json
-
-    from mnist_assets.catalog import DEFAULT_CATALOG
-
     document = json.loads(DEFAULT_CATALOG.read_text())
     mutate(document)
     with pytest.raises(CatalogError, match=message):
         parse_catalog(document)
+
+
+def test_a_misspelled_training_or_shard_setting_is_refused_with_the_allowed_keys():
+    from mnist_assets.definitions import build_definitions
+
+    document = json.loads(DEFAULT_CATALOG.read_text())
+    document["datasets"]["mnist"]["training"] = {"epoch": 2}
+    with pytest.raises(CatalogError, match=r"mnist/training: unknown key 'epoch'; allowed keys: .*epochs"):
+        build_definitions(parse_catalog(document), "unused")
+    document["datasets"]["mnist"]["training"] = {}
+    document["datasets"]["mnist"]["shards"] = {"rows_per_shards": 10}
+    with pytest.raises(CatalogError, match=r"mnist/shards: unknown key 'rows_per_shards'; .*rows_per_shard"):
+        build_definitions(parse_catalog(document), "unused")

@@ -1,4 +1,3 @@
-import dataclasses
 import gzip
 import hashlib
 
@@ -92,8 +91,8 @@ def test_local_directory_mirror_is_read_as_a_file_url(mnist):
 
 def test_file_pinned_by_its_published_gzip_md5_accepts_only_those_bytes(mnist):
     original = real_mnist_file("t10k-labels-idx1-ubyte.gz").read_bytes()
-    pinned = dataclasses.replace(
-        mnist.files["test-labels"], payload_sha256=None, gzip_md5=hashlib.md5(original).hexdigest()
+    pinned = mnist.files["test-labels"].model_copy(
+        update={"payload_sha256": None, "gzip_md5": hashlib.md5(original).hexdigest()}
     )
     assert download.verify(original, pinned) == idx.sha256(gzip.decompress(original))
     with pytest.raises(idx.IdxError, match="gzip md5"):
