@@ -45,6 +45,8 @@ def stale_status_resolver(
     return CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
 
 
-def observe_sources(sources: Sequence[dg.SourceAsset | dg.AssetsDefinition], instance: dg.DagsterInstance):
+def observe_sources(
+    sources: Sequence[dg.SourceAsset | dg.AssetsDefinition], instance: dg.DagsterInstance, run_config=None
+):
     """Observe source assets in this process and record their data versions in ``instance``."""
-    return observe(list(sources), instance=instance)
+    return observe(list(sources), instance=instance, run_config=run_config)

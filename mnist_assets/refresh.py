@@ -5,7 +5,8 @@ the same judgement the automation sensor uses. Sources are observed first, so a 
 or remote file is seen. Assets are visited upstream first and each partition is judged right before
 it would run, so a rebuild that reproduces identical content (same data version) leaves everything
 downstream alone.
-A failed partition is reported and keeps its last good artifact; the others still refresh.
+A failed partition is reported and keeps its last good artifact; what is built from it is blocked (not
+run, listed with the failure behind it) and everything else still refreshes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ import dagster as dg
 from mnist_assets import staleness
 from mnist_assets.dagster_private import observe_sources
 
+Partition = tuple[dg.AssetKey, str | None]
+
+
+def label(key: dg.AssetKey, partition: str | None) -> str:
+    """``dataset/asset[partition]``, as people write it."""
+    return key.to_user_string() + (f"[{partition}]" if partition else "")
+
 
 @dataclass
 class Step:
@@ -27,6 +35,8 @@ class Step:
     causes: list[str]
     seconds: float | None = None
     error: str | None = None
+    blocked_by: list[str] = field(default_factory=list)
+    """The partitions that failed in this refresh and that this one is built from (directly or not)."""
 
 
 @dataclass
@@ -36,6 +46,9 @@ class Summary:
     ran: list[Step] = field(default_factory=list)
     waiting_on_upstream: list[Step] = field(default_factory=list)
     failed: list[Step] = field(default_factory=list)
+    blocked: list[Step] = field(default_factory=list)
+    """Not run: an input failed in this same refresh, so running would rebuild from stale data or fail
+    again with a message that hides the cause."""
     fresh: int = 0
     seconds: float = 0.0
     artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -61,8 +74,16 @@ def _failure_message(result) -> str:
 class Refresher:
     """Judges and runs the assets of some datasets against one instance and one set of definitions."""
 
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, datasets: Sequence[str]):
+    def __init__(
+        self,
+        defs: dg.Definitions,
+        instance: dg.DagsterInstance,
+        datasets: Sequence[str],
+        console_log_level: str = "DEBUG",
+    ):
         self.defs, self.instance = defs, instance
+        # what runs print to stderr; every event still goes to the instance's event log
+        self.run_config = {"loggers": {"console": {"config": {"log_level": console_log_level}}}}
         self.graph = defs.resolve_asset_graph()
         known = {k.path[0] for k in self.graph.get_all_asset_keys()}
         unknown = sorted(set(datasets) - known)
@@ -75,6 +96,7 @@ class Refresher:
         self.keys = [k for k in ours if self.graph.get(k).is_materializable]
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
         self.stores = staleness.stores_of(defs.assets, defs.resources)
+        self.job = defs.resolve_implicit_global_asset_job_def()
 
     def partitions(self, key: dg.AssetKey) -> list[str | None]:
         partitions_def = self.graph.get(key).partitions_def
@@ -83,16 +105,16 @@ class Refresher:
     def run(self, dry_run: bool = False, verify: bool = False, log=print) -> Summary:
         started = time.perf_counter()
         summary = Summary(datasets=self.datasets, dry_run=dry_run)
-        job = self.defs.resolve_implicit_global_asset_job_def()
-        planned: set[tuple[dg.AssetKey, str | None]] = set()
+        planned: set[Partition] = set()
+        failed_roots: dict[Partition, set[str]] = {}  # failed or blocked → the failures behind it
         self.observe()  # a dry run too: the plan must reflect the catalog as it is now
         judge = staleness.resolver(self.instance, self.graph)
         for key in self.keys:
             for partition in self.partitions(key):
                 causes = staleness.causes(judge, self.stores[key], key, partition, verify=verify)
-                step = Step(key.to_user_string(), partition, causes)
+                step, parents = Step(key.to_user_string(), partition, causes), self.parents(key, partition)
                 if not causes:
-                    if dry_run and self._has_planned_parent(key, partition, planned):
+                    if dry_run and planned.intersection(parents):
                         step.causes = ["runs if its upstream's content changes"]
                         summary.waiting_on_upstream.append(step)
                         planned.add((key, partition))
@@ -100,42 +122,62 @@ class Refresher:
                         summary.fresh += 1
                     continue
                 planned.add((key, partition))
-                summary.ran.append(step)
-                label = f"{step.asset}" + (f"[{partition}]" if partition else "")
-                log(f"{'would run' if dry_run else 'running'} {label}: {'; '.join(causes)}")
-                if not dry_run:
-                    t0 = time.perf_counter()
-                    result = job.execute_in_process(
-                        asset_selection=[key],
-                        partition_key=partition,
-                        instance=self.instance,
-                        raise_on_error=False,
-                    )
-                    step.seconds = round(time.perf_counter() - t0, 3)
-                    judge = staleness.resolver(self.instance, self.graph)  # the event log moved on
-                    if not result.success:  # the last good artifact stays; the rest still refreshes
-                        step.error = _failure_message(result)
-                        summary.ran.remove(step)
-                        summary.failed.append(step)
-                        log(f"FAILED {label}: {step.error}")
+                roots = set().union(*(failed_roots.get(p, set()) for p in parents))
+                if roots:
+                    step.blocked_by = sorted(roots)
+                    step.error = f"not run: its input {', '.join(step.blocked_by)} failed in this refresh"
+                    summary.blocked.append(step)
+                    failed_roots[(key, partition)] = roots
+                    log(f"BLOCKED {label(key, partition)}: {step.error}")
+                    continue
+                log(f"{'would run' if dry_run else 'running'} {label(key, partition)}: {'; '.join(causes)}")
+                if dry_run:
+                    summary.ran.append(step)
+                    continue
+                if self.execute(key, partition, step):
+                    summary.ran.append(step)
+                else:  # the last good artifact stays; what does not depend on it still refreshes
+                    summary.failed.append(step)
+                    failed_roots[(key, partition)] = {label(key, partition)}
+                    log(f"FAILED {label(key, partition)}: {step.error}")
+                judge = staleness.resolver(self.instance, self.graph)  # the event log moved on
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.artifacts = self.artifacts()
         return summary
 
+    def execute(self, key: dg.AssetKey, partition: str | None, step: Step) -> bool:
+        """Materialize one partition in this process; records seconds, and the error on failure."""
+        t0 = time.perf_counter()
+        result = self.job.execute_in_process(
+            run_config=self.run_config,
+            asset_selection=[key],
+            partition_key=partition,
+            instance=self.instance,
+            raise_on_error=False,
+        )
+        step.seconds = round(time.perf_counter() - t0, 3)
+        if not result.success:
+            step.error = _failure_message(result)
+        return result.success
+
     def observe(self) -> None:
         """Record the sources' current data versions (catalog entries, remote files) first."""
         if self.sources:
-            observe_sources([self.defs.resolve_assets_def(k) for k in self.sources], self.instance)
+            observe_sources(
+                [self.defs.resolve_assets_def(k) for k in self.sources], self.instance, self.run_config
+            )
 
-    def _has_planned_parent(self, key, partition, planned) -> bool:
-        for parent in self.graph.get(key).parent_keys:
-            for parent_partition in self.partitions(parent):
-                if (parent, parent_partition) not in planned:
-                    continue
-                children = self.graph.get_children_partitions(parent, parent_partition)
-                if any(c.asset_key == key and c.partition_key == partition for c in children):
-                    return True
-        return False
+    def parents(self, key: dg.AssetKey, partition: str | None) -> list[Partition]:
+        """The upstream partitions this partition is built from."""
+        return [
+            (parent, parent_partition)
+            for parent in self.graph.get(key).parent_keys
+            for parent_partition in self.partitions(parent)
+            if any(
+                child.asset_key == key and child.partition_key == partition
+                for child in self.graph.get_children_partitions(parent, parent_partition)
+            )
+        ]
 
     def artifacts(self) -> dict[str, dict[str, str]]:
         """Where every asset partition of the datasets lives (whether or not it exists yet)."""
@@ -155,5 +197,7 @@ def refresh(
     dry_run: bool = False,
     verify: bool = False,
     log=print,
+    console_log_level: str = "DEBUG",
 ) -> Summary:
-    return Refresher(defs, instance, list(datasets)).run(dry_run=dry_run, verify=verify, log=log)
+    refresher = Refresher(defs, instance, list(datasets), console_log_level)
+    return refresher.run(dry_run=dry_run, verify=verify, log=log)

@@ -1,6 +1,11 @@
 """Nothing lost: bad data and bad models are refused before they are stored, on a real built project."""
 
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
+from urllib.parse import urlsplit
 
 import dagster as dg
 import numpy as np
@@ -88,3 +93,56 @@ def test_a_training_run_that_raises_keeps_the_last_good_checkpoint(project):
     assert summary.failed[0].error
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
     np.testing.assert_equal(sorted(before), sorted(p.name for p in directory.iterdir()))
+
+
+@scenario(
+    "Nothing lost",
+    "During a first build, a file's only mirror serves corrupted bytes",
+    "`mnist-assets refresh` exits 1: that file failed with the real cause; idx, shards and checkpoint "
+    "built from it are listed as blocked, naming it, and never run",
+    "Everything not built from that file, built and fresh",
+)
+def test_a_failed_file_blocks_what_is_built_from_it_in_the_same_refresh(empty_project, http_server, tmp_path):
+    project = empty_project
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(project.document))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home/dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    bad_path = urlsplit(project.url + MINI_FILENAMES["test-images"]).path
+    http_server.faults[bad_path] = "corrupt"
+    try:
+        cli = subprocess.run(
+            [sys.executable, "-m", "mnist_assets.cli", "refresh", "mini_mnist"],
+            env={
+                **os.environ,
+                "DAGSTER_HOME": str(tmp_path / "home"),
+                "MNIST_ASSETS_CATALOG": str(catalog),
+                "MNIST_ASSETS_STORAGE": str(project.storage),
+            },
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        http_server.faults.pop(bad_path)
+
+    assert cli.returncode == 1, cli.stderr
+    summary = json.loads(cli.stdout)
+    failed = "mini_mnist/raw_gzip[test-images]"
+    assert [(s["asset"], s["partition"]) for s in summary["failed"]] == [
+        ("mini_mnist/raw_gzip", "test-images")
+    ]
+    assert "could not fetch test-images" in summary["failed"][0]["error"]
+    blocked = {(s["asset"], s["partition"]): s["blocked_by"] for s in summary["blocked"]}
+    assert blocked == {
+        ("mini_mnist/idx", "test-images"): [failed],
+        ("mini_mnist/shards", "holdout"): [failed],
+        ("mini_mnist/checkpoint", None): [failed],
+    }
+    assert len(summary["ran"]) == 3 + 3 + 2
+    assert f"BLOCKED mini_mnist/checkpoint: not run: its input {failed} failed in this refresh" in cli.stderr
+    failed_line = next(line for line in cli.stderr.splitlines() if line.startswith(f"FAILED {failed}: "))
+    assert "mini_mnist: could not fetch test-images" in failed_line
+    assert "DagsterExecution" not in cli.stdout and "STEP_START" not in cli.stderr
+    assert not (project.storage / "mini_mnist/idx/test-images.npy").exists()
+    assert (project.storage / "mini_mnist/shards/train/_manifest.json").exists()
