@@ -25,7 +25,8 @@ def refresh_condition(stores: Stores, cron: str) -> dg.AutomationCondition:
 
     A reason is: it newly needs a rebuild, an input was updated, its code changed, or the daily tick
     passed (so a failed rebuild is retried daily, not every tick). Waiting while any dependency needs
-    a rebuild means a parent that reproduces identical content leaves this partition alone.
+    a rebuild means a parent that reproduces identical content leaves this partition alone; waiting
+    while a dependency's last attempt failed keeps that failure the only one reported.
     """
     AC = dg.AutomationCondition
     needs = NeedsRebuild(stores)
@@ -37,7 +38,14 @@ def refresh_condition(stores: Stores, cron: str) -> dg.AutomationCondition:
     settled = ~(AC.any_deps_match(needs) | AC.any_deps_in_progress()).with_label(
         "a dependency needs a rebuild or is running"
     )
-    return (needs & reason & settled & ~AC.in_progress()).with_label("rebuild when stale or missing")
+    # a failed dependency keeps its last good artifact and may not look stale; building on it now would
+    # hide its failure behind this one, so wait until it changes (it succeeds or is rebuilt)
+    upstream_ok = ~AC.any_deps_match(AC.execution_failed()).with_label(
+        "waiting: a dependency's last attempt failed and it has not changed since"
+    )
+    return (needs & reason & settled & upstream_ok & ~AC.in_progress()).with_label(
+        "rebuild when stale or missing"
+    )
 
 
 def automation(

@@ -7,6 +7,7 @@ like the partitions the webserver's GraphQL marks stale, must be the ones `mnist
 
 import gzip
 import json
+from urllib.parse import urlsplit
 
 import dagster as dg
 
@@ -95,6 +96,46 @@ def test_a_training_setting_change_requests_only_the_checkpoint(project):
     ticks.next()
     project.dataset["training"]["epochs"] = 2
     assert ticks.next() == {"checkpoint": {None}} == first_hop_of_plan(project)
+
+
+def labels_true_for(result: dg.AutomationResult, partition: str) -> set[str]:
+    """The labels of every condition in the evaluation tree that holds for ``partition``."""
+    found = set()
+    if result.condition.get_label() and partition in result.true_subset.expensively_compute_partition_keys():
+        found.add(result.condition.get_label())
+    for child in result.child_results:
+        found |= labels_true_for(child, partition)
+    return found
+
+
+def test_a_dependency_whose_last_attempt_failed_blocks_its_dependents_until_it_changes(project, http_server):
+    ticks = Ticks(project)
+    assert ticks.next() == {}
+    bad_path = urlsplit(project.url + MINI_FILENAMES["test-images"]).path
+    http_server.faults[bad_path] = "corrupt"
+    try:  # someone reruns the raw file while its mirror serves damaged bytes: the run fails
+        job = project.defs().resolve_implicit_global_asset_job_def()
+        raw = dg.AssetKey(["mini_mnist", "raw_gzip"])
+        failed = job.execute_in_process(
+            asset_selection=[raw],
+            partition_key="test-images",
+            instance=project.instance,
+            raise_on_error=False,
+        )
+        assert not failed.success
+    finally:
+        http_server.faults.pop(bad_path)
+    (project.storage / "mini_mnist/idx/test-images.npy").unlink()  # idx[test-images] now needs a rebuild
+
+    assert ticks.next() == {}
+    result = dg.evaluate_automation_conditions(defs=project.defs(), instance=project.instance)
+    idx_result = next(r for r in result.results if r.key == dg.AssetKey(["mini_mnist", "idx"]))
+    assert "waiting: a dependency's last attempt failed and it has not changed since" in labels_true_for(
+        idx_result, "test-images"
+    )
+
+    materialize(project, "raw_gzip", ["test-images"])  # the mirror is good again and the file succeeds
+    assert ticks.next() == {"idx": {"test-images"}}
 
 
 UI_NODES = "{ assetNodes { assetKey { path } isPartitioned staleStatus } }"
