@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
-import json
 import os
 import re
 import uuid
@@ -30,7 +29,7 @@ import numpy as np
 from upath import UPath
 
 from mnist_assets import idx
-from mnist_assets.manifest import Manifest
+from mnist_assets.manifest import CheckpointRecord, Manifest
 from mnist_assets.shards import EncodedShardSet, ShardSet, decode
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -121,21 +120,6 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         return {
             key: self.fetch(directory, _safe(key), f"{what}[{key}]") for key in context.asset_partition_keys
         }
-
-
-class JsonIOManager(ArtifactIOManager):
-    """Small JSON documents (resolved URL lists)."""
-
-    def record_path(self, directory: UPath, partition: str | None) -> UPath:
-        return directory / f"{partition or 'value'}.json"
-
-    def store(self, directory, partition, value):
-        path = self.record_path(directory, partition)
-        write_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode())
-        return {"path": dg.MetadataValue.path(str(path))}
-
-    def fetch(self, directory, partition, what):
-        return json.loads(_read(self.record_path(directory, partition), what))
 
 
 class GzipIOManager(ArtifactIOManager):
@@ -259,7 +243,7 @@ class StoredCheckpoint:
     """A verified ``.keras`` file and the record it was committed with."""
 
     keras_bytes: bytes
-    record: dict[str, Any]
+    record: CheckpointRecord
     location: str
 
 
@@ -270,34 +254,34 @@ class KerasIOManager(ArtifactIOManager):
         return (directory if partition is None else directory / partition) / "checkpoint.json"
 
     def store(self, directory, partition, value):
-        keras_bytes, record = value.keras_bytes, dict(value.record)
+        keras_bytes = value.keras_bytes
         digest = idx.sha256(keras_bytes)
         name = f"model-{digest[:16]}.keras"
-        record.update(file=name, sha256=digest, bytes=len(keras_bytes))
+        record = CheckpointRecord(**value.record, file=name, sha256=digest, bytes=len(keras_bytes))
         target = directory if partition is None else directory / partition
-        _commit(target, {name: keras_bytes}, "checkpoint.json", json.dumps(record, indent=2).encode())
+        _commit(target, {name: keras_bytes}, "checkpoint.json", record.model_dump_json(indent=2).encode())
         return {"path": dg.MetadataValue.path(str(target / name)), "bytes": len(keras_bytes)}
 
     def exists(self, asset_key, partition):
         record_path = self.location(asset_key, partition)
         try:
-            record = json.loads(record_path.read_bytes())
-            return _all_present(record_path.parent, {record["file"]: record.get("bytes")})
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            record = CheckpointRecord.model_validate_json(record_path.read_bytes())
+        except (FileNotFoundError, ValueError):
             return False
+        return _all_present(record_path.parent, {record.file: record.bytes})
 
     def fetch(self, directory, partition, what):
         target = directory if partition is None else directory / partition
         with _locked(target, exclusive=False):
             try:
-                record = json.loads(_read(target / "checkpoint.json", what))
-                path = target / _safe(record["file"])
-            except (ValueError, KeyError, TypeError) as error:
+                record = CheckpointRecord.model_validate_json(_read(target / "checkpoint.json", what))
+                path = target / _safe(record.file)
+            except ValueError as error:
                 raise StorageError(
                     f"{what}: {target / 'checkpoint.json'} is invalid ({error}); {REPAIR}"
                 ) from error
             keras_bytes = _read(path, what)
-        if idx.sha256(keras_bytes) != record["sha256"]:
+        if idx.sha256(keras_bytes) != record.sha256:
             raise StorageError(f"{what}: {path} does not match its recorded sha256; {REPAIR}")
         return StoredCheckpoint(keras_bytes, record, str(path))
 
@@ -305,7 +289,6 @@ class KerasIOManager(ArtifactIOManager):
 def io_managers(root: str) -> dict[str, ArtifactIOManager]:
     """The resource map the definitions bind, one IO manager per artifact kind."""
     return {
-        "json_io_manager": JsonIOManager(root=root),
         "gzip_io_manager": GzipIOManager(root=root),
         "npy_io_manager": NumpyIOManager(root=root),
         "shards_io_manager": ShardSetIOManager(root=root),

@@ -1,13 +1,15 @@
-"""The on-disk contract of a shard set: one typed manifest, written last, read first.
+"""The on-disk records that commit multi-file artifacts: typed, written last, read first.
 
-Readers and writers both go through :class:`Manifest`; a shard set without a valid manifest does
-not exist, and a shard whose sha256 differs from its manifest entry is damaged.
+Readers and writers both go through these models, which refuse unknown fields. A shard set without a
+valid :class:`Manifest` does not exist, and a shard whose sha256 differs from its manifest entry is
+damaged; a checkpoint is the ``.keras`` file its :class:`CheckpointRecord` names, with that sha256.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -73,3 +75,22 @@ class Manifest(BaseModel):
         manifest = cls.model_validate_json(text)
         manifest.check_consistent()
         return manifest
+
+
+class CheckpointRecord(BaseModel):
+    """``checkpoint.json``: the model file it commits, how the model was trained and how it scored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str = Field(pattern=r"^model-[0-9a-f]{16}\.keras$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int | None = Field(default=None, ge=0)
+    """None in records written before sizes were recorded: then only presence can be checked."""
+    metrics: dict[str, dict[str, float]]
+    """split → metric → value, every split evaluated once after training."""
+    epochs: int
+    training_seconds: float
+    parameter_count: int
+    config: dict[str, Any]
+    shards_root_sha256: dict[str, str]
+    """The shard sets it was trained on (their manifests' root hashes)."""

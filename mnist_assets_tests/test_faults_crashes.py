@@ -39,9 +39,17 @@ def synthetic_shard_set(seed: int, rows_per_shard: int) -> shards.EncodedShardSe
 
 
 def checkpoint_value(seed: int) -> SimpleNamespace:
-    """What the checkpoint asset hands its IO manager: model bytes and a record (opaque here)."""
+    """What the checkpoint asset hands its IO manager: model bytes and what training recorded."""
     body = np.random.default_rng(seed).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
-    return SimpleNamespace(keras_bytes=body, record={"seed": seed})
+    record = {
+        "metrics": {"holdout": {"accuracy": 0.5, "loss": 1.0}},
+        "epochs": 1,
+        "training_seconds": 0.1,
+        "parameter_count": 10,
+        "config": {"seed": seed},
+        "shards_root_sha256": {},
+    }
+    return SimpleNamespace(keras_bytes=body, record=record)
 
 
 def run_child(script: str) -> subprocess.CompletedProcess:
@@ -144,9 +152,9 @@ def test_sigkill_during_a_checkpoint_save_keeps_the_last_good_one(tmp_path, part
 
     assert child.returncode == -signal.SIGKILL, child.stderr
     kept = store.fetch(directory, None, "crash/checkpoint")
-    assert kept.keras_bytes == checkpoint_value(1).keras_bytes and kept.record["seed"] == 1
+    assert kept.keras_bytes == checkpoint_value(1).keras_bytes and kept.record.config["seed"] == 1
     store.store(directory, None, checkpoint_value(2))
-    assert store.fetch(directory, None, "crash/checkpoint").record["seed"] == 2
+    assert store.fetch(directory, None, "crash/checkpoint").record.config["seed"] == 2
     assert [p.suffix for p in (tmp_path / "crash/checkpoint").iterdir() if p.name != ".lock"] in (
         [".json", ".keras"],
         [".keras", ".json"],
@@ -313,8 +321,7 @@ def test_a_refresh_killed_while_saving_the_checkpoint_is_repaired_by_the_next_on
     assert any(p.name.endswith(".dying.tmp") for p in directory.iterdir())
     store = KerasIOManager(root=str(project.storage))
     assert (
-        store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), None, "c").record["epochs"]
-        == 3
+        store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), None, "c").record.epochs == 3
     )
 
     summary, delta = project.refresh()
@@ -322,7 +329,7 @@ def test_a_refresh_killed_while_saving_the_checkpoint_is_repaired_by_the_next_on
     assert delta == Counter({("checkpoint", None): 1})
     assert summary.ran[0].causes == ["has a new code version"]
     repaired = store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), None, "c")
-    assert repaired.record["epochs"] == 2
+    assert repaired.record.epochs == 2
     assert not any(p.name.endswith(".tmp") for p in directory.iterdir())
 
 

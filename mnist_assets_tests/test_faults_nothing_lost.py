@@ -72,7 +72,7 @@ def test_a_below_floor_model_never_replaces_the_last_good_checkpoint(project):
     assert record.read_bytes() == good
     store = KerasIOManager(root=str(project.storage))
     kept = store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), None, "checkpoint")
-    assert kept.record["metrics"]["holdout"]["accuracy"] >= 0.5
+    assert kept.record.metrics["holdout"]["accuracy"] >= 0.5
 
 
 @scenario(

@@ -1,9 +1,12 @@
+import json
+from types import SimpleNamespace
+
 import dagster as dg
 import numpy as np
 import pytest
 from upath import UPath
 
-from mnist_assets.io_managers import NumpyIOManager, StorageError, write_atomic
+from mnist_assets.io_managers import KerasIOManager, NumpyIOManager, StorageError, write_atomic
 
 
 def test_atomic_write_replaces_whole_and_leaves_no_temporary_files(tmp_path):
@@ -43,3 +46,24 @@ def test_names_cannot_escape_the_storage_root(tmp_path, name):
     store = NumpyIOManager(root=str(tmp_path))
     with pytest.raises(StorageError, match="unsafe"):
         store.asset_dir(dg.AssetKey(["mini", name]))
+
+
+def test_a_checkpoint_record_with_an_unknown_field_is_refused_naming_it(tmp_path):
+    from mnist_assets_tests.test_faults_crashes import checkpoint_value
+
+    store = KerasIOManager(root=str(tmp_path))
+    key = dg.AssetKey(["mini", "checkpoint"])
+    store.store(store.asset_dir(key), None, checkpoint_value(1))
+    assert store.fetch(store.asset_dir(key), None, "mini/checkpoint").record.config == {"seed": 1}
+
+    record_path = tmp_path / "mini/checkpoint/checkpoint.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "holdout_acuracy": 0.9}))
+    assert not store.exists(key, None)
+    with pytest.raises(StorageError, match=r"(?s)checkpoint.json is invalid .*holdout_acuracy"):
+        store.fetch(store.asset_dir(key), None, "mini/checkpoint")
+
+    with pytest.raises(ValueError, match="holdout_acuracy"):  # nor is one written
+        store.store(
+            store.asset_dir(key), None, SimpleNamespace(keras_bytes=b"x", record={"holdout_acuracy": 1})
+        )
