@@ -6,6 +6,7 @@ carries a code version hashed from the code that computes it.
 """
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import dagster as dg
 import numpy as np
@@ -58,14 +59,19 @@ class TrainConfig(dg.Config):
     )
 
 
-def with_defaults(base: type[dg.Config], overrides: dict, name: str, where: str) -> type[dg.Config]:
+ConfigT = TypeVar("ConfigT", bound=dg.Config)
+
+
+def with_defaults(base: type[ConfigT], overrides: dict, name: str, where: str) -> type[ConfigT]:
     """``base`` with the catalog's per-dataset defaults, so the launchpad and the code version see them."""
     unknown = sorted(set(overrides) - set(base.model_fields))
     if unknown:
         raise CatalogError(
             f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(base.model_fields))}"
         )
-    fields = {
+    # Any: mypy matches ``**fields`` against every keyword of create_model (``__base__``, ``__config__``,
+    # ...), so typed as the (annotation, Field) pairs they are, the call would not type-check
+    fields: dict[str, Any] = {
         k: (base.model_fields[k].annotation, Field(default=v, description=base.model_fields[k].description))
         for k, v in overrides.items()
     }
@@ -84,7 +90,7 @@ def versioned_asset(uses: tuple = (), **kwargs):
 
 def url_entry(dataset: Dataset, file_key: str, mirrors: list[str]) -> dict:
     """What identifies a source file: where to look (in order) and what its content must be."""
-    file = dataset.files[file_key]
+    file = dataset.file(file_key)
     return {
         "filename": file.filename,
         "urls": dataset.file_urls(mirrors)[file_key],
@@ -126,7 +132,7 @@ def _refuse_if_failed(checks: list[dg.AssetCheckResult], message: str):
     failed = [c for c in checks if not c.passed]
     if failed:
         yield from failed
-        names = ", ".join(c.check_name for c in failed)
+        names = ", ".join(c.check_name or "unnamed check" for c in failed)  # ours are all named
         raise dg.Failure(f"{message} Failed checks: {names}.", metadata={"failed_checks": names})
 
 
@@ -137,12 +143,18 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     def key(name: str) -> dg.AssetKey:
         return dg.AssetKey([dataset.id, name])
 
-    DatasetShardConfig = with_defaults(
-        ShardConfig, dataset.shards, f"{dataset.id}_ShardConfig", f"{dataset.id}/shards"
-    )
-    DatasetTrainConfig = with_defaults(
-        TrainConfig, dataset.training, f"{dataset.id}_TrainConfig", f"{dataset.id}/training"
-    )
+    if TYPE_CHECKING:
+        # mypy cannot take a class made at runtime as an annotation; these subclasses only change the
+        # fields' defaults, so their bases type the same attributes
+        DatasetShardConfig: TypeAlias = ShardConfig
+        DatasetTrainConfig: TypeAlias = TrainConfig
+    else:  # the real classes: Dagster reads the config annotations below for the run config schema
+        DatasetShardConfig = with_defaults(
+            ShardConfig, dataset.shards, f"{dataset.id}_ShardConfig", f"{dataset.id}/shards"
+        )
+        DatasetTrainConfig = with_defaults(
+            TrainConfig, dataset.training, f"{dataset.id}_TrainConfig", f"{dataset.id}/training"
+        )
     mirrors = dataset.resolve_mirrors()
 
     @dg.observable_source_asset(
@@ -159,7 +171,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         entries = {k: url_entry(dataset, k, mirrors) for k in FILE_KEYS}
 
         def look(k: str):
-            return download.fingerprint(dataset, dataset.files[k], entries[k]["urls"])
+            return download.fingerprint(dataset, dataset.file(k), entries[k]["urls"])
 
         with ThreadPoolExecutor(len(FILE_KEYS)) as pool:
             remote = dict(zip(FILE_KEYS, pool.map(look, FILE_KEYS), strict=True))
@@ -184,7 +196,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         kinds={"gzip"},
     )
     def raw_gzip(context: dg.AssetExecutionContext, config: FetchConfig) -> dg.Output[bytes]:
-        file = dataset.files[context.partition_key]
+        file = dataset.file(context.partition_key)
         chosen = dataset.resolve_mirrors(config.mirrors) if config.mirrors else mirrors
         candidates = url_entry(dataset, file.key, chosen)["urls"]
         fetched = download.fetch(dataset, file, candidates, log=context.log)
@@ -211,7 +223,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     )
     def idx_arrays(context: dg.AssetExecutionContext, raw: dict[str, bytes]):
         file_key = context.partition_key
-        file = dataset.files[file_key]
+        file = dataset.file(file_key)
         try:
             array, payload_sha256 = idx.parse_gzip(raw[file_key], max_bytes=file.payload_size)
         except idx.IdxError as error:

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pydantic
@@ -110,6 +110,12 @@ class Dataset(_Entry):
             chosen = list(self.mirrors)
         return [normalize_mirror(m, self.id) for m in chosen]
 
+    def file(self, key: str) -> SourceFile:
+        """The file listed under ``key``, which may be any str (a partition key of the file-level assets)."""
+        if key not in self.files:
+            raise KeyError(f"{self.id}: no file {key!r}; the files are {', '.join(self.files)}")
+        return self.files[cast(FileKey, key)]  # one of the keys, checked above
+
     def file_urls(self, mirrors: Sequence[str]) -> dict[str, list[str]]:
         """Every candidate URL of every file, in mirror order."""
         return {key: [m + f.filename for m in mirrors] for key, f in self.files.items()}
@@ -179,7 +185,9 @@ def parse_dataset(dataset_id: str, raw: Any) -> Dataset:
     validate_dataset_id(dataset_id)
     if not isinstance(raw, dict):
         raise CatalogError(f"{dataset_id}: the entry must be a JSON object")
-    files = raw.get("files") if isinstance(raw.get("files"), dict) else {}
+    files = raw.get("files")
+    if not isinstance(files, dict):
+        files = {}  # missing or not an object: Dataset's validation reports it
     written = {"id"} & set(raw) | {"key"} & {k for f in files.values() if isinstance(f, dict) for k in f}
     if written:  # they are the keys the entries are listed under
         raise CatalogError(

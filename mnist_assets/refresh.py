@@ -95,7 +95,7 @@ class Refresher:
         ours = [k for k in self.graph.toposorted_asset_keys if k.path[0] in self.datasets]
         self.keys = [k for k in ours if self.graph.get(k).is_materializable]
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
-        self.stores = staleness.stores_of(defs.assets, defs.resources)
+        self.stores = staleness.stores_of(defs.assets or (), defs.resources or {})
         self.job = defs.resolve_implicit_global_asset_job_def()
 
     def partitions(self, key: dg.AssetKey) -> list[str | None]:

@@ -9,20 +9,45 @@ not because something upstream is about to be rebuilt (that rebuild may reproduc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import dagster as dg
 
 from mnist_assets.dagster_private import StaleStatus, StaleStatusResolver, stale_status_resolver
 
-Stores = Mapping[dg.AssetKey, "object"]
-"""Asset key → the IO manager that stores it (anything with ``exists`` and ``location``)."""
+if TYPE_CHECKING:
+    from upath import UPath
 
 
-def stores_of(assets, resources: Mapping[str, object]) -> dict[dg.AssetKey, object]:
+@runtime_checkable
+class Store(Protocol):
+    """What staleness needs of an IO manager (``io_managers.ArtifactIOManager`` is one)."""
+
+    def exists(self, asset_key: dg.AssetKey, partition: str | None) -> bool: ...
+
+    def location(self, asset_key: dg.AssetKey, partition: str | None) -> UPath: ...
+
+    def verify(self, asset_key: dg.AssetKey, partition: str | None) -> str | None: ...
+
+
+Stores = Mapping[dg.AssetKey, Store]
+"""Asset key → the IO manager that stores it."""
+
+
+def _store(resources: Mapping[str, object], io_manager_key: str) -> Store:
+    resource = resources.get(io_manager_key)
+    if not isinstance(resource, Store):
+        raise TypeError(
+            f"resource {io_manager_key!r} is not an artifact store (exists, location, verify): {resource!r}"
+        )
+    return resource
+
+
+def stores_of(assets: Iterable[object], resources: Mapping[str, object]) -> dict[dg.AssetKey, Store]:
     """The store of every materializable asset among ``assets``, from its IO manager key."""
     return {
-        key: resources[a.get_io_manager_key_for_asset_key(key)]
+        key: _store(resources, a.get_io_manager_key_for_asset_key(key))
         for a in assets
         if isinstance(a, dg.AssetsDefinition)
         for key in a.keys
@@ -43,7 +68,7 @@ def _describe(cause) -> str:
 
 
 def causes(
-    resolver: StaleStatusResolver, store, key: dg.AssetKey, partition: str | None, verify: bool = False
+    resolver: StaleStatusResolver, store: Store, key: dg.AssetKey, partition: str | None, verify: bool = False
 ) -> list[str]:
     """Why this partition must be rebuilt; empty when it is fresh.
 
@@ -86,18 +111,22 @@ class NeedsRebuild(dg.AutomationCondition):
             return dg.AutomationResult(context=context, true_subset=context.get_empty_subset())
         judge = resolver(context.asset_graph_view.instance, context.asset_graph, context.asset_graph_view)
         subset = context.candidate_subset
-        partitions = sorted(subset.expensively_compute_partition_keys()) if subset.is_partitioned else [None]
-        found = {p: c for p in partitions if (c := causes(judge, store, context.key, p))}
         if subset.is_partitioned:
+            partitions_def = context.partitions_def
+            assert partitions_def is not None, "a partitioned subset belongs to a partitioned asset"
+            found = {
+                p: c
+                for p in sorted(subset.expensively_compute_partition_keys())
+                if (c := causes(judge, store, context.key, p))
+            }
             true_subset = context.asset_graph_view.get_subset_from_partition_keys(
-                key=context.key, partitions_def=context.partitions_def, partition_keys=set(found)
+                key=context.key, partitions_def=partitions_def, partition_keys=set(found)
             )
         else:
+            found = {"-": c} if (c := causes(judge, store, context.key, None)) else {}
             true_subset = subset if found else context.get_empty_subset()
         return dg.AutomationResult(
             context=context,
             true_subset=true_subset,
-            metadata={"causes": dg.MetadataValue.json({p or "-": c for p, c in found.items()})}
-            if found
-            else {},
+            metadata={"causes": dg.MetadataValue.json(found)} if found else {},
         )

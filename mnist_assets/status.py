@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 import dagster as dg
 
@@ -24,7 +25,9 @@ def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_i
     )
     if not keys:
         raise SystemExit(f"unknown dataset {dataset_id!r}")
-    rows, step_stats, stores = [], {}, stores_of(defs.assets, defs.resources)
+    rows: list[dict] = []
+    step_seconds: dict[str, dict[str, float | None]] = {}  # run id → step key → how long it took
+    stores = stores_of(defs.assets or (), defs.resources or {})
     for key in keys:
         partitions_def = graph.get(key).partitions_def
         for partition in partitions_def.get_partition_keys() if partitions_def else [None]:
@@ -33,7 +36,7 @@ def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_i
                 limit=1,
             ).records
             in_storage = stores[key].exists(key, partition)
-            row = {
+            row: dict[str, Any] = {
                 "asset": key.to_user_string(),
                 "partition": partition,
                 "materialized": bool(records) and in_storage,
@@ -42,16 +45,21 @@ def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_i
             if records:
                 event = records[0].event_log_entry
                 materialization = records[0].asset_materialization
-                if event.run_id not in step_stats:
-                    step_stats[event.run_id] = {
-                        s.step_key: s for s in instance.get_run_step_stats(event.run_id)
+                assert materialization is not None, "fetch_materializations returns materialization events"
+                if event.run_id not in step_seconds:
+                    step_seconds[event.run_id] = {
+                        s.step_key: round(s.end_time - s.start_time, 2)
+                        if s.start_time is not None and s.end_time is not None
+                        else None
+                        for s in instance.get_run_step_stats(event.run_id)
                     }
-                stats = step_stats[event.run_id].get(event.step_key)
+                tags = materialization.tags or {}
                 path = materialization.metadata.get("path")
                 row.update(
-                    data_version=materialization.tags.get("dagster/data_version", "")[:16],
-                    code_version=materialization.tags.get("dagster/code_version", ""),
-                    seconds=round(stats.end_time - stats.start_time, 2) if stats and stats.end_time else None,
+                    data_version=tags.get("dagster/data_version", "")[:16],
+                    code_version=tags.get("dagster/code_version", ""),
+                    # an event reported outside a run (report_runless_asset_event) has no step
+                    seconds=step_seconds[event.run_id].get(event.step_key) if event.step_key else None,
                     path=path.value if path else None,
                 )
             rows.append(row)

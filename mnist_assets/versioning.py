@@ -26,7 +26,10 @@ def code_version(*objects: Any) -> str:
         if isinstance(obj, dict):
             source = json.dumps(obj, sort_keys=True)
         elif isinstance(obj, str):
-            source = Path(importlib.util.find_spec(obj).origin).read_text()
+            spec = importlib.util.find_spec(obj)
+            if spec is None or spec.origin is None:
+                raise ValueError(f"code_version: module {obj!r} has no source file to hash")
+            source = Path(spec.origin).read_text()
         else:
             source = inspect.getsource(obj)
         digest.update(source.encode())

@@ -25,6 +25,13 @@ def test_packaged_catalog_lists_both_datasets_with_four_pinned_files():
     assert all(m.startswith(("https://", "http://")) for m in catalog["mnist"].mirrors)
 
 
+def test_a_file_is_found_by_its_partition_key_and_an_unknown_key_names_the_files():
+    dataset = load_catalog()["mnist"]
+    assert dataset.file("test-labels") is dataset.files["test-labels"]
+    with pytest.raises(KeyError, match="mnist: no file 'test-label'; the files are train-images, "):
+        dataset.file("test-label")
+
+
 def test_fashion_mnist_pins_match_the_debian_payloads():
     """The pins are of the decompressed payload, so Debian's re-compressed files verify."""
     from mnist_assets.download import verify
