@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from mnist_assets import quiet
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-assets", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"show Dagster's beta warnings and TensorFlow's start-up logs (same as {quiet.VERBOSE_ENV}=1)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     refresh = commands.add_parser(
         "refresh", help="materialize exactly the stale or missing asset partitions, upstream first"
@@ -24,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("dataset")
     status.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.verbose and not quiet.verbose():
+        os.environ[quiet.VERBOSE_ENV] = "1"
+        if argv is None:  # the definitions loaded quietly along with this module: start again, verbose
+            os.execv(sys.executable, [sys.executable, "-m", "mnist_assets.cli", *sys.argv[1:]])
+        quiet.uninstall()
 
     if args.command == "status":
         from mnist_assets.status import main as status_main

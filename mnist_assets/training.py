@@ -13,9 +13,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from mnist_assets.quiet import tensorflow_import
 
-import keras
+# TensorFlow's C++ start-up lines stay hidden unless MNIST_ASSETS_VERBOSE=1 or TF_CPP_MIN_LOG_LEVEL says
+# otherwise (mnist_assets.quiet); this must be the first import of TensorFlow in the process.
+with tensorflow_import():
+    import keras
 
 
 class Hyperparameters(Protocol):
