@@ -57,12 +57,14 @@ def main(argv: list[str] | None = None) -> int:
                 dry_run=args.dry_run,
                 verify=args.verify,
                 log=lambda m: print(m, file=sys.stderr),
+                # the steps' own messages (downloads, epochs, warnings), not Dagster's debug events
+                console_log_level="DEBUG" if quiet.verbose() else "INFO",
             )
         except ValueError as error:
             print(f"mnist-assets refresh: {error}", file=sys.stderr)
             return 2
     print(json.dumps(summary.to_dict(), indent=2))
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.blocked else 0
 
 
 if __name__ == "__main__":
