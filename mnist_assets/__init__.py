@@ -3,5 +3,6 @@
 # first: the warning filters (mnist_assets.quiet) are in place before the definitions load
 from mnist_assets import quiet  # noqa: F401
 from mnist_assets.definitions import defs
+from mnist_assets.loader import load
 
-__all__ = ["defs"]
+__all__ = ["defs", "load"]

@@ -22,6 +22,11 @@ from mnist_assets.io_managers import io_managers
 DEFAULT_STORAGE = "data/artifacts"
 
 
+def configured_storage() -> str:
+    """Where artifacts live for this process: ``MNIST_ASSETS_STORAGE`` or ``data/artifacts``."""
+    return os.environ.get("MNIST_ASSETS_STORAGE") or DEFAULT_STORAGE
+
+
 def build_definitions(
     datasets: Mapping[str, Dataset],
     storage: str,
@@ -40,6 +45,6 @@ def build_definitions(
 
 defs = build_definitions(
     load_catalog(os.environ.get("MNIST_ASSETS_CATALOG") or None),
-    os.environ.get("MNIST_ASSETS_STORAGE") or DEFAULT_STORAGE,
+    configured_storage(),
     refresh_cron=os.environ.get("MNIST_ASSETS_REFRESH_CRON") or DEFAULT_REFRESH_CRON,
 )

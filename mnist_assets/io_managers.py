@@ -22,7 +22,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import dagster as dg
 import numpy as np
@@ -222,6 +222,26 @@ class ShardSetIOManager(ArtifactIOManager):
             return False
         return _all_present(record.parent, {s.file: s.bytes for s in manifest.shards})
 
+    def open(self, asset_key: dg.AssetKey, split: str) -> OpenShardSet:
+        """The current manifest of ``split`` with every shard file opened, not yet read or verified."""
+        split_dir = self.asset_dir(asset_key) / _safe(split)
+        what = f"{asset_key.to_user_string()}[{split}]"
+        with _locked(split_dir, exclusive=False):
+            try:
+                manifest = Manifest.from_json(_read(split_dir / "_manifest.json", what))
+            except ValueError as error:
+                raise StorageError(
+                    f"{what}: {split_dir / '_manifest.json'} is invalid ({error}); {REPAIR}"
+                ) from error
+            files: dict[str, BinaryIO] = {}
+            try:
+                for shard in manifest.shards:
+                    files[shard.file] = (split_dir / _safe(shard.file)).open("rb")
+            except FileNotFoundError as error:
+                OpenShardSet(manifest, files, str(split_dir)).close()
+                raise StorageError(f"{what}: {error.filename} is missing; {REPAIR}") from None
+        return OpenShardSet(manifest, files, str(split_dir))
+
     def fetch(self, directory, partition, what):
         split_dir = directory / (partition or "all")
         with _locked(split_dir, exclusive=False):
@@ -236,6 +256,20 @@ class ShardSetIOManager(ArtifactIOManager):
             return ShardSet(manifest, decode(manifest, files))
         except ValueError as error:
             raise StorageError(f"{what}: {split_dir} is damaged ({error}); {REPAIR}") from error
+
+
+@dataclass(frozen=True)
+class OpenShardSet:
+    """A committed shard set whose files are open: a commit that replaces it later cannot take them
+    away from this reader (an open file outlives its name), so a stream never sees files vanish."""
+
+    manifest: Manifest
+    files: dict[str, BinaryIO]
+    location: str
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
 
 
 @dataclass(frozen=True)

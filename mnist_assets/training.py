@@ -19,6 +19,7 @@ from mnist_assets.quiet import tensorflow_import
 # otherwise (mnist_assets.quiet); this must be the first import of TensorFlow in the process.
 with tensorflow_import():
     import keras
+    import tensorflow as tf
 
 
 class Hyperparameters(Protocol):
@@ -126,3 +127,44 @@ def load_model(keras_bytes: bytes) -> keras.Model:
         with open(path, "wb") as handle:
             handle.write(keras_bytes)
         return keras.saving.load_model(path, safe_mode=True)
+
+
+class ShardSource(Protocol):
+    """What :func:`batches_from` reads (``mnist_assets.loader.SplitLoader``)."""
+
+    batch_size: int
+    epochs: int | None
+    drop_remainder: bool
+
+    @property
+    def image_shape(self) -> tuple[int, int]: ...
+
+    def shard_order(self, epoch: int) -> np.ndarray: ...
+
+    def read_shard(self, epoch: int, number: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def batches_from(source: ShardSource, channel_axis: bool = False) -> tf.data.Dataset:
+    """tf.data batches of a split, epoch by epoch, in exactly the loader's order: each epoch's shards
+    are read and decoded on parallel threads (the order kept), cut into batches, prefetched."""
+    height, width = source.image_shape
+
+    def read(epoch, number):
+        images, labels = tf.numpy_function(
+            lambda e, n: source.read_shard(int(e), int(n)), [epoch, number], (tf.uint8, tf.int32)
+        )
+        return tf.ensure_shape(images, (None, height, width)), tf.ensure_shape(labels, (None,))
+
+    def one_epoch(epoch):
+        order = tf.numpy_function(lambda e: source.shard_order(int(e)).astype(np.int64), [epoch], tf.int64)
+        shards = tf.data.Dataset.from_tensor_slices(tf.ensure_shape(order, (None,)))
+        examples = shards.map(
+            lambda number: read(epoch, number), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        return examples.unbatch().batch(source.batch_size, drop_remainder=source.drop_remainder)
+
+    epochs = tf.data.Dataset.counter() if source.epochs is None else tf.data.Dataset.range(source.epochs)
+    batches = epochs.flat_map(one_epoch)
+    if channel_axis:
+        batches = batches.map(lambda images, labels: (images[..., tf.newaxis], labels))
+    return batches.prefetch(tf.data.AUTOTUNE)

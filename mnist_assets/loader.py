@@ -1,0 +1,161 @@
+"""Read a committed split back, in batches, without holding the dataset in memory.
+
+``load("fashion_mnist", "train", batch_size=256, seed=1, epochs=2)`` iterates ``(images, labels)``
+numpy batches (images uint8 ``[B, 28, 28]``, labels int32 ``[B]``); ``.tf()`` gives the same batches,
+in the same order, as a ``tf.data.Dataset`` that reads shards in parallel and prefetches.
+
+It streams: one shard (``rows_per_shard`` examples, 10,000 by default) is decoded at a time, so memory
+does not grow with the dataset. Each shard's sha256 is checked against the manifest the first time it
+is read; a damaged shard is refused with the split, the file and the repair command. The manifest and
+files are the ones committed when the loader opened them; a later commit does not change what it reads.
+
+Shuffling is seeded per epoch, across shards (their order) and within them (their rows): the same seed
+gives the same batches, another seed others, and every example appears exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import dagster as dg
+import numpy as np
+import pyarrow.parquet as pq
+
+from mnist_assets import idx
+from mnist_assets.io_managers import REPAIR, OpenShardSet, ShardSetIOManager, StorageError
+from mnist_assets.shards import SPLITS, to_numpy
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+Batch = tuple[np.ndarray, np.ndarray]
+
+
+class SplitLoader:
+    """Batches of one committed split; iterate it (numpy) or call :meth:`tf` (tf.data)."""
+
+    def __init__(
+        self,
+        shard_set: OpenShardSet,
+        what: str,
+        batch_size: int,
+        seed: int | None,
+        epochs: int | None,
+        drop_remainder: bool,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"{what}: batch_size must be positive, got {batch_size}")
+        self.shard_set, self.what = shard_set, what
+        self.manifest = shard_set.manifest
+        self.batch_size, self.seed, self.epochs, self.drop_remainder = (
+            batch_size,
+            seed,
+            epochs,
+            drop_remainder,
+        )
+        self._verified: set[str] = set()
+        self._locks = {name: threading.Lock() for name in shard_set.files}
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return self.manifest.image_shape
+
+    @property
+    def rows(self) -> int:
+        """Examples per epoch."""
+        return self.manifest.rows
+
+    def shard_order(self, epoch: int) -> np.ndarray:
+        """Which shard comes when in ``epoch`` (manifest order when unshuffled)."""
+        count = len(self.manifest.shards)
+        if self.seed is None:
+            return np.arange(count)
+        return np.random.default_rng([self.seed, epoch]).permutation(count)
+
+    def read_shard(self, epoch: int, number: int) -> Batch:
+        """All examples of one shard, verified on first read, in ``epoch``'s seeded row order."""
+        entry = self.manifest.shards[number]
+        handle = self.shard_set.files[entry.file]
+        with self._locks[entry.file]:
+            handle.seek(0)
+            data = handle.read()
+        if entry.file not in self._verified:
+            if idx.sha256(data) != entry.sha256:
+                raise StorageError(
+                    f"{self.what}: shard {entry.file} in {self.shard_set.location} does not match its "
+                    f"manifest sha256; {REPAIR}"
+                )
+            self._verified.add(entry.file)
+        images, labels = to_numpy(pq.read_table(io.BytesIO(data)), self.manifest.image_shape)
+        labels = labels.astype(np.int32)
+        if self.seed is None:
+            return images, labels
+        rows = np.random.default_rng([self.seed, epoch, number]).permutation(len(labels))
+        return images[rows], labels[rows]
+
+    def epoch_numbers(self) -> Iterator[int]:
+        epoch = 0
+        while self.epochs is None or epoch < self.epochs:
+            yield epoch
+            epoch += 1
+
+    def __iter__(self) -> Iterator[Batch]:
+        for epoch in self.epoch_numbers():
+            yield from self._batches(self.read_shard(epoch, int(n)) for n in self.shard_order(epoch))
+
+    def _batches(self, shards: Iterator[Batch]) -> Iterator[Batch]:
+        """Fixed-size batches across shard boundaries; the rest of the epoch last (unless dropped)."""
+        images = np.empty((0, *self.manifest.image_shape), np.uint8)
+        labels = np.empty(0, np.int32)
+        for shard_images, shard_labels in shards:
+            images, labels = np.concatenate([images, shard_images]), np.concatenate([labels, shard_labels])
+            full = len(labels) // self.batch_size * self.batch_size
+            for start in range(0, full, self.batch_size):
+                yield images[start : start + self.batch_size], labels[start : start + self.batch_size]
+            images, labels = images[full:], labels[full:]
+        if len(labels) and not self.drop_remainder:
+            yield images, labels
+
+    def tf(self, channel_axis: bool = False) -> tf.data.Dataset:
+        """The same batches as iterating, as tf.data: shards read on parallel threads, prefetched.
+
+        ``channel_axis`` gives images ``[B, 28, 28, 1]``, the layout Keras convolutions expect.
+        """
+        from mnist_assets import training  # TensorFlow loads only when asked for
+
+        return training.batches_from(self, channel_axis)
+
+    def close(self) -> None:
+        self.shard_set.close()
+
+    def __enter__(self) -> SplitLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load(
+    dataset: str,
+    split: str,
+    *,
+    batch_size: int = 128,
+    seed: int | None = None,
+    epochs: int | None = 1,
+    drop_remainder: bool = False,
+    storage: str | None = None,
+) -> SplitLoader:
+    """A loader over the committed ``split`` of ``dataset`` in ``storage`` (default: the configured one,
+    ``MNIST_ASSETS_STORAGE`` or ``data/artifacts``). ``seed=None`` keeps the stored order; ``epochs=None``
+    repeats forever. Materialize the dataset first (``mnist-assets prepare DATASET``)."""
+    from mnist_assets.definitions import configured_storage
+
+    if split not in SPLITS:
+        raise ValueError(f"{dataset}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    key = dg.AssetKey([dataset, "shards"])
+    store = ShardSetIOManager(root=storage or configured_storage())
+    what = f"{dataset}/shards[{split}]"
+    return SplitLoader(store.open(key, split), what, batch_size, seed, epochs, drop_remainder)
