@@ -263,7 +263,12 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         yield dg.Output(
             array,
             data_version=dg.DataVersion(idx.array_digest(array)),
-            metadata={"shape": str(array.shape), "dtype": str(array.dtype), "payload_sha256": payload_sha256},
+            metadata={
+                "dagster/row_count": len(array),
+                "shape": str(array.shape),
+                "dtype": str(array.dtype),
+                "payload_sha256": payload_sha256,
+            },
         )
         yield from checks
 

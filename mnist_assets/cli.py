@@ -1,4 +1,4 @@
-"""``mnist-assets``: the project's command line (refresh, status) on the instance in DAGSTER_HOME."""
+"""``mnist-assets``: the project's command line (refresh, prepare, status) on the instance in DAGSTER_HOME."""
 
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also read every stored artifact and check it against its record; rebuild what is damaged",
     )
+    prepare = commands.add_parser(
+        "prepare",
+        help="bring a dataset up to date (as refresh does), then print one JSON document with every "
+        "artifact's path, data version and row count, for scripts and notebooks",
+    )
+    prepare.add_argument("dataset")
+    prepare.add_argument("--verify", action="store_true", help="as refresh --verify")
     status = commands.add_parser("status", help="what is materialized, with data versions and paths")
     status.add_argument("dataset")
     status.add_argument("--json", action="store_true")
@@ -48,23 +55,51 @@ def main(argv: list[str] | None = None) -> int:
     from mnist_assets import defs
     from mnist_assets.refresh import refresh as run_refresh
 
+    datasets = [args.dataset] if args.command == "prepare" else args.datasets
     with dg.DagsterInstance.get() as instance:
         try:
             summary = run_refresh(
                 defs,
                 instance,
-                args.datasets,
-                dry_run=args.dry_run,
+                datasets,
+                dry_run=getattr(args, "dry_run", False),
                 verify=args.verify,
                 log=lambda m: print(m, file=sys.stderr),
                 # the steps' own messages (downloads, epochs, warnings), not Dagster's debug events
                 console_log_level="DEBUG" if quiet.verbose() else "INFO",
             )
         except ValueError as error:
-            print(f"mnist-assets refresh: {error}", file=sys.stderr)
+            print(f"mnist-assets {args.command}: {error}", file=sys.stderr)
             return 2
+        if args.command == "prepare":
+            return _print_prepared(instance, defs, args.dataset, summary)
     print(json.dumps(summary.to_dict(), indent=2))
     return 1 if summary.failed or summary.blocked else 0
+
+
+def _print_prepared(instance, defs, dataset: str, summary) -> int:
+    """What ``prepare`` prints: where everything is now, and whether all of it is there (exit 0)."""
+    from mnist_assets.definitions import configured_storage
+    from mnist_assets.status import dataset_status
+
+    rows = dataset_status(instance, defs, dataset)
+    ready = all(r["materialized"] for r in rows) and not summary.failed and not summary.blocked
+    document = {
+        "dataset": dataset,
+        "ready": ready,
+        "storage": configured_storage(),
+        "ran": [step.label for step in summary.ran],
+        "failed": [{"asset": s.asset, "partition": s.partition, "error": s.error} for s in summary.failed],
+        "blocked": [
+            {"asset": s.asset, "partition": s.partition, "by": s.blocked_by} for s in summary.blocked
+        ],
+        "artifacts": [
+            {k: r.get(k) for k in ("asset", "partition", "path", "data_version", "rows", "materialized")}
+            for r in rows
+        ],
+    }
+    print(json.dumps(document, indent=2))
+    return 0 if ready else 1
 
 
 if __name__ == "__main__":

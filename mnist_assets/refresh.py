@@ -38,6 +38,10 @@ class Step:
     blocked_by: list[str] = field(default_factory=list)
     """The partitions that failed in this refresh and that this one is built from (directly or not)."""
 
+    @property
+    def label(self) -> str:
+        return self.asset + (f"[{self.partition}]" if self.partition else "")
+
 
 @dataclass
 class Summary:

@@ -55,12 +55,14 @@ def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_i
                     }
                 tags = materialization.tags or {}
                 path = materialization.metadata.get("path")
+                row_count = materialization.metadata.get("dagster/row_count")
                 row.update(
-                    data_version=tags.get("dagster/data_version", "")[:16],
+                    data_version=tags.get("dagster/data_version", ""),
                     code_version=tags.get("dagster/code_version", ""),
                     # an event reported outside a run (report_runless_asset_event) has no step
                     seconds=step_seconds[event.run_id].get(event.step_key) if event.step_key else None,
                     path=path.value if path else None,
+                    rows=row_count.value if row_count else None,
                 )
             rows.append(row)
     return rows
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             if r["materialized"]:
                 seconds = "" if r["seconds"] is None else f"{r['seconds']:.2f}"
                 print(
-                    f"{r['asset']:28} {r['partition'] or '-':13} {r['data_version']:17} {seconds:>7}  "
+                    f"{r['asset']:28} {r['partition'] or '-':13} {r['data_version'][:16]:17} {seconds:>7}  "
                     f"{r['path']}"
                 )
             else:

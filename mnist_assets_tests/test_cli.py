@@ -1,0 +1,47 @@
+"""The `mnist-assets` command as a user runs it: a real process, a real instance, the small real mirror."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from mnist_assets import load
+from mnist_assets_tests.conftest import MINI_TEST, MINI_TRAIN
+
+
+def test_prepare_builds_the_dataset_and_prints_where_everything_is(empty_project, tmp_path):
+    project = empty_project
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(project.document))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home/dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    cli = subprocess.run(
+        [sys.executable, "-m", "mnist_assets.cli", "prepare", "mini_mnist"],
+        env={
+            **os.environ,
+            "DAGSTER_HOME": str(tmp_path / "home"),
+            "MNIST_ASSETS_CATALOG": str(catalog),
+            "MNIST_ASSETS_STORAGE": str(project.storage),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert cli.returncode == 0, cli.stderr
+    prepared = json.loads(cli.stdout)
+    assert prepared["ready"] and prepared["storage"] == str(project.storage)
+    assert len(prepared["ran"]) == len(prepared["artifacts"]) == 4 + 4 + 3 + 1
+    rows = {(a["asset"].split("/")[1], a["partition"]): a["rows"] for a in prepared["artifacts"]}
+    assert rows[("shards", "train")] + rows[("shards", "test")] == rows[("idx", "train-labels")] == MINI_TRAIN
+    assert rows[("shards", "holdout")] == MINI_TEST
+    for artifact in prepared["artifacts"]:
+        assert len(artifact["data_version"]) == 64 and os.path.exists(artifact["path"]), artifact
+    assert "running mini_mnist/checkpoint" in cli.stderr and "STEP_START" not in cli.stderr
+
+    # what a notebook does next: read the split it was told about
+    labels = np.concatenate([b for _, b in load("mini_mnist", "holdout", storage=prepared["storage"])])
+    assert len(labels) == MINI_TEST
