@@ -5,6 +5,7 @@ Each asset returns a content data version, so an identical result leaves downstr
 carries a code version hashed from the code that computes it.
 """
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -13,7 +14,7 @@ import numpy as np
 import pydantic
 from pydantic import Field
 
-from mnist_assets import download, idx, manifest, shards
+from mnist_assets import download, idx, loader, manifest, shards
 from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, redact_url
 from mnist_assets.versioning import code_version, json_version
 
@@ -329,22 +330,38 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         yield _split_check(split, len(labels), stored, config.options())
 
     @versioned_asset(
-        uses=("mnist_assets.training", _refuse_if_failed, DatasetTrainConfig().model_dump()),
+        uses=("mnist_assets.training", loader, _refuse_if_failed, DatasetTrainConfig().model_dump()),
         key_prefix=prefix,
         group_name=group,
-        ins={"splits": dg.AssetIn(key("shards"))},
+        deps=[key("shards")],  # read by streaming loaders over the committed shards, not loaded whole
         io_manager_key="keras_io_manager",
+        required_resource_keys={"shards_io_manager"},
         check_specs=[
             dg.AssetCheckSpec("holdout_accuracy_above_floor", asset=key("checkpoint"), blocking=True)
         ],
         description="A tf.keras CNN trained on train, validated on test, evaluated once on holdout.",
         kinds={"tensorflow", "keras"},
     )
-    def checkpoint(context: dg.AssetExecutionContext, config: DatasetTrainConfig, splits: dict):
+    def checkpoint(context: dg.AssetExecutionContext, config: DatasetTrainConfig):
         from mnist_assets import training  # TensorFlow loads only when a model is trained
 
-        arrays = {name: shard_set.to_numpy() for name, shard_set in splits.items()}
-        model = training.train(arrays, len(dataset.class_names), config, log=context.log)
+        store = context.resources.shards_io_manager
+        with contextlib.ExitStack() as stack:
+            splits = {
+                split: stack.enter_context(
+                    loader.open_split(
+                        store,
+                        dataset.id,
+                        split,
+                        batch_size=config.batch_size,
+                        # train reshuffled every epoch; test and holdout read in order
+                        seed=config.seed if split == "train" else None,
+                        epochs=None,
+                    )
+                )
+                for split in shards.SPLITS
+            }
+            model = training.train(splits, len(dataset.class_names), config, log=context.log)
         record = {
             **model.record,
             "config": config.model_dump(),

@@ -138,6 +138,23 @@ class SplitLoader:
         self.close()
 
 
+def open_split(
+    store: ShardSetIOManager,
+    dataset: str,
+    split: str,
+    *,
+    batch_size: int = 128,
+    seed: int | None = None,
+    epochs: int | None = 1,
+    drop_remainder: bool = False,
+) -> SplitLoader:
+    """A loader over the split as ``store`` holds it now (what :func:`load` and training use)."""
+    if split not in SPLITS:
+        raise ValueError(f"{dataset}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    shard_set = store.open(dg.AssetKey([dataset, "shards"]), split)
+    return SplitLoader(shard_set, f"{dataset}/shards[{split}]", batch_size, seed, epochs, drop_remainder)
+
+
 def load(
     dataset: str,
     split: str,
@@ -153,9 +170,7 @@ def load(
     repeats forever. Materialize the dataset first (``mnist-assets prepare DATASET``)."""
     from mnist_assets.definitions import configured_storage
 
-    if split not in SPLITS:
-        raise ValueError(f"{dataset}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    key = dg.AssetKey([dataset, "shards"])
     store = ShardSetIOManager(root=storage or configured_storage())
-    what = f"{dataset}/shards[{split}]"
-    return SplitLoader(store.open(key, split), what, batch_size, seed, epochs, drop_remainder)
+    return open_split(
+        store, dataset, split, batch_size=batch_size, seed=seed, epochs=epochs, drop_remainder=drop_remainder
+    )

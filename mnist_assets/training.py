@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,9 +32,6 @@ class Hyperparameters(Protocol):
     dropout: float
     batch_norm: bool
     seed: int
-
-
-Split = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -71,21 +69,30 @@ def build_model(
     return model
 
 
-def _inputs(images: np.ndarray) -> np.ndarray:
-    return images[..., np.newaxis]
+def _batches_per_epoch(split: ShardSource) -> int:
+    return -(-split.rows // split.batch_size)  # the loader's last batch of an epoch may be partial
 
 
-def evaluate(model: keras.Model, split: Split, batch_size: int = 1024) -> dict[str, float]:
-    loss, accuracy = model.evaluate(_inputs(split[0]), split[1], batch_size=batch_size, verbose=0)
+def evaluate(model: keras.Model, split: ShardSource) -> dict[str, float]:
+    """Loss and accuracy over one pass of ``split``."""
+    batches = batches_from(split, channel_axis=True, one_pass=True)
+    # Keras warns that a dataset of unknown length "ran out of data" unless told how long it is
+    loss, accuracy = model.evaluate(batches, steps=_batches_per_epoch(split), verbose=0)
     return {"loss": float(loss), "accuracy": float(accuracy)}
 
 
-def train(splits: dict[str, Split], num_classes: int, params: Hyperparameters, log=None) -> TrainedModel:
-    """Fit on train, validate on test each epoch, evaluate every split once at the end."""
+def train(
+    splits: Mapping[str, ShardSource], num_classes: int, params: Hyperparameters, log=None
+) -> TrainedModel:
+    """Fit on train, validate on test each epoch, evaluate every split once at the end.
+
+    Every split streams from its shards (one epoch of ``train`` per Keras epoch, reshuffled by the
+    loader's seed), so memory does not grow with the dataset. ``train`` and ``test`` must repeat
+    forever (Keras reads a fixed number of batches from them each epoch)."""
     keras.utils.set_random_seed(params.seed)
-    images, labels = splits["train"]
-    steps_per_epoch = -(-len(labels) // params.batch_size)
-    model = build_model(images.shape[1:], num_classes, params, steps_per_epoch)
+    train_split, test_split = splits["train"], splits["test"]
+    steps_per_epoch = _batches_per_epoch(train_split)
+    model = build_model(train_split.image_shape, num_classes, params, steps_per_epoch)
 
     class _LogEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -95,12 +102,12 @@ def train(splits: dict[str, Split], num_classes: int, params: Hyperparameters, l
 
     started = time.perf_counter()
     history = model.fit(
-        _inputs(images),
-        labels,
-        validation_data=(_inputs(splits["test"][0]), splits["test"][1]),
+        batches_from(train_split, channel_axis=True),
+        validation_data=batches_from(test_split, channel_axis=True),
         epochs=params.epochs,
-        batch_size=params.batch_size,
-        shuffle=True,
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=_batches_per_epoch(test_split),
+        shuffle=False,  # the train loader shuffles, seeded, across and within shards
         verbose=0,
         callbacks=[_LogEpoch()],
     )
@@ -137,6 +144,9 @@ class ShardSource(Protocol):
     drop_remainder: bool
 
     @property
+    def rows(self) -> int: ...
+
+    @property
     def image_shape(self) -> tuple[int, int]: ...
 
     def shard_order(self, epoch: int) -> np.ndarray: ...
@@ -144,9 +154,10 @@ class ShardSource(Protocol):
     def read_shard(self, epoch: int, number: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def batches_from(source: ShardSource, channel_axis: bool = False) -> tf.data.Dataset:
+def batches_from(source: ShardSource, channel_axis: bool = False, one_pass: bool = False) -> tf.data.Dataset:
     """tf.data batches of a split, epoch by epoch, in exactly the loader's order: each epoch's shards
-    are read and decoded on parallel threads (the order kept), cut into batches, prefetched."""
+    are read and decoded on parallel threads (the order kept), cut into batches, prefetched.
+    ``one_pass`` reads only the first epoch, whatever the loader repeats."""
     height, width = source.image_shape
 
     def read(epoch, number):
@@ -163,7 +174,8 @@ def batches_from(source: ShardSource, channel_axis: bool = False) -> tf.data.Dat
         )
         return examples.unbatch().batch(source.batch_size, drop_remainder=source.drop_remainder)
 
-    epochs = tf.data.Dataset.counter() if source.epochs is None else tf.data.Dataset.range(source.epochs)
+    passes = 1 if one_pass else source.epochs
+    epochs = tf.data.Dataset.counter() if passes is None else tf.data.Dataset.range(passes)
     batches = epochs.flat_map(one_epoch)
     if channel_axis:
         batches = batches.map(lambda images, labels: (images[..., tf.newaxis], labels))
