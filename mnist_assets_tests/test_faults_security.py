@@ -137,12 +137,13 @@ def test_credentials_in_mirror_urls_never_reach_the_event_log_or_metadata(projec
     summary, delta = project.refresh()
 
     assert delta == Counter({("raw_gzip", key): 1 for key in project.dataset["files"]})  # same payloads
-    records = project.instance.get_event_records(
-        dg.EventRecordsFilter(dg.DagsterEventType.ASSET_MATERIALIZATION)
-    )
-    records += project.instance.get_event_records(
-        dg.EventRecordsFilter(dg.DagsterEventType.ASSET_OBSERVATION)
-    )
+    instance = project.instance
+    records = [
+        record
+        for key in project.defs().resolve_asset_graph().get_all_asset_keys()
+        for fetch in (instance.fetch_materializations, instance.fetch_observations)
+        for record in fetch(key, limit=10_000).records
+    ]
     logs = [e for run in project.instance.get_runs() for e in project.instance.all_logs(run.run_id)]
     shown = "\n".join([*(repr(r.event_log_entry) for r in records), *(repr(e) for e in logs), repr(summary)])
     assert "***@" in shown
