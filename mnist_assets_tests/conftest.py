@@ -7,6 +7,7 @@ file, the last ``MINI_TEST`` the test file.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -17,6 +18,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -246,12 +248,15 @@ def materialized(instance, defs) -> Counter:
 
 
 class Project:
-    """A mirror directory served over loopback HTTP, a catalog, storage and one real instance."""
+    """A mirror directory served over loopback HTTP, a catalog, storage and one real instance.
 
-    def __init__(self, mini_mirror, http_server, tmp_path, instance):
+    The mirror is served under ``mount`` (default: a prefix of its own), and the catalog names that URL.
+    """
+
+    def __init__(self, mini_mirror, http_server, tmp_path, instance, mount: str | None = None):
         self.mirror = tmp_path / "mirror"
-        shutil.copytree(mini_mirror["directory"], self.mirror)
-        self.url = http_server.mount(f"refresh-{tmp_path.name}", self.mirror)
+        shutil.copytree(mini_mirror["directory"], self.mirror)  # copy2: the files keep their mtime
+        self.url = http_server.mount(mount or f"refresh-{tmp_path.name}", self.mirror)
         self.document = mini_catalog_document(mini_mirror, [self.url])
         self.storage = tmp_path / "artifacts"
         self.instance = instance
@@ -284,9 +289,93 @@ def empty_project(mini_mirror, http_server, tmp_path):
         yield Project(mini_mirror, http_server, tmp_path, instance)
 
 
+BUILT_MOUNT = "built-project"
+"""The URL prefix of every built project's mirror on a worker's loopback server.
+
+The mirror URL is in the catalog, so in the ``urls`` source's data versions: a copy of a built project
+is fresh only when served at the URL it was built from. Tests on one worker run one at a time, so each
+``project`` remounts this prefix to its own mirror copy."""
+
+
+class BuiltProject:
+    """A project refreshed once and closed, in ``directory`` (``mirror``, ``artifacts``, ``dagster_home``),
+    for tests to copy: one refresh from nothing per test process instead of one per test.
+
+    A copy's artifacts live at another path than the build's, which is fine: staleness is code and input
+    data versions plus the files under the current storage root; paths in metadata only inform.
+    """
+
+    def __init__(self, mini_mirror, http_server, directory: Path):
+        self.mini_mirror, self.http_server, self.directory = mini_mirror, http_server, directory
+
+    @contextlib.contextmanager
+    def open(self, directory: Path) -> Iterator[Project]:
+        (directory / "dagster_home").mkdir(exist_ok=True)
+        shutil.rmtree(directory / "mirror", ignore_errors=True)  # Project copies the mirror afresh
+        with dg.instance_for_test(temp_dir=str(directory / "dagster_home")) as instance:
+            yield Project(self.mini_mirror, self.http_server, directory, instance, mount=BUILT_MOUNT)
+
+    def refresh(self) -> Counter:
+        """Refresh the build (from nothing, the first time); what it materialized."""
+        with self.open(self.directory) as built:
+            summary, delta = built.refresh()
+        assert not summary.failed, [(s.asset, s.partition, s.error) for s in summary.failed]
+        return delta  # the instance is closed: its SQLite files are whole, safe to copy
+
+    @contextlib.contextmanager
+    def copy(self, directory: Path) -> Iterator[Project]:
+        for name in ("dagster_home", "artifacts"):
+            shutil.copytree(self.directory / name, directory / name)
+        with self.open(directory) as project:
+            yield project
+
+
+@pytest.fixture(scope="session")
+def built_project(mini_mirror, http_server, tmp_path_factory) -> BuiltProject:
+    """The mini dataset refreshed from nothing, once per test process (each xdist worker builds one)."""
+    built = BuiltProject(mini_mirror, http_server, tmp_path_factory.mktemp("built_project"))
+    delta = built.refresh()
+    assert sum(delta.values()) == 4 + 4 + 3 + 1 and set(delta.values()) == {1}, delta
+    return built
+
+
+def _forget_faults_and_requests(server: LoopbackServer, prefix: str) -> None:
+    for table in (server.faults, server.requests):
+        for path in [p for p in table if p.startswith(f"/{prefix}/")]:
+            del table[path]
+
+
+def _follows_a_rebuild(cause: str) -> bool:
+    """A cause that an upstream rebuild in the same refresh explains (not a change of the sources)."""
+    return cause.startswith("has a new dependency data version (mini_mnist/") and "/urls[" not in cause
+
+
 @pytest.fixture
-def project(empty_project):
-    """A project refreshed once: every asset partition materialized."""
-    _, delta = empty_project.refresh()
-    assert sum(delta.values()) == 4 + 4 + 3 + 1
-    return empty_project
+def project(built_project, http_server, tmp_path):
+    """A project refreshed once: every asset partition materialized.
+
+    Each test gets its own copy of ``built_project`` (mirror, storage, instance home), so a test that
+    changes the mirror, the catalog, the storage or the event log changes only its copy.
+    """
+    _forget_faults_and_requests(http_server, BUILT_MOUNT)  # what an earlier test left on the prefix
+    with built_project.copy(tmp_path) as copy:
+        summary, delta = copy.refresh()
+        causes = {c for step in summary.ran + summary.failed for c in step.causes}
+        # product code edited since the build (code versions hash the sources on disk): the copy has
+        # just caught up, as a build from nothing would have, and the build catches up after the test
+        caught_up = (
+            "has a new code version" in causes
+            and not summary.failed
+            and all(c == "has a new code version" or _follows_a_rebuild(c) for c in causes)
+        )
+        if not caught_up:  # anything else to do means the copy is wrong: not a test result
+            assert delta == Counter() and summary.ran == [] and not summary.failed, (
+                "a copy of built_project is not fresh: "
+                f"{[(s.asset, s.partition, s.causes, s.error) for s in summary.ran + summary.failed]}"
+            )
+            assert summary.fresh == 4 + 4 + 3 + 1, summary
+        _forget_faults_and_requests(http_server, BUILT_MOUNT)  # the test counts its own requests
+        yield copy
+    _forget_faults_and_requests(http_server, BUILT_MOUNT)
+    if caught_up:
+        built_project.refresh()
