@@ -65,8 +65,10 @@ status: $(BIN)/.installed
 docs: $(BIN)/.installed
 	$(BIN)/python -m mnist_assets_tests.faults > docs/faults.md
 
-## bench: both benchmarks below -> data/bench/*.json, *.md
-bench: bench-graph bench-refresh
+## bench: issue 11's suite (figures 1-4 and 6, each a ratio to a baseline measured in the same run, on
+## full-size Fashion-MNIST served by a loopback mirror) -> docs/benchmarks.md and docs/benchmarks.json (~15 min)
+bench: $(BIN)/.installed | $(FASHION_DEBIAN)
+	$(BIN)/python benchmarks/suite.py --out docs
 
 ## bench-graph: full-size Fashion-MNIST graph with the default training config, beside a plain script
 bench-graph: $(BIN)/.installed
