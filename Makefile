@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 export DAGSTER_HOME := $(CURDIR)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run refresh offline test dev status docs bench bench-graph bench-refresh lint lock clean-data
+.PHONY: run refresh offline test dev status docs bench bench-graph bench-refresh bench-scale lint lock clean-data
 
 # The whole dependency tree comes from the lock (exact versions, every file's sha256); pyproject.toml's
 # ranges only decide what the lock may pick (`make lock`). The project itself goes in last, without deps.
@@ -77,6 +77,11 @@ bench-graph: $(BIN)/.installed
 ## bench-refresh: no-op and training-change refresh beside bare `dagster asset materialize`
 bench-refresh: $(BIN)/.installed
 	$(BIN)/python benchmarks/refresh_bench.py --out data/bench
+
+## bench-scale: figure 5, every data stage and one loader pass at 1x, 10x and 100x Fashion-MNIST's size
+## (generated data; 100x needs ~15 GB of scratch disk) -> data/bench/scale_bench.{json,md}; SCALES="1 10" for fewer
+bench-scale: $(BIN)/.installed
+	$(BIN)/python benchmarks/scale_bench.py --out data/bench $(if $(SCALES),--scales $(SCALES))
 
 ## lint: ruff check, ruff format --check and mypy; all three run, and lint fails if any of them failed
 lint: $(BIN)/.installed

@@ -6,16 +6,19 @@ carries a code version hashed from the code that computes it.
 """
 
 import contextlib
+import io
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import dagster as dg
 import numpy as np
+import pyarrow.parquet as pq
 import pydantic
 from pydantic import Field
 
 from mnist_assets import download, idx, loader, manifest, shards
 from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, redact_url
+from mnist_assets.io_managers import REPAIR, StorageError
 from mnist_assets.versioning import code_version, json_version
 
 FILES = dg.StaticPartitionsDefinition(list(FILE_KEYS))
@@ -106,8 +109,24 @@ def _expected_kind(key: str, dataset: Dataset) -> tuple[int, tuple[int, ...]]:
     return (3, (28, 28)) if key.endswith("images") else (1, ())
 
 
-def _split_check(split, source_rows, stored, options) -> dg.AssetCheckResult:
-    rows = np.sort(stored.table.column("source_index").to_numpy())
+def _read_back(store, asset_key: dg.AssetKey, split: str, what: str) -> tuple[manifest.Manifest, np.ndarray]:
+    """The committed manifest of ``split`` and its ``source_index`` column, one shard at a time, each
+    shard verified against its manifest sha256 (a damaged one fails the step)."""
+    opened = store.open(asset_key, split)
+    try:
+        columns = []
+        for entry in opened.manifest.shards:
+            data = opened.files[entry.file].read()
+            if idx.sha256(data) != entry.sha256:
+                raise StorageError(f"{what}: {entry.file} does not match its manifest sha256; {REPAIR}")
+            columns.append(pq.read_table(io.BytesIO(data), columns=["source_index"]).column(0).to_numpy())
+    finally:
+        opened.close()
+    return opened.manifest, np.concatenate(columns) if columns else np.empty(0, np.uint32)
+
+
+def _split_check(split, source_rows, source_index, options) -> dg.AssetCheckResult:
+    rows = np.sort(source_index)
     expected = shards.split_rows(split, source_rows, options)
     problems = []
     if len(np.unique(rows)) != len(rows):
@@ -215,6 +234,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         partitions_def=FILES,
         ins={"raw": dg.AssetIn(key("raw_gzip"))},
         io_manager_key="npy_io_manager",
+        required_resource_keys={"npy_io_manager"},
         check_specs=[
             dg.AssetCheckSpec("header_shape_dtype_agree", asset=key("idx"), blocking=True),
             dg.AssetCheckSpec("labels_in_class_range", asset=key("idx"), blocking=True),
@@ -225,56 +245,59 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     def idx_arrays(context: dg.AssetExecutionContext, raw: dict[str, bytes]):
         file_key = context.partition_key
         file = dataset.file(file_key)
-        try:
-            array, payload_sha256 = idx.parse_gzip(raw[file_key], max_bytes=file.payload_size)
-        except idx.IdxError as error:
-            raise dg.Failure(
-                f"{dataset.id}: {file_key} ({file.filename}) is not a usable IDX file: {error}. The previous "
-                f"idx array, if any, is kept. What to do: check the catalog pin and the mirror's copy "
-                f"({dataset.mirror_env_var}), then materialize raw_gzip[{file_key}] again."
-            ) from None
-        ndim, trailing = _expected_kind(file_key, dataset)
-        problems = []
-        if array.dtype != np.uint8 or array.ndim != ndim or array.shape[1:] != trailing:
-            problems.append(f"{file_key} must be uint8 with {ndim} dims, trailing shape {trailing}")
-        is_labels = file_key.endswith("labels")
-        top = int(array.max(initial=0)) if is_labels else 0
-        checks = [
-            dg.AssetCheckResult(
-                check_name="header_shape_dtype_agree",
-                passed=not problems,
-                metadata={
-                    "shape": str(array.shape),
-                    "dtype": str(array.dtype),
-                    "problems": "; ".join(problems),
-                },
-            ),
-            dg.AssetCheckResult(
-                check_name="labels_in_class_range",
-                passed=top < len(dataset.class_names),
-                metadata={"applies": "yes" if is_labels else "no (image file)", "max_label": top},
-            ),
-        ]
-        yield from _refuse_if_failed(
-            checks,
-            f"{dataset.id}: idx[{file_key}] ({file.filename}) was not stored; the previous array is kept. "
-            "What to do: fix the catalog entry (class_names, file pins) or the mirror, then materialize "
-            "again.",
-        )
+        # streamed into the stored .npy (memory does not grow with the file); checked before it is kept
+        with context.resources.npy_io_manager.staged(key("idx"), file_key) as staged:
+            try:
+                parsed = idx.gunzip_to_npy(raw[file_key], staged.file, max_bytes=file.payload_size)
+            except idx.IdxError as error:
+                raise dg.Failure(
+                    f"{dataset.id}: {file_key} ({file.filename}) is not a usable IDX file: {error}. "
+                    "The previous idx array, if any, is kept. What to do: check the catalog pin and the "
+                    f"mirror's copy ({dataset.mirror_env_var}), then materialize raw_gzip[{file_key}] again."
+                ) from None
+            ndim, trailing = _expected_kind(file_key, dataset)
+            problems = []
+            if parsed.dtype != np.uint8 or len(parsed.shape) != ndim or parsed.shape[1:] != trailing:
+                problems.append(f"{file_key} must be uint8 with {ndim} dims, trailing shape {trailing}")
+            is_labels = file_key.endswith("labels")
+            top = int(parsed.maximum) if is_labels else 0
+            checks = [
+                dg.AssetCheckResult(
+                    check_name="header_shape_dtype_agree",
+                    passed=not problems,
+                    metadata={
+                        "shape": str(parsed.shape),
+                        "dtype": str(parsed.dtype),
+                        "problems": "; ".join(problems),
+                    },
+                ),
+                dg.AssetCheckResult(
+                    check_name="labels_in_class_range",
+                    passed=top < len(dataset.class_names),
+                    metadata={"applies": "yes" if is_labels else "no (image file)", "max_label": top},
+                ),
+            ]
+            yield from _refuse_if_failed(
+                checks,
+                f"{dataset.id}: idx[{file_key}] ({file.filename}) was not stored; the previous array is "
+                "kept. What to do: fix the catalog entry (class_names, file pins) or the mirror, then "
+                "materialize again.",
+            )
+            stored = staged.commit()
         yield dg.Output(
-            array,
-            data_version=dg.DataVersion(idx.array_digest(array)),
+            stored,
+            data_version=dg.DataVersion(parsed.array_digest),
             metadata={
-                "dagster/row_count": len(array),
-                "shape": str(array.shape),
-                "dtype": str(array.dtype),
-                "payload_sha256": payload_sha256,
+                "dagster/row_count": parsed.shape[0] if parsed.shape else 1,
+                "shape": str(parsed.shape),
+                "dtype": str(parsed.dtype),
+                "payload_sha256": parsed.payload_sha256,
             },
         )
         yield from checks
 
     @versioned_asset(
-        uses=(shards, manifest, _split_check, DatasetShardConfig().model_dump()),
+        uses=(shards, manifest, _read_back, _split_check, DatasetShardConfig().model_dump()),
         name="shards",
         key_prefix=prefix,
         group_name=group,
@@ -295,39 +318,44 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     ):
         split = context.partition_key
         images_key, labels_key = shards.SPLIT_SOURCES[split]
-        images, labels = arrays[images_key], arrays[labels_key]
-        encoded = shards.encode(
-            dataset.id,
-            split,
-            images,
-            labels,
-            {k: idx.sha256(idx.encode(arrays[k])) for k in (images_key, labels_key)},
-            dataset.class_names,
-            config.options(),
-        )
+        images, labels = arrays[images_key], arrays[labels_key]  # memory-mapped: read one shard at a time
+        sources = {k: idx.payload_sha256(arrays[k]) for k in (images_key, labels_key)}
+        store = context.resources.shards_io_manager
+        written: list[manifest.Manifest] = []
+
+        def write(put):
+            written.append(
+                shards.write(
+                    dataset.id, split, images, labels, sources, dataset.class_names, config.options(), put
+                )
+            )
+            return written[0]
+
+        # each Parquet file is committed as soon as it is encoded, the manifest last
+        stored = store.commit(context.assets_def.key, split, write)
+        encoded = written[0]
         yield dg.Output(
-            encoded,
-            data_version=dg.DataVersion(encoded.manifest.root_sha256),
+            stored,
+            data_version=dg.DataVersion(encoded.root_sha256),
             metadata={
                 "dagster/column_schema": dg.TableSchema(
                     columns=[
-                        dg.TableColumn(c.name, c.type, description=c.description)
-                        for c in encoded.manifest.columns
+                        dg.TableColumn(c.name, c.type, description=c.description) for c in encoded.columns
                     ]
                 ),
-                "dagster/row_count": encoded.manifest.rows,
+                "dagster/row_count": encoded.rows,
             },
         )
-        # read back what the IO manager committed: checks see the stored files, not our memory
-        store = context.resources.shards_io_manager
-        stored = store.fetch(store.asset_dir(context.assets_def.key), split, f"{dataset.id}/shards[{split}]")
+        # read back what was committed: checks see the stored files, not our memory
+        committed, source_index = _read_back(
+            store, context.assets_def.key, split, f"{dataset.id}/shards[{split}]"
+        )
         yield dg.AssetCheckResult(
             check_name="manifest_matches_files",
-            passed=stored.manifest.root_sha256 == encoded.manifest.root_sha256
-            and stored.table.num_rows == encoded.manifest.rows,
-            metadata={"root_sha256": stored.manifest.root_sha256, "shards": len(stored.manifest.shards)},
+            passed=committed.root_sha256 == encoded.root_sha256 and len(source_index) == encoded.rows,
+            metadata={"root_sha256": committed.root_sha256, "shards": len(committed.shards)},
         )
-        yield _split_check(split, len(labels), stored, config.options())
+        yield _split_check(split, len(labels), source_index, config.options())
 
     @versioned_asset(
         uses=("mnist_assets.training", loader, _refuse_if_failed, DatasetTrainConfig().model_dump()),

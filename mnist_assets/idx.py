@@ -10,10 +10,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import mmap
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -137,8 +139,23 @@ def payload_digest(data: bytes, limit: int) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def parse_gzip(data: bytes, max_bytes: int = MAX_PAYLOAD) -> tuple[np.ndarray, str]:
-    """(array, payload sha256) of a gzipped IDX file, decompressing no more than its header declares."""
+@dataclass(frozen=True)
+class Parsed:
+    """What :func:`gunzip_to_npy` learnt while streaming: enough to check and version the array
+    without reading it back."""
+
+    dtype: np.dtype
+    """In native byte order, as stored."""
+    shape: tuple[int, ...]
+    payload_sha256: str
+    array_digest: str
+    """:func:`array_digest` of the array written."""
+    maximum: int | float
+    """Largest value (0 for an empty array), for range checks."""
+
+
+def _gzip_header(data: bytes, max_bytes: int) -> IdxHeader:
+    """The IDX header at the start of a gzip file, refused if it promises more than ``max_bytes``."""
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
             head = stream.read(4)
@@ -147,17 +164,82 @@ def parse_gzip(data: bytes, max_bytes: int = MAX_PAYLOAD) -> tuple[np.ndarray, s
     except (OSError, EOFError, zlib.error) as error:
         raise IdxError(f"not a valid gzip stream: {error}") from error
     header = read_header(head)
-    declared = header.size
-    if declared > max_bytes:
-        raise IdxError(f"header declares {declared} bytes, more than the {max_bytes} allowed")
+    if header.size > max_bytes:
+        raise IdxError(f"header declares {header.size} bytes, more than the {max_bytes} allowed")
+    return header
+
+
+def gunzip_to_npy(data: bytes, sink: BinaryIO, max_bytes: int = MAX_PAYLOAD) -> Parsed:
+    """Write a gzipped IDX file to ``sink`` as a ``.npy`` file (native byte order), in chunks: the
+    header gives the shape, so the ``.npy`` header goes first and the values follow as they inflate.
+    Memory stays at a few MiB whatever the size; the payload sha256 and the array digest are computed
+    on the way. Refuses what :func:`parse` refuses, with the same messages; on a refusal ``sink``
+    holds a partial file, which the caller discards."""
+    header = _gzip_header(data, max_bytes)
+    declared, native = header.size, header.dtype.newbyteorder("=")
+    np.lib.format.write_array_header_1_0(
+        sink, {"descr": np.lib.format.dtype_to_descr(native), "fortran_order": False, "shape": header.shape}
+    )
+    payload, values = hashlib.sha256(), hashlib.sha256(f"{native.str}{header.shape}".encode())
+    skip, carry, received, maximum = 4 + 4 * len(header.shape), b"", 0, 0
     try:
-        payload = gunzip(data, declared)
+        for chunk in inflate(data, declared):
+            payload.update(chunk)
+            received += len(chunk)
+            body = carry + chunk[skip:] if carry else chunk[skip:]
+            skip = max(0, skip - len(chunk))
+            whole = len(body) - len(body) % native.itemsize  # a value may straddle two chunks
+            array = np.frombuffer(body, header.dtype, count=whole // native.itemsize).astype(native)
+            carry = body[whole:]
+            if array.size:
+                maximum = max(maximum, array.max().item())
+            values.update(array.data)
+            sink.write(array.data)
     except _TooLong:
         raise IdxError(
             f"payload has trailing bytes: header {header.dtype.str}{list(header.shape)} declares {declared} "
             f"bytes, the file decompresses to more than the {declared} bytes (decompression stopped there)"
         ) from None
-    return parse(payload), sha256(payload)
+    if received < declared:
+        raise IdxError(
+            f"payload truncated: header {header.dtype.str}{list(header.shape)} needs "
+            f"{declared} bytes, got {received}"
+        )
+    return Parsed(native, header.shape, payload.hexdigest(), values.hexdigest(), maximum)
+
+
+def parse_gzip(data: bytes, max_bytes: int = MAX_PAYLOAD) -> tuple[np.ndarray, str]:
+    """(array, payload sha256) of a gzipped IDX file, decompressing no more than its header declares
+    (:func:`gunzip_to_npy` into memory: for small files and tests; the ``idx`` asset streams)."""
+    sink = io.BytesIO()
+    parsed = gunzip_to_npy(data, sink, max_bytes)
+    sink.seek(0)
+    return np.load(sink, allow_pickle=False), parsed.payload_sha256
+
+
+def payload_sha256(array: np.ndarray) -> str:
+    """sha256 of :func:`encode`'s payload for ``array``, computed in chunks: the array may be
+    memory-mapped (its pages are released as they are hashed, see :func:`release_pages`)."""
+    array = np.asarray(array) if not isinstance(array, np.ndarray) else array
+    code = _CODE_BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
+    if code is None:
+        raise IdxError(f"IDX cannot store dtype {array.dtype}")
+    digest = hashlib.sha256(struct.pack(f">HBB{array.ndim}I", 0, code, array.ndim, *array.shape))
+    flat, step = array.reshape(-1), _CHUNK * 4 // array.dtype.itemsize
+    for start in range(0, flat.size, step):
+        digest.update(np.ascontiguousarray(flat[start : start + step], dtype=TYPE_CODES[code]).data)
+        release_pages(array)
+    return digest.hexdigest()
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Let the kernel take back the pages read so far of a memory-mapped array (they stay in the page
+    cache, so reading them again costs no disk I/O): otherwise every page once read counts in this
+    process's resident memory until the map is closed, and one pass over a file grows it to the file's
+    size. Does nothing for an array in memory."""
+    mapping = getattr(array, "_mmap", None)  # set by np.load(mmap_mode=...) on the np.memmap it returns
+    if isinstance(mapping, mmap.mmap):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def sha256(data: bytes) -> str:

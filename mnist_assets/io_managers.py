@@ -10,6 +10,11 @@ Writes are atomic: bytes go to a temporary name and are renamed into place. Mult
 until that rename the previous record, and every file it names, stays intact. On local storage a
 commit holds an exclusive lock on its directory and a load a shared one, so two writers of the same
 artifact never interleave (one wins whole) and a reader never sees files vanish under it.
+
+Large artifacts stream, so memory does not grow with the dataset: an idx array is written in chunks to
+a staged file (:meth:`NumpyIOManager.staged`) and loaded memory-mapped; a shard set is committed one
+Parquet file at a time (:meth:`ShardSetIOManager.commit`). Those assets write through their IO manager
+while they compute and return a :class:`Stored` receipt.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import io
 import os
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -63,13 +68,28 @@ def write_atomic(path: UPath, data: bytes) -> None:
         raise
 
 
+def _is_local(path: UPath) -> bool:
+    return path.protocol in ("", "file", "local")
+
+
 def _read(path: UPath, what: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise StorageError(
-            f"{what}: {path} is missing; materialize the asset (again) to rebuild it"
-        ) from None
+        raise StorageError(_missing(path, what)) from None
+
+
+def _missing(path: UPath, what: str) -> str:
+    return f"{what}: {path} is missing; materialize the asset (again) to rebuild it"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An asset's value that is already in storage: assets that stream large artifacts write them
+    through their IO manager while computing (so memory does not grow with the data) and return this
+    receipt, whose metadata ``handle_output`` records without writing anything."""
+
+    metadata: dict[str, Any]
 
 
 class ArtifactIOManager(dg.ConfigurableIOManager):
@@ -109,6 +129,9 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         raise NotImplementedError
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if isinstance(obj, Stored):
+            context.add_output_metadata(obj.metadata)
+            return
         partition = _safe(context.asset_partition_key) if context.has_asset_partitions else None
         context.add_output_metadata(self.store(self.asset_dir(context.asset_key), partition, obj))
 
@@ -137,8 +160,26 @@ class GzipIOManager(ArtifactIOManager):
         return _read(self.record_path(directory, partition), what)
 
 
+class StagedFile:
+    """A file written under a temporary name beside its final one (see :meth:`NumpyIOManager.staged`)."""
+
+    def __init__(self, path: UPath, temporary: UPath, file: BinaryIO):
+        self.path, self.temporary, self.file = path, temporary, file
+
+    def commit(self) -> Stored:
+        """Rename the written file into place (atomic); the receipt to return as the asset's value."""
+        self.file.close()
+        self.temporary.rename(self.path)
+        return Stored({"path": dg.MetadataValue.path(str(self.path)), "bytes": self.path.stat().st_size})
+
+
 class NumpyIOManager(ArtifactIOManager):
-    """Arrays as ``.npy``; loading never unpickles (object arrays are refused)."""
+    """Arrays as ``.npy``; loading never unpickles (object arrays are refused).
+
+    Large arrays are written in chunks through :meth:`staged` and loaded memory-mapped from local
+    storage, so neither direction holds a whole array in memory. Other fsspec storage has no memory
+    maps: there a load reads the whole file into memory.
+    """
 
     def record_path(self, directory: UPath, partition: str | None) -> UPath:
         return directory / f"{partition or 'value'}.npy"
@@ -152,18 +193,41 @@ class NumpyIOManager(ArtifactIOManager):
         write_atomic(path, sink.getvalue())
         return {"path": dg.MetadataValue.path(str(path)), "bytes": sink.tell()}
 
+    @contextlib.contextmanager
+    def staged(self, asset_key: dg.AssetKey, partition: str | None) -> Iterator[StagedFile]:
+        """A ``.npy`` file to write in chunks (``staged.file``); it replaces the partition's file only on
+        ``staged.commit()``, and is removed if the block ends without it (a refused or failed write
+        keeps the previous array)."""
+        path = self.location(asset_key, partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        staged = StagedFile(path, temporary, temporary.open("wb"))
+        try:
+            yield staged
+        finally:
+            staged.file.close()
+            if temporary.exists():
+                temporary.unlink()
+
     def fetch(self, directory, partition, what):
         path = self.record_path(directory, partition)
         try:
+            if _is_local(path):  # memory-mapped: pages are read when used, never the whole file at once
+                return np.load(str(path), mmap_mode="r", allow_pickle=False)
             return np.load(io.BytesIO(_read(path, what)), allow_pickle=False)
+        except FileNotFoundError:
+            raise StorageError(_missing(path, what)) from None
         except ValueError as error:
-            raise StorageError(f"{what}: {path} is not a plain .npy array ({error})") from error
+            raise StorageError(
+                f"{what}: {path} is not a plain .npy array ({error}); .npy artifacts are read with "
+                "allow_pickle=False, so object arrays are refused"
+            ) from error
 
 
 @contextlib.contextmanager
 def _locked(directory: UPath, exclusive: bool) -> Iterator[None]:
     """An advisory lock on ``directory`` (local storage only; object stores have no rename to guard)."""
-    if directory.protocol not in ("", "file", "local") or not (exclusive or directory.exists()):
+    if not _is_local(directory) or not (exclusive or directory.exists()):
         yield
         return
     directory.mkdir(parents=True, exist_ok=True)
@@ -175,17 +239,36 @@ def _locked(directory: UPath, exclusive: bool) -> Iterator[None]:
         os.close(fd)
 
 
-def _commit(directory: UPath, files: Mapping[str, bytes], record_name: str, record: bytes) -> None:
-    """Write content-addressed files, then the record naming them, then drop files nothing names
-    (and temporary files of writers that died: under the lock, no live writer has any here)."""
+Put = Callable[[str, bytes], None]
+"""Writes one named file of a commit (atomically, under the commit's lock)."""
+
+
+@contextlib.contextmanager
+def _committing(directory: UPath, record_name: str) -> Iterator[Put]:
+    """A commit of content-addressed files: the caller ``put``s each file, then the record naming them,
+    last; then files nothing wrote are dropped (and temporary files of writers that died: under the
+    lock, no live writer has any here). Files can be put one at a time as they are produced. If the
+    block fails, nothing is dropped: the previous record and every file it names stay intact."""
+    written: set[str] = set()
+
+    def put(name: str, data: bytes) -> None:  # always rewritten: a same-named file may be damaged
+        write_atomic(directory / (name if name == record_name else _safe(name)), data)
+        written.add(name)
+
     with _locked(directory, exclusive=True):
-        for name, data in files.items():  # always rewritten: a same-named file may be damaged
-            write_atomic(directory / _safe(name), data)
-        write_atomic(directory / record_name, record)
+        yield put
         for path in directory.iterdir():
-            orphan = path.name not in files and path.name != record_name and not path.name.startswith(".")
+            orphan = path.name not in written and not path.name.startswith(".")
             if orphan or (path.name.startswith(".") and path.name.endswith(".tmp")):
                 path.unlink()
+
+
+def _commit(directory: UPath, files: Mapping[str, bytes], record_name: str, record: bytes) -> None:
+    """Write content-addressed files, then the record naming them (see :func:`_committing`)."""
+    with _committing(directory, record_name) as put:
+        for name, data in files.items():
+            put(name, data)
+        put(record_name, record)
 
 
 def _all_present(directory: UPath, sizes: Mapping[str, int | None]) -> bool:
@@ -206,8 +289,22 @@ class ShardSetIOManager(ArtifactIOManager):
         split_dir = directory / (partition or "all")
         manifest = value.manifest
         _commit(split_dir, value.files, "_manifest.json", manifest.to_json().encode())
+        return self._metadata(directory, partition, manifest)
+
+    def commit(self, asset_key: dg.AssetKey, split: str, write: Callable[[Put], Manifest]) -> Stored:
+        """Commit a shard set produced one file at a time: ``write(put)`` puts each Parquet file as it
+        is encoded and returns the manifest naming them, which is written last. The split's directory is
+        locked throughout, so a concurrent writer waits (one wins whole) and so does a reader opening
+        the split; what was committed before stays readable until the manifest is replaced."""
+        directory = self.asset_dir(asset_key)
+        with _committing(directory / _safe(split), "_manifest.json") as put:
+            manifest = write(put)
+            put("_manifest.json", manifest.to_json().encode())
+        return Stored(self._metadata(directory, split, manifest))
+
+    def _metadata(self, directory: UPath, partition: str | None, manifest: Manifest) -> dict[str, Any]:
         return {
-            "path": dg.MetadataValue.path(str(split_dir / "_manifest.json")),
+            "path": dg.MetadataValue.path(str(directory / (partition or "all") / "_manifest.json")),
             "dagster/row_count": manifest.rows,
             "shards": len(manifest.shards),
             "bytes": sum(s.bytes for s in manifest.shards),

@@ -8,7 +8,7 @@ stored as 784 raw bytes (``fixed_size_binary``), which DuckDB, polars and pandas
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,7 +94,7 @@ def to_table(images: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> pa.Tab
     )
 
 
-def encode(
+def write(
     dataset_id: str,
     split: str,
     images: np.ndarray,
@@ -102,8 +102,12 @@ def encode(
     source_payload_sha256: Mapping[str, str],
     class_names: tuple[str, ...],
     options: ShardOptions,
-) -> EncodedShardSet:
-    """Cut a split from the source arrays and encode it as Parquet shards plus manifest."""
+    put: Callable[[str, bytes], None],
+) -> Manifest:
+    """Cut a split from the source arrays and encode it as Parquet shards, one at a time: each shard's
+    rows are gathered, encoded, hashed and handed to ``put(name, data)`` before the next is read, so
+    memory holds one shard whatever the split's size (the arrays may be memory-mapped). Returns the
+    manifest naming them, for the caller to write last."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if images.dtype != np.uint8 or images.ndim != 3 or labels.shape != images.shape[:1]:
@@ -111,23 +115,23 @@ def encode(
             f"{dataset_id}/{split}: expected uint8 images (n, h, w) and n labels, got images "
             f"{images.dtype}{images.shape} and labels {labels.dtype}{labels.shape}"
         )
-    table = to_table(images, labels, split_rows(split, len(labels), options))
+    rows = split_rows(split, len(labels), options)
     compression = None if options.compression == "none" else options.compression
-    files: dict[str, bytes] = {}
     entries = []
-    for number, start in enumerate(range(0, max(table.num_rows, 1), options.rows_per_shard)):
-        chunk = table.slice(start, options.rows_per_shard)
+    for number, start in enumerate(range(0, max(len(rows), 1), options.rows_per_shard)):
+        chunk = to_table(images, labels, rows[start : start + options.rows_per_shard])
+        idx.release_pages(images)
         sink = io.BytesIO()
         pq.write_table(chunk, sink, compression=compression)
         data = sink.getvalue()
         digest = idx.sha256(data)
         name = f"part-{number:05d}-{digest[:16]}.parquet"
-        files[name] = data
+        put(name, data)
         entries.append(ShardEntry(file=name, rows=chunk.num_rows, bytes=len(data), sha256=digest))
-    manifest = Manifest(
+    return Manifest(
         dataset=dataset_id,
         split=split,
-        rows=table.num_rows,
+        rows=len(rows),
         image_shape=images.shape[1:],
         class_names=class_names,
         columns=COLUMNS,
@@ -138,6 +142,22 @@ def encode(
         rows_per_shard=options.rows_per_shard,
         compression=options.compression,
         source_payload_sha256=dict(source_payload_sha256),
+    )
+
+
+def encode(
+    dataset_id: str,
+    split: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    source_payload_sha256: Mapping[str, str],
+    class_names: tuple[str, ...],
+    options: ShardOptions,
+) -> EncodedShardSet:
+    """:func:`write` into memory: the manifest plus every file's bytes (for small sets and tests)."""
+    files: dict[str, bytes] = {}
+    manifest = write(
+        dataset_id, split, images, labels, source_payload_sha256, class_names, options, files.__setitem__
     )
     return EncodedShardSet(manifest, files)
 

@@ -1,3 +1,6 @@
+import hashlib
+import io
+
 import dagster as dg
 import duckdb
 import numpy as np
@@ -115,3 +118,18 @@ def test_bad_options_are_refused():
         shards.ShardOptions(compression="lzma")
     with pytest.raises(ValueError, match="validation_fraction"):
         shards.ShardOptions(validation_fraction=1.5)
+
+
+def test_shards_written_one_at_a_time_are_the_bytes_of_the_whole_split_sliced(t10k_arrays):
+    """Shard bytes (so file names and the root hash, the data version) are what encoding the whole
+    split as one table and slicing it gave before shards were written one at a time."""
+    images, labels = t10k_arrays[0][:2000], t10k_arrays[1][:2000]
+    for split in ("train", "test"):
+        table = shards.to_table(images, labels, shards.split_rows(split, len(labels), OPTIONS))
+        expected = []
+        for start in range(0, table.num_rows, OPTIONS.rows_per_shard):
+            sink = io.BytesIO()
+            pq.write_table(table.slice(start, OPTIONS.rows_per_shard), sink, compression="zstd")
+            expected.append(hashlib.sha256(sink.getvalue()).hexdigest())
+        written = shards.encode("mini", split, images, labels, SOURCES, tuple("0123456789"), OPTIONS)
+        assert [s.sha256 for s in written.manifest.shards] == expected
