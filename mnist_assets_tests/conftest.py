@@ -12,9 +12,12 @@ import gzip
 import hashlib
 import http.server
 import json
+import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -261,6 +264,7 @@ class Project:
         self.storage = tmp_path / "artifacts"
         self.instance = instance
         self.arrays = mini_mirror["arrays"]
+        self.directory = tmp_path
 
     @property
     def dataset(self):
@@ -280,6 +284,26 @@ class Project:
         )
         delta = materialized(self.instance, defs) - before
         return summary, delta
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """``mnist-assets ARGS`` as a user runs it: a real process on this catalog and storage, with a
+        persistent instance of its own in DAGSTER_HOME (not ``self.instance``)."""
+        catalog, home = self.directory / "cli_catalog.json", self.directory / "cli_home"
+        catalog.write_text(json.dumps(self.document))
+        home.mkdir(exist_ok=True)
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        return subprocess.run(
+            [sys.executable, "-m", "mnist_assets.cli", *args],
+            env={
+                **os.environ,
+                "DAGSTER_HOME": str(home),
+                "MNIST_ASSETS_CATALOG": str(catalog),
+                "MNIST_ASSETS_STORAGE": str(self.storage),
+            },
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
 
 @pytest.fixture

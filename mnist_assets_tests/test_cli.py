@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 
@@ -13,24 +11,9 @@ from mnist_assets import load
 from mnist_assets_tests.conftest import MINI_TEST, MINI_TRAIN
 
 
-def test_prepare_builds_the_dataset_and_prints_where_everything_is(empty_project, tmp_path):
+def test_prepare_builds_the_dataset_and_prints_where_everything_is(empty_project):
     project = empty_project
-    catalog = tmp_path / "catalog.json"
-    catalog.write_text(json.dumps(project.document))
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home/dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    cli = subprocess.run(
-        [sys.executable, "-m", "mnist_assets.cli", "prepare", "mini_mnist"],
-        env={
-            **os.environ,
-            "DAGSTER_HOME": str(tmp_path / "home"),
-            "MNIST_ASSETS_CATALOG": str(catalog),
-            "MNIST_ASSETS_STORAGE": str(project.storage),
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    cli = project.cli("prepare", "mini_mnist")
     assert cli.returncode == 0, cli.stderr
     prepared = json.loads(cli.stdout)
     assert prepared["ready"] and prepared["storage"] == str(project.storage)

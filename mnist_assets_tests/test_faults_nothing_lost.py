@@ -1,9 +1,6 @@
 """Nothing lost: bad data and bad models are refused before they are stored, on a real built project."""
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from urllib.parse import urlsplit
 
@@ -102,27 +99,12 @@ def test_a_training_run_that_raises_keeps_the_last_good_checkpoint(project):
     "built from it are listed as blocked, naming it, and never run",
     "Everything not built from that file, built and fresh",
 )
-def test_a_failed_file_blocks_what_is_built_from_it_in_the_same_refresh(empty_project, http_server, tmp_path):
+def test_a_failed_file_blocks_what_is_built_from_it_in_the_same_refresh(empty_project, http_server):
     project = empty_project
-    catalog = tmp_path / "catalog.json"
-    catalog.write_text(json.dumps(project.document))
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home/dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     bad_path = urlsplit(project.url + MINI_FILENAMES["test-images"]).path
     http_server.faults[bad_path] = "corrupt"
     try:
-        cli = subprocess.run(
-            [sys.executable, "-m", "mnist_assets.cli", "refresh", "mini_mnist"],
-            env={
-                **os.environ,
-                "DAGSTER_HOME": str(tmp_path / "home"),
-                "MNIST_ASSETS_CATALOG": str(catalog),
-                "MNIST_ASSETS_STORAGE": str(project.storage),
-            },
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        cli = project.cli("refresh", "mini_mnist")
     finally:
         http_server.faults.pop(bad_path)
 
