@@ -242,7 +242,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         description="The IDX payload parsed to a numpy array (stored as .npy, loaded without pickle).",
         kinds={"numpy"},
     )
-    def idx_arrays(context: dg.AssetExecutionContext, raw: dict[str, bytes]):
+    def idx_arrays(context: dg.AssetExecutionContext, raw: dict[str, Any]):  # bytes or a read-only mmap
         file_key = context.partition_key
         file = dataset.file(file_key)
         # streamed into the stored .npy (memory does not grow with the file); checked before it is kept

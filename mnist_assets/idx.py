@@ -97,11 +97,12 @@ def encode(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(array, dtype=TYPE_CODES[code]).tobytes()
 
 
-def inflate(data: bytes, limit: int) -> Iterator[bytes]:
+def inflate(data: bytes | mmap.mmap, limit: int) -> Iterator[bytes]:
     """The decompressed bytes of a gzip file, chunk by chunk, never more than ``limit`` in all:
     more is an error (a bomb or the wrong file), not a wait. Handles several members and the zero
     padding some tools append, as ``gzip`` does. Input goes in by slices and output is capped per
-    call, so memory stays at a few MiB whatever the file holds."""
+    call, so memory stays at a few MiB whatever the file holds; a memory-mapped file's pages are
+    released as they are consumed (see :func:`release_pages`)."""
     total, offset, view = 0, 0, memoryview(data)
     try:
         while True:
@@ -109,6 +110,8 @@ def inflate(data: bytes, limit: int) -> Iterator[bytes]:
             while not inflater.eof:
                 source = inflater.unconsumed_tail or view[offset : offset + _CHUNK]
                 offset += 0 if inflater.unconsumed_tail else len(source)
+                if isinstance(data, mmap.mmap):
+                    data.madvise(mmap.MADV_DONTNEED)
                 wanted = min(_CHUNK, limit + 1 - total)
                 chunk = inflater.decompress(source, wanted) if source else inflater.flush(wanted)
                 if not chunk and not source and not inflater.eof:
@@ -154,10 +157,11 @@ class Parsed:
     """Largest value (0 for an empty array), for range checks."""
 
 
-def _gzip_header(data: bytes, max_bytes: int) -> IdxHeader:
+def _gzip_header(data: bytes | mmap.mmap, max_bytes: int) -> IdxHeader:
     """The IDX header at the start of a gzip file, refused if it promises more than ``max_bytes``."""
+    start = data if isinstance(data, bytes) else data[:_CHUNK]  # a map is not copied whole
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+        with gzip.GzipFile(fileobj=io.BytesIO(start)) as stream:
             head = stream.read(4)
             ndim = head[3] if len(head) == 4 else 0
             head += stream.read(4 * ndim)
@@ -169,7 +173,7 @@ def _gzip_header(data: bytes, max_bytes: int) -> IdxHeader:
     return header
 
 
-def gunzip_to_npy(data: bytes, sink: BinaryIO, max_bytes: int = MAX_PAYLOAD) -> Parsed:
+def gunzip_to_npy(data: bytes | mmap.mmap, sink: BinaryIO, max_bytes: int = MAX_PAYLOAD) -> Parsed:
     """Write a gzipped IDX file to ``sink`` as a ``.npy`` file (native byte order), in chunks: the
     header gives the shape, so the ``.npy`` header goes first and the values follow as they inflate.
     Memory stays at a few MiB whatever the size; the payload sha256 and the array digest are computed

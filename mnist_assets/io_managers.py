@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import mmap
 import os
 import re
 import uuid
@@ -146,7 +147,9 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
 
 class GzipIOManager(ArtifactIOManager):
-    """Raw downloads, kept byte-for-byte as fetched."""
+    """Raw downloads, kept byte-for-byte as fetched. Loaded memory-mapped from local storage (a
+    read-only ``mmap``, used like ``bytes``), so the idx step does not hold the file; other fsspec
+    storage reads it into memory."""
 
     def record_path(self, directory: UPath, partition: str | None) -> UPath:
         return directory / f"{partition or 'value'}.gz"
@@ -156,8 +159,17 @@ class GzipIOManager(ArtifactIOManager):
         write_atomic(path, value)
         return {"path": dg.MetadataValue.path(str(path)), "bytes": len(value)}
 
-    def fetch(self, directory, partition, what):
-        return _read(self.record_path(directory, partition), what)
+    def fetch(self, directory, partition, what) -> bytes | mmap.mmap:
+        path = self.record_path(directory, partition)
+        if not _is_local(path):
+            return _read(path, what)
+        try:
+            with open(str(path), "rb") as file:
+                if os.fstat(file.fileno()).st_size == 0:
+                    return b""
+                return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            raise StorageError(_missing(path, what)) from None
 
 
 class StagedFile:

@@ -2,9 +2,11 @@
 
 A valid MNIST-format dataset is generated at 1x (60,000 train images) and 10x (600,000) into local
 directory mirrors; a child process runs the real assets (raw_gzip, idx, shards, every partition) on
-each, and reports its peak RSS. The 10x peak must stay within 2x the 1x peak: today's streaming path
-(chunked inflate into the .npy, memory-mapped inputs, one Parquet shard at a time) holds a few shards'
-worth of data, where holding whole arrays grew about 5x. 100x lives in ``benchmarks/scale_bench.py``.
+each and reports its peak RSS (``VmHWM``: ``ru_maxrss`` would include this pytest process's own
+peak, which Linux carries into its children). The 10x peak must stay within 2x the 1x peak: the
+streaming path (chunked inflate into the .npy, memory-mapped inputs, one Parquet shard at a time)
+holds a few shards' worth of data, where holding whole arrays grew about 5x. 100x lives in
+``benchmarks/scale_bench.py``.
 """
 
 from __future__ import annotations
