@@ -129,13 +129,16 @@ def _split_check(split, source_rows, source_index, options) -> dg.AssetCheckResu
     rows = np.sort(source_index)
     expected = shards.split_rows(split, source_rows, options)
     problems = []
-    if len(np.unique(rows)) != len(rows):
+    if np.any(rows[1:] == rows[:-1]):  # sorted: a repeated row sits next to itself
         problems.append("a source row appears twice")
     if not np.array_equal(rows, expected):
         problems.append(f"rows are not the {split} split of seed {options.seed}")
     if split != "holdout":
         other = shards.split_rows("test" if split == "train" else "train", source_rows, options)
-        if np.intersect1d(rows, other).size:
+        # both sorted: look the smaller up in the larger (memory of the smaller, not of both sorted again)
+        needles, haystack = sorted((rows, other), key=len)
+        found = np.searchsorted(haystack, needles).clip(max=max(len(haystack) - 1, 0))
+        if len(haystack) and np.any(haystack[found] == needles):
             problems.append("train and test share rows")
         if len(rows) + len(other) != source_rows:
             problems.append("train and test do not cover the official train set")

@@ -75,8 +75,9 @@ def split_rows(split: str, source_rows: int, options: ShardOptions) -> np.ndarra
         return np.arange(source_rows, dtype=np.uint32)
     permutation = np.random.default_rng(options.seed).permutation(source_rows)
     n_test = round(source_rows * options.validation_fraction)
-    chosen = permutation[:n_test] if split == "test" else permutation[n_test:]
-    return np.sort(chosen).astype(np.uint32)
+    chosen = (permutation[:n_test] if split == "test" else permutation[n_test:]).astype(np.uint32)
+    chosen.sort()  # in place, as uint32: a 100x split is 5.4M rows
+    return chosen
 
 
 def to_table(images: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> pa.Table:
