@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import io
 import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 Batch = tuple[np.ndarray, np.ndarray]
+READ_AHEAD = 2
+"""Shards read and decoded ahead of the one being batched."""
 
 
 class SplitLoader:
@@ -96,31 +100,50 @@ class SplitLoader:
         rows = np.random.default_rng([self.seed, epoch, number]).permutation(len(labels))
         return images[rows], labels[rows]
 
-    def epoch_numbers(self) -> Iterator[int]:
-        epoch = 0
-        while self.epochs is None or epoch < self.epochs:
-            yield epoch
-            epoch += 1
-
     def __iter__(self) -> Iterator[Batch]:
-        for epoch in self.epoch_numbers():
-            yield from self._batches(self.read_shard(epoch, int(n)) for n in self.shard_order(epoch))
+        return self.batches(self.epochs)
 
-    def _batches(self, shards: Iterator[Batch]) -> Iterator[Batch]:
-        """Fixed-size batches across shard boundaries; the rest of the epoch last (unless dropped)."""
-        images = np.empty((0, *self.manifest.image_shape), np.uint8)
-        labels = np.empty(0, np.int32)
+    def batches(self, epochs: int | None) -> Iterator[Batch]:
+        """The batches of ``epochs`` epochs (None: forever); ``iter(loader)`` uses the loader's own."""
+        for images, labels in self.blocks(epochs):
+            yield from zip(images, labels, strict=True)
+
+    def blocks(self, epochs: int | None) -> Iterator[Batch]:
+        """The same batches in runs: images ``[K, B, 28, 28]`` and labels ``[K, B]`` (K whole batches
+        cut from one stretch of shards), so a consumer such as tf.data splits them without Python."""
+        with ThreadPoolExecutor(READ_AHEAD) as pool:
+            epoch = 0
+            while epochs is None or epoch < epochs:
+                yield from self._blocks(self._read_ahead(pool, epoch))
+                epoch += 1
+
+    def _read_ahead(self, pool: ThreadPoolExecutor, epoch: int) -> Iterator[Batch]:
+        """``epoch``'s shards in order, the next ``READ_AHEAD`` read and decoded on other threads
+        meanwhile (hashing, Parquet and file reads release the GIL); memory stays a few shards."""
+        pending: deque[Future[Batch]] = deque()
+        for number in self.shard_order(epoch):
+            pending.append(pool.submit(self.read_shard, epoch, int(number)))
+            if len(pending) > READ_AHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def _blocks(self, shards: Iterator[Batch]) -> Iterator[Batch]:
+        """Whole batches across shard boundaries; the rest of the epoch last, as a block of one
+        smaller batch (unless dropped)."""
+        size, shape = self.batch_size, self.manifest.image_shape
+        images, labels = np.empty((0, *shape), np.uint8), np.empty(0, np.int32)
         for shard_images, shard_labels in shards:
             images, labels = np.concatenate([images, shard_images]), np.concatenate([labels, shard_labels])
-            full = len(labels) // self.batch_size * self.batch_size
-            for start in range(0, full, self.batch_size):
-                yield images[start : start + self.batch_size], labels[start : start + self.batch_size]
+            full = len(labels) // size * size
+            if full:
+                yield images[:full].reshape(-1, size, *shape), labels[:full].reshape(-1, size)
             images, labels = images[full:], labels[full:]
         if len(labels) and not self.drop_remainder:
-            yield images, labels
+            yield images[np.newaxis], labels[np.newaxis]
 
     def tf(self, channel_axis: bool = False) -> tf.data.Dataset:
-        """The same batches as iterating, as tf.data: shards read on parallel threads, prefetched.
+        """The same batches as iterating, as tf.data: shards read ahead on threads, prefetched.
 
         ``channel_axis`` gives images ``[B, 28, 28, 1]``, the layout Keras convolutions expect.
         """
