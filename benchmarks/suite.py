@@ -645,7 +645,7 @@ def verdict(measured: float, goal: float, at_most: bool) -> str:
     if met:
         return "met"
     off = measured / goal - 1 if at_most else 1 - measured / goal
-    return f"missed by {off:.0%}"
+    return f"missed by {off:.1%}" if off < 0.1 else f"missed by {off:.0%}"
 
 
 def joined(values, template: str) -> str:
