@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mnist_assets import idx
-from mnist_assets.io_managers import REPAIR, OpenShardSet, ShardSetIOManager, StorageError
+from mnist_assets.io_managers import OpenShardSet, ShardSetIOManager, StorageError, damaged_shard
 from mnist_assets.shards import SPLITS, to_numpy
 
 if TYPE_CHECKING:
@@ -88,10 +88,7 @@ class SplitLoader:
             data = handle.read()
         if entry.file not in self._verified:
             if idx.sha256(data) != entry.sha256:
-                raise StorageError(
-                    f"{self.what}: shard {entry.file} in {self.shard_set.location} does not match its "
-                    f"manifest sha256; {REPAIR}"
-                )
+                raise StorageError(damaged_shard(self.what, entry.file, self.shard_set.location))
             self._verified.add(entry.file)
         images, labels = to_numpy(pq.read_table(io.BytesIO(data)), self.manifest.image_shape)
         labels = labels.astype(np.int32)

@@ -202,7 +202,10 @@ def test_refresh_verify_finds_damaged_artifacts_and_rebuilds_only_them(project):
 
     assert delta == Counter({("shards", "test"): 1, ("checkpoint", None): 1})
     causes = {(s.asset, s.partition): s.causes[0] for s in summary.ran}
-    assert "damaged" in causes[("mini_mnist/shards", "test")]
+    assert (
+        "damaged" in causes[("mini_mnist/shards", "test")]
+        and shard.name in causes[("mini_mnist/shards", "test")]
+    )
     assert "does not match its recorded sha256" in causes[("mini_mnist/checkpoint", None)]
     _, delta = project.refresh(verify=True)
     assert delta == Counter()
