@@ -102,16 +102,11 @@ class SplitLoader:
 
     def batches(self, epochs: int | None) -> Iterator[Batch]:
         """The batches of ``epochs`` epochs (None: forever); ``iter(loader)`` uses the loader's own."""
-        for images, labels in self.blocks(epochs):
-            yield from zip(images, labels, strict=True)
-
-    def blocks(self, epochs: int | None) -> Iterator[Batch]:
-        """The same batches in runs: images ``[K, B, 28, 28]`` and labels ``[K, B]`` (K whole batches
-        cut from one stretch of shards), so a consumer such as tf.data splits them without Python."""
         with ThreadPoolExecutor(READ_AHEAD) as pool:
             epoch = 0
             while epochs is None or epoch < epochs:
-                yield from self._blocks(self._read_ahead(pool, epoch))
+                for images, labels in self._blocks(self._read_ahead(pool, epoch)):
+                    yield from zip(images, labels, strict=True)
                 epoch += 1
 
     def _read_ahead(self, pool: ThreadPoolExecutor, epoch: int) -> Iterator[Batch]:
@@ -126,8 +121,8 @@ class SplitLoader:
             yield pending.popleft().result()
 
     def _blocks(self, shards: Iterator[Batch]) -> Iterator[Batch]:
-        """Whole batches across shard boundaries; the rest of the epoch last, as a block of one
-        smaller batch (unless dropped)."""
+        """Runs of whole batches across shard boundaries, shaped ``[K, B, ...]`` (views, no copies);
+        the rest of the epoch last, as a run of one smaller batch (unless dropped)."""
         size, shape = self.batch_size, self.manifest.image_shape
         images, labels = np.empty((0, *shape), np.uint8), np.empty(0, np.int32)
         for shard_images, shard_labels in shards:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -141,6 +141,7 @@ class ShardSource(Protocol):
 
     batch_size: int
     epochs: int | None
+    drop_remainder: bool
 
     @property
     def rows(self) -> int: ...
@@ -148,21 +149,38 @@ class ShardSource(Protocol):
     @property
     def image_shape(self) -> tuple[int, int]: ...
 
-    def blocks(self, epochs: int | None) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+    def shard_order(self, epoch: int) -> np.ndarray: ...
+
+    def read_shard(self, epoch: int, number: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def batches_from(source: ShardSource, channel_axis: bool = False, one_pass: bool = False) -> tf.data.Dataset:
-    """tf.data batches of a split in exactly the loader's order (it reads shards ahead on threads),
-    prefetched. ``one_pass`` reads only the first epoch, whatever the loader repeats."""
+    """tf.data batches of a split, epoch by epoch, in exactly the loader's order: each epoch's shards
+    are read and decoded on parallel threads (the order kept), cut into batches, prefetched.
+    ``one_pass`` reads only the first epoch, whatever the loader repeats.
+
+    Shards enter through ``tf.numpy_function`` inside a parallel map, not ``from_generator``: one
+    Fashion-MNIST training epoch fed by a generator took 42 s in three runs here, against 22-23 s
+    fed this way (in-memory tensors: 22-42 s; this machine's epochs are bimodal)."""
     height, width = source.image_shape
-    blocks = tf.data.Dataset.from_generator(
-        lambda: source.blocks(1 if one_pass else source.epochs),
-        output_signature=(
-            tf.TensorSpec((None, None, height, width), tf.uint8),
-            tf.TensorSpec((None, None), tf.int32),
-        ),
-    )
-    batches = blocks.unbatch()  # a block of K batches becomes K batches, in C++
+
+    def read(epoch, number):
+        images, labels = tf.numpy_function(
+            lambda e, n: source.read_shard(int(e), int(n)), [epoch, number], (tf.uint8, tf.int32)
+        )
+        return tf.ensure_shape(images, (None, height, width)), tf.ensure_shape(labels, (None,))
+
+    def one_epoch(epoch):
+        order = tf.numpy_function(lambda e: source.shard_order(int(e)).astype(np.int64), [epoch], tf.int64)
+        shards = tf.data.Dataset.from_tensor_slices(tf.ensure_shape(order, (None,)))
+        examples = shards.map(
+            lambda number: read(epoch, number), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        return examples.unbatch().batch(source.batch_size, drop_remainder=source.drop_remainder)
+
+    passes = 1 if one_pass else source.epochs
+    epochs = tf.data.Dataset.counter() if passes is None else tf.data.Dataset.range(passes)
+    batches = epochs.flat_map(one_epoch)
     if channel_axis:
         batches = batches.map(lambda images, labels: (images[..., tf.newaxis], labels))
     return batches.prefetch(tf.data.AUTOTUNE)
