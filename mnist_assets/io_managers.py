@@ -350,12 +350,7 @@ class ShardSetIOManager(ArtifactIOManager):
         split_dir = self.asset_dir(asset_key) / _safe(split)
         what = f"{asset_key.to_user_string()}[{split}]"
         with _locked(split_dir, exclusive=False):
-            try:
-                manifest = Manifest.from_json(_read(split_dir / "_manifest.json", what))
-            except ValueError as error:
-                raise StorageError(
-                    f"{what}: {split_dir / '_manifest.json'} is invalid ({error}); {REPAIR}"
-                ) from error
+            manifest = _read_manifest(split_dir, what)
             files: dict[str, BinaryIO] = {}
             try:
                 for shard in manifest.shards:
@@ -368,12 +363,7 @@ class ShardSetIOManager(ArtifactIOManager):
     def fetch(self, directory, partition, what):
         split_dir = directory / (partition or "all")
         with _locked(split_dir, exclusive=False):
-            try:
-                manifest = Manifest.from_json(_read(split_dir / "_manifest.json", what))
-            except ValueError as error:
-                raise StorageError(
-                    f"{what}: {split_dir / '_manifest.json'} is invalid ({error}); {REPAIR}"
-                ) from error
+            manifest = _read_manifest(split_dir, what)
             files = {s.file: _read(split_dir / s.file, what) for s in manifest.shards}
         try:
             return ShardSet(manifest, decode(manifest, files))
@@ -388,6 +378,15 @@ def _sha256_of(handle: BinaryIO) -> str:
     while chunk := handle.read(1 << 20):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def _read_manifest(split_dir: UPath, what: str) -> Manifest:
+    try:
+        return Manifest.from_json(_read(split_dir / "_manifest.json", what))
+    except ValueError as error:
+        raise StorageError(
+            f"{what}: {split_dir / '_manifest.json'} is invalid ({error}); {REPAIR}"
+        ) from error
 
 
 def damaged_shard(what: str, file: str, location: str) -> str:
