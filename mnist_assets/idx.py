@@ -128,11 +128,6 @@ def inflate(data: bytes | mmap.mmap, limit: int) -> Iterator[bytes]:
         raise IdxError(f"not a valid gzip stream: {error}") from error
 
 
-def gunzip(data: bytes, limit: int) -> bytes:
-    """The whole payload of a gzip file, at most ``limit`` bytes (see :func:`inflate`)."""
-    return b"".join(inflate(data, limit))
-
-
 def payload_digest(data: bytes, limit: int) -> tuple[int, str]:
     """(size, sha256) of a gzip file's payload, streamed: the payload is never held whole."""
     digest, size = hashlib.sha256(), 0

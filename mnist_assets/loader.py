@@ -4,10 +4,11 @@
 numpy batches (images uint8 ``[B, 28, 28]``, labels int32 ``[B]``); ``.tf()`` gives the same batches,
 in the same order, as a ``tf.data.Dataset`` that reads shards in parallel and prefetches.
 
-It streams: one shard (``rows_per_shard`` examples, 10,000 by default) is decoded at a time, so memory
-does not grow with the dataset. Each shard's sha256 is checked against the manifest the first time it
-is read; a damaged shard is refused with the split, the file and the repair command. The manifest and
-files are the ones committed when the loader opened them; a later commit does not change what it reads.
+It streams: the shard being batched and the next ``READ_AHEAD`` (``rows_per_shard`` examples each,
+10,000 by default) are all it holds, so memory does not grow with the dataset. Each shard's sha256 is
+checked against the manifest the first time it is read; a damaged shard is refused with the split,
+the file and the repair command. The manifest and files are the ones committed when the loader opened
+them; a later commit does not change what it reads.
 
 Shuffling is seeded per epoch, across shards (their order) and within them (their rows): the same seed
 gives the same batches, another seed others, and every example appears exactly once per epoch.
@@ -105,8 +106,7 @@ class SplitLoader:
         with ThreadPoolExecutor(READ_AHEAD) as pool:
             epoch = 0
             while epochs is None or epoch < epochs:
-                for images, labels in self._blocks(self._read_ahead(pool, epoch)):
-                    yield from zip(images, labels, strict=True)
+                yield from self._batches(self._read_ahead(pool, epoch))
                 epoch += 1
 
     def _read_ahead(self, pool: ThreadPoolExecutor, epoch: int) -> Iterator[Batch]:
@@ -120,22 +120,21 @@ class SplitLoader:
         while pending:
             yield pending.popleft().result()
 
-    def _blocks(self, shards: Iterator[Batch]) -> Iterator[Batch]:
-        """Runs of whole batches across shard boundaries, shaped ``[K, B, ...]`` (views, no copies);
-        the rest of the epoch last, as a run of one smaller batch (unless dropped)."""
-        size, shape = self.batch_size, self.manifest.image_shape
-        images, labels = np.empty((0, *shape), np.uint8), np.empty(0, np.int32)
+    def _batches(self, shards: Iterator[Batch]) -> Iterator[Batch]:
+        """Fixed-size batches across shard boundaries; the rest of the epoch last (unless dropped)."""
+        images = np.empty((0, *self.manifest.image_shape), np.uint8)
+        labels = np.empty(0, np.int32)
         for shard_images, shard_labels in shards:
             images, labels = np.concatenate([images, shard_images]), np.concatenate([labels, shard_labels])
-            full = len(labels) // size * size
-            if full:
-                yield images[:full].reshape(-1, size, *shape), labels[:full].reshape(-1, size)
+            full = len(labels) // self.batch_size * self.batch_size
+            for start in range(0, full, self.batch_size):
+                yield images[start : start + self.batch_size], labels[start : start + self.batch_size]
             images, labels = images[full:], labels[full:]
         if len(labels) and not self.drop_remainder:
-            yield images[np.newaxis], labels[np.newaxis]
+            yield images, labels
 
     def tf(self, channel_axis: bool = False) -> tf.data.Dataset:
-        """The same batches as iterating, as tf.data: shards read ahead on threads, prefetched.
+        """The same batches as iterating, as tf.data: shards read on parallel threads, prefetched.
 
         ``channel_axis`` gives images ``[B, 28, 28, 1]``, the layout Keras convolutions expect.
         """

@@ -23,11 +23,6 @@ from mnist_assets.dagster_private import observe_sources
 Partition = tuple[dg.AssetKey, str | None]
 
 
-def label(key: dg.AssetKey, partition: str | None) -> str:
-    """``dataset/asset[partition]``, as people write it."""
-    return key.to_user_string() + (f"[{partition}]" if partition else "")
-
-
 @dataclass
 class Step:
     asset: str
@@ -40,6 +35,7 @@ class Step:
 
     @property
     def label(self) -> str:
+        """``dataset/asset[partition]``, as people write it."""
         return self.asset + (f"[{self.partition}]" if self.partition else "")
 
 
@@ -132,9 +128,9 @@ class Refresher:
                     step.error = f"not run: its input {', '.join(step.blocked_by)} failed in this refresh"
                     summary.blocked.append(step)
                     failed_roots[(key, partition)] = roots
-                    log(f"BLOCKED {label(key, partition)}: {step.error}")
+                    log(f"BLOCKED {step.label}: {step.error}")
                     continue
-                log(f"{'would run' if dry_run else 'running'} {label(key, partition)}: {'; '.join(causes)}")
+                log(f"{'would run' if dry_run else 'running'} {step.label}: {'; '.join(causes)}")
                 if dry_run:
                     summary.ran.append(step)
                     continue
@@ -142,8 +138,8 @@ class Refresher:
                     summary.ran.append(step)
                 else:  # the last good artifact stays; what does not depend on it still refreshes
                     summary.failed.append(step)
-                    failed_roots[(key, partition)] = {label(key, partition)}
-                    log(f"FAILED {label(key, partition)}: {step.error}")
+                    failed_roots[(key, partition)] = {step.label}
+                    log(f"FAILED {step.label}: {step.error}")
                 judge = staleness.resolver(self.instance, self.graph)  # the event log moved on
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.artifacts = self.artifacts()

@@ -156,7 +156,7 @@ def test_a_decompression_bomb_stops_at_the_size_the_header_declares():
     message, peak = _refusal(idx.parse_gzip, bomb)
     assert "trailing bytes" in message and "declares 12 bytes" in message
     assert peak < SMALL_PEAK
-    message, peak = _refusal(idx.gunzip, bomb, 1000)
+    message, peak = _refusal(idx.payload_digest, bomb, 1000)
     assert message == "decompresses to more than the 1000 bytes expected" and peak < SMALL_PEAK
 
 
