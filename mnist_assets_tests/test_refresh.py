@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 
 import mnist_assets.assets
@@ -130,3 +131,20 @@ def test_dry_run_prints_the_plan_with_causes_and_changes_nothing(project):
         ("mini_mnist/checkpoint", None),
     ]
     assert json.loads(json.dumps(summary.to_dict()))["dry_run"] is True
+
+
+def test_a_cold_refresh_builds_each_file_and_its_array_in_one_run(empty_project):
+    """Both must be built whatever the download yields, so they share a run (each run has a fixed cost);
+    a partition that might stay fresh is still judged after its input (the tests above)."""
+    summary, delta = empty_project.refresh()
+    assert not summary.failed and not summary.blocked and len(summary.ran) == 12
+    assert all(step.seconds is not None and step.seconds > 0 for step in summary.ran)
+    run_of: dict[tuple[str, str | None], str] = {}
+    for asset in ("raw_gzip", "idx", "shards", "checkpoint"):
+        key = dg.AssetKey(["mini_mnist", asset])
+        for record in empty_project.instance.fetch_materializations(key, limit=100).records:
+            run_of[(asset, record.partition_key)] = record.run_id
+    assert len(run_of) == 12 and sum(delta.values()) == 12
+    for file_key in MINI_FILENAMES:
+        assert run_of[("raw_gzip", file_key)] == run_of[("idx", file_key)]
+    assert len(set(run_of.values())) == 4 + 3 + 1  # files, splits, checkpoint
