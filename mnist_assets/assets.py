@@ -125,6 +125,17 @@ def _read_back(store, asset_key: dg.AssetKey, split: str, what: str) -> tuple[ma
     return opened.manifest, np.concatenate(columns) if columns else np.empty(0, np.uint32)
 
 
+def _recorded_version(context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partition: str) -> str:
+    """The data version the event log holds for an input partition: for idx, its payload sha256, the
+    value Dagster records as this step's provenance (looked up, not hashed again from the array)."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    tags = (materialization.tags or {}) if materialization else {}
+    return tags.get("dagster/data_version", "unknown")
+
+
 def _split_check(split, source_rows, source_index, options) -> dg.AssetCheckResult:
     rows = np.sort(source_index)
     expected = shards.split_rows(split, source_rows, options)
@@ -289,7 +300,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
             stored = staged.commit()
         yield dg.Output(
             stored,
-            data_version=dg.DataVersion(parsed.array_digest),
+            data_version=dg.DataVersion(parsed.payload_sha256),
             metadata={
                 "dagster/row_count": parsed.shape[0] if parsed.shape else 1,
                 "shape": str(parsed.shape),
@@ -300,7 +311,14 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         yield from checks
 
     @versioned_asset(
-        uses=(shards, manifest, _read_back, _split_check, DatasetShardConfig().model_dump()),
+        uses=(
+            shards,
+            manifest,
+            _read_back,
+            _split_check,
+            _recorded_version,
+            DatasetShardConfig().model_dump(),
+        ),
         name="shards",
         key_prefix=prefix,
         group_name=group,
@@ -322,7 +340,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         split = context.partition_key
         images_key, labels_key = shards.SPLIT_SOURCES[split]
         images, labels = arrays[images_key], arrays[labels_key]  # memory-mapped: read one shard at a time
-        sources = {k: idx.payload_sha256(arrays[k]) for k in (images_key, labels_key)}
+        sources = {k: _recorded_version(context, key("idx"), k) for k in (images_key, labels_key)}
         store = context.resources.shards_io_manager
         written: list[manifest.Manifest] = []
 

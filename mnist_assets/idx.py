@@ -146,8 +146,7 @@ class Parsed:
     """In native byte order, as stored."""
     shape: tuple[int, ...]
     payload_sha256: str
-    array_digest: str
-    """:func:`array_digest` of the array written."""
+    """Also the array's content version: the array is a pure function of the payload (and the code)."""
     maximum: int | float
     """Largest value (0 for an empty array), for range checks."""
 
@@ -171,15 +170,15 @@ def _gzip_header(data: bytes | mmap.mmap, max_bytes: int) -> IdxHeader:
 def gunzip_to_npy(data: bytes | mmap.mmap, sink: BinaryIO, max_bytes: int = MAX_PAYLOAD) -> Parsed:
     """Write a gzipped IDX file to ``sink`` as a ``.npy`` file (native byte order), in chunks: the
     header gives the shape, so the ``.npy`` header goes first and the values follow as they inflate.
-    Memory stays at a few MiB whatever the size; the payload sha256 and the array digest are computed
-    on the way. Refuses what :func:`parse` refuses, with the same messages; on a refusal ``sink``
-    holds a partial file, which the caller discards."""
+    Memory stays at a few MiB whatever the size; the payload sha256 is computed on the way (the only
+    hash of these bytes: it versions the array too). Refuses what :func:`parse` refuses, with the same
+    messages; on a refusal ``sink`` holds a partial file, which the caller discards."""
     header = _gzip_header(data, max_bytes)
     declared, native = header.size, header.dtype.newbyteorder("=")
     np.lib.format.write_array_header_1_0(
         sink, {"descr": np.lib.format.dtype_to_descr(native), "fortran_order": False, "shape": header.shape}
     )
-    payload, values = hashlib.sha256(), hashlib.sha256(f"{native.str}{header.shape}".encode())
+    payload = hashlib.sha256()
     skip, carry, received, maximum = 4 + 4 * len(header.shape), b"", 0, 0
     try:
         for chunk in inflate(data, declared):
@@ -192,7 +191,6 @@ def gunzip_to_npy(data: bytes | mmap.mmap, sink: BinaryIO, max_bytes: int = MAX_
             carry = body[whole:]
             if array.size:
                 maximum = max(maximum, array.max().item())
-            values.update(array.data)
             sink.write(array.data)
     except _TooLong:
         raise IdxError(
@@ -204,7 +202,7 @@ def gunzip_to_npy(data: bytes | mmap.mmap, sink: BinaryIO, max_bytes: int = MAX_
             f"payload truncated: header {header.dtype.str}{list(header.shape)} needs "
             f"{declared} bytes, got {received}"
         )
-    return Parsed(native, header.shape, payload.hexdigest(), values.hexdigest(), maximum)
+    return Parsed(native, header.shape, payload.hexdigest(), maximum)
 
 
 def parse_gzip(data: bytes, max_bytes: int = MAX_PAYLOAD) -> tuple[np.ndarray, str]:
@@ -214,21 +212,6 @@ def parse_gzip(data: bytes, max_bytes: int = MAX_PAYLOAD) -> tuple[np.ndarray, s
     parsed = gunzip_to_npy(data, sink, max_bytes)
     sink.seek(0)
     return np.load(sink, allow_pickle=False), parsed.payload_sha256
-
-
-def payload_sha256(array: np.ndarray) -> str:
-    """sha256 of :func:`encode`'s payload for ``array``, computed in chunks: the array may be
-    memory-mapped (its pages are released as they are hashed, see :func:`release_pages`)."""
-    array = np.asarray(array) if not isinstance(array, np.ndarray) else array
-    code = _CODE_BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
-    if code is None:
-        raise IdxError(f"IDX cannot store dtype {array.dtype}")
-    digest = hashlib.sha256(struct.pack(f">HBB{array.ndim}I", 0, code, array.ndim, *array.shape))
-    flat, step = array.reshape(-1), _CHUNK * 4 // array.dtype.itemsize
-    for start in range(0, flat.size, step):
-        digest.update(np.ascontiguousarray(flat[start : start + step], dtype=TYPE_CODES[code]).data)
-        release_pages(array)
-    return digest.hexdigest()
 
 
 def release_pages(array: np.ndarray) -> None:
@@ -243,10 +226,3 @@ def release_pages(array: np.ndarray) -> None:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def array_digest(array: np.ndarray) -> str:
-    """A content hash of an array that also covers its dtype and shape."""
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()
