@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from mnist_assets import defs
+    from mnist_assets import defs, progress
     from mnist_assets.refresh import refresh as run_refresh
 
     datasets = [args.dataset] if args.command == "prepare" else args.datasets
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.get() as instance, progress.for_stream(sys.stderr) as shown:
         try:
             summary = run_refresh(
                 defs,
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 datasets,
                 dry_run=getattr(args, "dry_run", False),
                 verify=args.verify,
-                log=lambda m: print(m, file=sys.stderr),
+                progress=shown,
                 # the steps' own messages (downloads, epochs, warnings), not Dagster's debug events
                 console_log_level="DEBUG" if quiet.verbose() else "INFO",
             )

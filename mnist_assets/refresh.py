@@ -23,6 +23,7 @@ import dagster as dg
 
 from mnist_assets import staleness
 from mnist_assets.dagster_private import observe_sources
+from mnist_assets.progress import Lines
 
 Partition = tuple[dg.AssetKey, str | None]
 
@@ -108,7 +109,11 @@ class Refresher:
         partitions_def = self.graph.get(key).partitions_def
         return list(partitions_def.get_partition_keys()) if partitions_def else [None]
 
-    def run(self, dry_run: bool = False, verify: bool = False, log=print) -> Summary:
+    def run(
+        self, dry_run: bool = False, verify: bool = False, log=print, progress: Lines | None = None
+    ) -> Summary:
+        progress = progress or Lines(log)
+        log = progress.log
         started = time.perf_counter()
         summary = Summary(datasets=self.datasets, dry_run=dry_run)
         planned: set[Partition] = set()
@@ -147,7 +152,9 @@ class Refresher:
                 for companion in companions:
                     log(f"running {companion.label} in the same run: {'; '.join(companion.causes)}")
                     done.add((dg.AssetKey.from_user_string(companion.asset), partition))
+                progress.started([step, *companions])
                 for outcome in self.execute(partition, [step, *companions]):
+                    progress.finished(outcome)
                     if outcome.error is None:
                         summary.ran.append(outcome)
                     elif outcome.blocked_by:
@@ -247,6 +254,8 @@ def refresh(
     verify: bool = False,
     log=print,
     console_log_level: str = "DEBUG",
+    progress: Lines | None = None,
 ) -> Summary:
+    """Refresh ``datasets`` (all when empty); ``log`` takes plain lines, or ``progress`` shows the steps."""
     refresher = Refresher(defs, instance, list(datasets), console_log_level)
-    return refresher.run(dry_run=dry_run, verify=verify, log=log)
+    return refresher.run(dry_run=dry_run, verify=verify, log=log, progress=progress)

@@ -13,11 +13,14 @@ import hashlib
 import http.server
 import json
 import os
+import pty
+import select
 import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -285,24 +288,52 @@ class Project:
         delta = materialized(self.instance, defs) - before
         return summary, delta
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, terminal: bool = False) -> subprocess.CompletedProcess:
         """``mnist-assets ARGS`` as a user runs it: a real process on this catalog and storage, with a
-        persistent instance of its own in DAGSTER_HOME (not ``self.instance``)."""
+        persistent instance of its own in DAGSTER_HOME (not ``self.instance``). ``terminal``: stderr is
+        a pseudo-terminal, as in an interactive shell (its bytes come back as ``stderr``)."""
         catalog, home = self.directory / "cli_catalog.json", self.directory / "cli_home"
         catalog.write_text(json.dumps(self.document))
         home.mkdir(exist_ok=True)
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        return subprocess.run(
-            [sys.executable, "-m", "mnist_assets.cli", *args],
-            env={
-                **os.environ,
-                "DAGSTER_HOME": str(home),
-                "MNIST_ASSETS_CATALOG": str(catalog),
-                "MNIST_ASSETS_STORAGE": str(self.storage),
-            },
-            capture_output=True,
-            text=True,
-            timeout=300,
+        command = [sys.executable, "-m", "mnist_assets.cli", *args]
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "MNIST_ASSETS_CATALOG": str(catalog),
+            "MNIST_ASSETS_STORAGE": str(self.storage),
+        }
+        if not terminal:
+            return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        return _run_on_a_terminal(command, {**env, "TERM": "xterm-256color", "COLUMNS": "120"})
+
+
+def _run_on_a_terminal(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run ``command`` with stderr on a pseudo-terminal (stdout still a pipe, as in ``cmd > out.json``)."""
+    controller, terminal = pty.openpty()
+    with tempfile.TemporaryFile() as stdout:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=terminal, env=env)
+        os.close(terminal)
+        seen, deadline = bytearray(), time.monotonic() + 300
+        while True:
+            if select.select([controller], [], [], 1.0)[0]:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # EIO: the child closed its end
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif process.poll() is not None:
+                break
+            elif time.monotonic() > deadline:
+                process.kill()
+                break
+        os.close(controller)
+        process.wait(timeout=30)
+        stdout.seek(0)
+        return subprocess.CompletedProcess(
+            command, process.returncode, stdout.read().decode(), seen.decode(errors="replace")
         )
 
 
