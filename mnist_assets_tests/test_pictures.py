@@ -129,3 +129,17 @@ def test_loading_the_definitions_imports_no_matplotlib():
     code = "import sys, mnist_assets; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_asset_and_check_says_what_it_is():
+    from mnist_assets import defs
+
+    graph, catalog = defs.resolve_asset_graph(), load_catalog()
+    for key in graph.get_all_asset_keys():
+        description = graph.get(key).description or ""
+        assert description.startswith(catalog[key.path[0]].title), key
+        if key.path[-1] != "urls":  # a source stores nothing: the others say where their artifact is
+            assert "MNIST_ASSETS_STORAGE" in description, key
+    checks = [graph.get_check_spec(k) for k in graph.asset_check_keys]
+    assert len(checks) == 2 * 5
+    assert all(len(check.description or "") > 40 for check in checks), checks
