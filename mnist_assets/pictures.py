@@ -2,7 +2,7 @@
 
 The UI renders markdown metadata, so a picture travels as ``![alt](data:image/png;base64,...)``
 (:func:`markdown`) and needs no file server. Each PNG stays under ``MAX_PNG_BYTES``: the event log keeps
-every materialization's metadata, so a picture is small figures at a low dpi, never a full-size plot.
+every materialization's metadata, so pictures are small figures at a low dpi, never full-size plots.
 
 Drawing stays out of the hot path: matplotlib is imported inside the functions (loading the definitions
 never pays for it), figures are drawn on an explicit Agg canvas (no display, no pyplot global state,
@@ -180,8 +180,7 @@ def _label_inches(count: int, class_names: Sequence[str]) -> float:
 
 def _slant_inches(count: int, class_names: Sequence[str]) -> float:
     """Height of the x tick labels: slanted 45° names (see :func:`_class_ticks`), or one line."""
-    names = [_name(class_names, i) for i in range(min(count, NAMED_TICKS + 1))]
-    if count > NAMED_TICKS or not _are_words(names):
+    if count > NAMED_TICKS or not _are_words([_name(class_names, i) for i in range(count)]):
         return 0.1
     return 0.71 * _label_inches(count, class_names)
 
