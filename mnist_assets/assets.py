@@ -16,12 +16,16 @@ import pyarrow.parquet as pq
 import pydantic
 from pydantic import Field
 
-from mnist_assets import download, idx, loader, manifest, shards
+from mnist_assets import download, idx, loader, manifest, pictures, shards
 from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, redact_url
 from mnist_assets.io_managers import REPAIR, StorageError
 from mnist_assets.versioning import code_version, json_version
 
-FILES = dg.StaticPartitionsDefinition(list(FILE_KEYS))
+FILES = dg.StaticPartitionsDefinition(
+    sorted(FILE_KEYS, key=lambda k: (k.startswith("test"), k.endswith("images")))
+)
+"""Labels before images: refresh builds partitions in this order, so an images partition's sample picture
+can name its classes on a first build."""
 SPLITS = dg.StaticPartitionsDefinition(list(shards.SPLITS))
 FILES_TO_SPLITS = dg.StaticPartitionMapping(
     {
@@ -170,6 +174,117 @@ def _refuse_if_failed(checks: list[dg.AssetCheckResult], message: str):
         raise dg.Failure(f"{message} Failed checks: {names}.", metadata={"failed_checks": names})
 
 
+STORAGE = "the artifact storage (MNIST_ASSETS_STORAGE, default data/artifacts)"
+"""How descriptions name where artifacts live; each materialization's ``path`` entry gives the file."""
+PLACES = {"metric": 4, "seconds": 2}
+"""Digits kept in metadata numbers: readable in the UI, still numbers so the Plots tab draws them."""
+
+
+def _picture(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
+    return dg.MetadataValue.md(pictures.markdown(png, alt))
+
+
+def _idx_pictures(store, asset_key: dg.AssetKey, file_key: str, dataset: Dataset) -> dict[str, Any]:
+    """An images partition's first examples, named by the stored labels partition when there is one
+    (the labels file is another partition, materialized in its own run: before it, rows are shown)."""
+    if not file_key.endswith("images"):
+        return {}
+    images = store.fetch(store.asset_dir(asset_key), file_key, f"{dataset.id}/idx[{file_key}]")
+    labels_key = file_key.replace("images", "labels")
+    labels = None
+    with contextlib.suppress(StorageError):  # absent or unreadable: the picture goes without names
+        labels = store.fetch(store.asset_dir(asset_key), labels_key, f"{dataset.id}/idx[{labels_key}]")
+    if labels is not None and len(labels) != len(images):
+        labels = None
+    named = "with their class names" if labels is not None else f"by row ({labels_key} not stored yet)"
+    png = pictures.sample_grid(images, labels, dataset.class_names)
+    return {"samples": _picture(png, f"{dataset.id} {file_key}: the first images {named}")}
+
+
+def _split_pictures(split: str, images, labels, options: shards.ShardOptions, dataset: Dataset) -> dict:
+    """A split's first examples (its stored order) and its examples per class."""
+    rows = shards.split_rows(split, len(labels), options)
+    first = rows[: pictures.SAMPLE_COUNT]
+    counts = np.bincount(labels[rows], minlength=len(dataset.class_names))
+    samples = pictures.sample_grid(images[first], labels[first], dataset.class_names)
+    histogram = pictures.label_histogram(counts, dataset.class_names)
+    return {
+        "samples": _picture(samples, f"{dataset.id} {split}: the first examples with their class names"),
+        "label_histogram": _picture(histogram, f"{dataset.id} {split}: examples per class"),
+    }
+
+
+def _shard_files(encoded: manifest.Manifest) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        [dg.TableRecord({"file": s.file, "rows": s.rows, "bytes": s.bytes}) for s in encoded.shards],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("file", "string", description="Parquet file in the split's directory"),
+                dg.TableColumn("rows", "int"),
+                dg.TableColumn("bytes", "int"),
+            ]
+        ),
+    )
+
+
+def _history_table(history: dict[str, list[float]]) -> dg.TableMetadataValue:
+    """One row per epoch with every metric Keras recorded (train and ``val_`` validation), rounded."""
+    names = list(history)
+    return dg.MetadataValue.table(
+        [
+            dg.TableRecord(
+                {
+                    "epoch": epoch,
+                    **{n: round(v, PLACES["metric"]) for n, v in zip(names, values, strict=True)},
+                }
+            )
+            for epoch, values in enumerate(zip(*history.values(), strict=True), start=1)
+        ],
+        schema=dg.TableSchema(
+            columns=[dg.TableColumn("epoch", "int"), *(dg.TableColumn(n, "float") for n in names)]
+        ),
+    )
+
+
+def _checkpoint_metadata(model, dataset: Dataset) -> dict[str, Any]:
+    """Rounded metrics (``<split>_<metric>``), the epoch history as a table, and the pictures: training
+    curves, the holdout confusion matrix and the most confident holdout mistakes."""
+    record, holdout, names = model.record, model.holdout, dataset.class_names
+    metadata: dict[str, Any] = {
+        f"{split}_{name}": round(value, PLACES["metric"])
+        for split, metrics in record["metrics"].items()
+        for name, value in metrics.items()
+    }
+    metadata |= {
+        "epochs": record["epochs"],
+        "training_seconds": round(record["training_seconds"], PLACES["seconds"]),
+        "parameter_count": record["parameter_count"],
+        "history": _history_table(model.history),
+        "training_curves": _picture(
+            pictures.training_curves(model.history),
+            f"{dataset.id} checkpoint: loss and accuracy per epoch, train and validation",
+        ),
+    }
+    if holdout is not None:
+        matrix = pictures.confusion_matrix(holdout.confusion, names)
+        mistakes = pictures.confident_mistakes(
+            holdout.mistake_images,
+            holdout.mistake_labels,
+            holdout.mistake_predictions,
+            holdout.mistake_confidence,
+            names,
+        )
+        metadata |= {
+            "confusion_matrix": _picture(
+                matrix, f"{dataset.id} checkpoint: confusion matrix on holdout, true class by predicted class"
+            ),
+            "confident_mistakes": _picture(
+                mistakes, f"{dataset.id} checkpoint: the most confident holdout mistakes, true → predicted"
+            ),
+        }
+    return metadata
+
+
 def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     """The five assets of ``dataset``, keyed ``<dataset.id>/<name>`` and grouped by dataset."""
     prefix, group = [dataset.id], dataset.id
@@ -226,7 +341,9 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         partitions_def=FILES,
         deps=[key("urls")],
         io_manager_key="gzip_io_manager",
-        description="The gzip file as fetched from the first mirror whose payload matches the pin.",
+        description=f"{dataset.title}: each source file as fetched, byte for byte, from the first mirror "
+        "(of the urls source's list, or the run config's `mirrors`) whose decompressed payload matches the "
+        f"catalog pin. Stored as `{dataset.id}/raw_gzip/<file>.gz` in {STORAGE}.",
         kinds={"gzip"},
     )
     def raw_gzip(context: dg.AssetExecutionContext, config: FetchConfig) -> dg.Output[bytes]:
@@ -241,7 +358,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         )
 
     @versioned_asset(
-        uses=(idx, _expected_kind, _refuse_if_failed),
+        uses=(idx, _expected_kind, _refuse_if_failed, _idx_pictures, _picture, pictures),
         name="idx",
         key_prefix=prefix,
         group_name=group,
@@ -250,10 +367,24 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         io_manager_key="npy_io_manager",
         required_resource_keys={"npy_io_manager"},
         check_specs=[
-            dg.AssetCheckSpec("header_shape_dtype_agree", asset=key("idx"), blocking=True),
-            dg.AssetCheckSpec("labels_in_class_range", asset=key("idx"), blocking=True),
+            dg.AssetCheckSpec(
+                "header_shape_dtype_agree",
+                asset=key("idx"),
+                blocking=True,
+                description="The IDX header's dtype and shape are what the file's role needs: uint8 "
+                "images (n, 28, 28) or uint8 labels (n,). Judged before the array is stored.",
+            ),
+            dg.AssetCheckSpec(
+                "labels_in_class_range",
+                asset=key("idx"),
+                blocking=True,
+                description="Every label indexes the catalog's class_names (image files pass as not "
+                "applicable). Judged before the array is stored.",
+            ),
         ],
-        description="The IDX payload parsed to a numpy array (stored as .npy, loaded without pickle).",
+        description=f"{dataset.title}: the IDX payload of the raw_gzip partition, decompressed and parsed "
+        "to a numpy array (images partitions show their first images in `samples`). Stored as "
+        f"`{dataset.id}/idx/<file>.npy` in {STORAGE}, loaded memory-mapped and without pickle.",
         kinds={"numpy"},
     )
     def idx_arrays(context: dg.AssetExecutionContext, raw: dict[str, Any]):  # bytes or a read-only mmap
@@ -306,6 +437,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
                 "shape": str(parsed.shape),
                 "dtype": str(parsed.dtype),
                 "payload_sha256": parsed.payload_sha256,
+                **_idx_pictures(context.resources.npy_io_manager, key("idx"), file_key, dataset),
             },
         )
         yield from checks
@@ -317,6 +449,10 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
             _read_back,
             _split_check,
             _recorded_version,
+            _split_pictures,
+            _shard_files,
+            _picture,
+            pictures,
             DatasetShardConfig().model_dump(),
         ),
         name="shards",
@@ -327,11 +463,26 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         io_manager_key="shards_io_manager",
         required_resource_keys={"shards_io_manager"},
         check_specs=[
-            dg.AssetCheckSpec("manifest_matches_files", asset=key("shards"), blocking=True),
-            dg.AssetCheckSpec("split_sizes_and_disjointness", asset=key("shards"), blocking=True),
+            dg.AssetCheckSpec(
+                "manifest_matches_files",
+                asset=key("shards"),
+                blocking=True,
+                description="The committed manifest, read back from storage, names the shards just "
+                "written (same root hash) and every shard matches its sha256.",
+            ),
+            dg.AssetCheckSpec(
+                "split_sizes_and_disjointness",
+                asset=key("shards"),
+                blocking=True,
+                description="The stored rows are exactly this split of the seeded permutation: no row "
+                "twice, train and test disjoint and together the whole official train file.",
+            ),
         ],
-        description="train / test (seeded share of official train) / holdout (official test) as "
-        "Parquet shards plus a manifest with sha256 per shard and a root hash.",
+        description=f"{dataset.title}: train / test (a seeded share of the official train file) / holdout "
+        "(the official test file), cut from the idx arrays into Parquet shards (image, label, "
+        "source_index) plus a manifest with a sha256 per shard and a root hash. Stored under "
+        f"`{dataset.id}/shards/<split>/` in {STORAGE}, committed by its `_manifest.json`; read them with "
+        "`mnist_assets.load`.",
         kinds={"parquet"},
     )
     def shard_sets(
@@ -365,6 +516,8 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
                     ]
                 ),
                 "dagster/row_count": encoded.rows,
+                "shard_files": _shard_files(encoded),
+                **_split_pictures(split, images, labels, config.options(), dataset),
             },
         )
         # read back what was committed: checks see the stored files, not our memory
@@ -379,16 +532,35 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         yield _split_check(split, len(labels), source_index, config.options())
 
     @versioned_asset(
-        uses=("mnist_assets.training", loader, _refuse_if_failed, DatasetTrainConfig().model_dump()),
+        uses=(
+            "mnist_assets.training",
+            loader,
+            _refuse_if_failed,
+            _checkpoint_metadata,
+            _history_table,
+            _picture,
+            pictures,
+            DatasetTrainConfig().model_dump(),
+        ),
         key_prefix=prefix,
         group_name=group,
         deps=[key("shards")],  # read by streaming loaders over the committed shards, not loaded whole
         io_manager_key="keras_io_manager",
         required_resource_keys={"shards_io_manager"},
         check_specs=[
-            dg.AssetCheckSpec("holdout_accuracy_above_floor", asset=key("checkpoint"), blocking=True)
+            dg.AssetCheckSpec(
+                "holdout_accuracy_above_floor",
+                asset=key("checkpoint"),
+                blocking=True,
+                description="Holdout accuracy of the trained model is at least the run's accuracy_floor; "
+                "below it the model is not stored and the last good checkpoint stays.",
+            )
         ],
-        description="A tf.keras CNN trained on train, validated on test, evaluated once on holdout.",
+        description=f"{dataset.title}: a tf.keras CNN trained on the train shards, validated on test "
+        "each epoch, evaluated once on holdout (metrics, epoch history, training curves, holdout "
+        "confusion matrix and most confident mistakes in the metadata). Stored as "
+        f"`{dataset.id}/checkpoint/model-<sha256>.keras` in {STORAGE}, committed by `checkpoint.json` "
+        "(metrics, config and the shard root hashes it was trained on).",
         kinds={"tensorflow", "keras"},
     )
     def checkpoint(context: dg.AssetExecutionContext, config: DatasetTrainConfig):
@@ -416,14 +588,15 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
             "config": config.model_dump(),
             "shards_root_sha256": {k: v.manifest.root_sha256 for k, v in splits.items()},
         }
-        model = training.TrainedModel(model.keras_bytes, record, model.history)
-        metrics = record["metrics"]
-        flat = {f"{split}_{name}": value for split, m in metrics.items() for name, value in m.items()}
-        accuracy = metrics["holdout"]["accuracy"]
+        model = training.TrainedModel(model.keras_bytes, record, model.history, model.holdout)
+        accuracy = record["metrics"]["holdout"]["accuracy"]
         floor = dg.AssetCheckResult(
             check_name="holdout_accuracy_above_floor",
             passed=accuracy >= config.accuracy_floor,
-            metadata={"holdout_accuracy": accuracy, "floor": config.accuracy_floor},
+            metadata={
+                "holdout_accuracy": round(accuracy, PLACES["metric"]),
+                "floor": config.accuracy_floor,
+            },
         )
         yield from _refuse_if_failed(
             [floor],
@@ -434,13 +607,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         yield dg.Output(
             model,
             data_version=dg.DataVersion(idx.sha256(model.keras_bytes)),
-            metadata={
-                **flat,
-                "epochs": record["epochs"],
-                "training_seconds": record["training_seconds"],
-                "parameter_count": record["parameter_count"],
-                "history": dg.MetadataValue.json(model.history),
-            },
+            metadata=_checkpoint_metadata(model, dataset),
         )
         yield floor
 
@@ -454,7 +621,7 @@ def materialization_steps() -> list[tuple[tuple[str, ...], str | None]]:
     the README's CLI commands are these same steps.
     """
     return [
-        *((("raw_gzip", "idx"), key) for key in FILE_KEYS),
+        *((("raw_gzip", "idx"), key) for key in FILES.get_partition_keys()),
         *((("shards",), split) for split in shards.SPLITS),
         (("checkpoint",), None),
     ]

@@ -34,11 +34,32 @@ class Hyperparameters(Protocol):
     seed: int
 
 
+PROGRESS_SECONDS = 10.0
+"""Within an epoch, training logs its progress at most this often (and at every epoch's end)."""
+MISTAKES_KEPT = 16
+"""How many of the most confident holdout mistakes a trained model keeps to show."""
+
+
+@dataclass(frozen=True)
+class HoldoutPredictions:
+    """What the checkpoint's pictures need from the model's predictions on holdout, gathered in one
+    pass of batches (memory: the matrix and ``MISTAKES_KEPT`` images, whatever the split's size)."""
+
+    confusion: np.ndarray
+    """Counts, ``[true class, predicted class]``."""
+    mistake_images: np.ndarray
+    mistake_labels: np.ndarray
+    mistake_predictions: np.ndarray
+    mistake_confidence: np.ndarray
+    """The predicted class's probability, highest first (ties: holdout order)."""
+
+
 @dataclass(frozen=True)
 class TrainedModel:
     keras_bytes: bytes
     record: dict[str, Any]
     history: dict[str, list[float]] = field(default_factory=dict)
+    holdout: HoldoutPredictions | None = None
 
 
 def build_model(
@@ -84,7 +105,8 @@ def evaluate(model: keras.Model, split: ShardSource) -> dict[str, float]:
 def train(
     splits: Mapping[str, ShardSource], num_classes: int, params: Hyperparameters, log=None
 ) -> TrainedModel:
-    """Fit on train, validate on test each epoch, evaluate every split once at the end.
+    """Fit on train, validate on test each epoch, evaluate every split once at the end, and keep the
+    holdout predictions the checkpoint's pictures show (:func:`predict_holdout`).
 
     Every split streams from its shards (one epoch of ``train`` per Keras epoch, reshuffled by the
     loader's seed), so memory does not grow with the dataset. ``train`` and ``test`` must repeat
@@ -93,12 +115,6 @@ def train(
     train_split, test_split = splits["train"], splits["test"]
     steps_per_epoch = _batches_per_epoch(train_split)
     model = build_model(train_split.image_shape, num_classes, params, steps_per_epoch)
-
-    class _LogEpoch(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if log is not None:
-                shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
-                log.info(f"epoch {epoch + 1}/{params.epochs}: {shown}")
 
     started = time.perf_counter()
     history = model.fit(
@@ -109,10 +125,11 @@ def train(
         validation_steps=_batches_per_epoch(test_split),
         shuffle=False,  # the train loader shuffles, seeded, across and within shards
         verbose=0,
-        callbacks=[_LogEpoch()],
+        callbacks=[] if log is None else [ProgressLog(log, params.epochs, steps_per_epoch)],
     )
     training_seconds = time.perf_counter() - started
     metrics = {name: evaluate(model, split) for name, split in splits.items()}
+    holdout = predict_holdout(model, splits["holdout"], num_classes)
     with tempfile.TemporaryDirectory() as scratch:
         path = os.path.join(scratch, "model.keras")
         model.save(path)
@@ -124,7 +141,70 @@ def train(
         "training_seconds": round(training_seconds, 3),
         "parameter_count": int(model.count_params()),
     }
-    return TrainedModel(keras_bytes, record, {k: [float(x) for x in v] for k, v in history.history.items()})
+    history_lists = {k: [float(x) for x in v] for k, v in history.history.items()}
+    return TrainedModel(keras_bytes, record, history_lists, holdout)
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """Logs each epoch's end, and within an epoch at most every ``every`` seconds of ``clock``, so a
+    long epoch (a large dataset, a slow machine) still shows that it moves and how far it got."""
+
+    def __init__(self, log, epochs: int, steps: int, every: float = PROGRESS_SECONDS, clock=time.monotonic):
+        super().__init__()
+        self.log, self.epochs, self.steps, self.every, self.clock = log, epochs, steps, every, clock
+        self.epoch, self.last = 0, clock()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.last = epoch, self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.last = now
+            where = f"epoch {self.epoch + 1}/{self.epochs}, batch {batch + 1}/{self.steps}"
+            self.log.info(f"{where}: {_shown(logs)}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = self.clock()
+        self.log.info(f"epoch {epoch + 1}/{self.epochs}: {_shown(logs)}")
+
+
+def _shown(logs) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
+
+
+Mistakes = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""Images, true classes, predicted classes and confidences of some misclassified examples."""
+
+
+def predict_holdout(
+    model: keras.Model, split: ShardSource, num_classes: int, keep: int = MISTAKES_KEPT
+) -> HoldoutPredictions:
+    """The confusion matrix and the ``keep`` most confident mistakes of ``model`` on one pass of
+    ``split`` (read shard by shard, predicted in batches of the split's batch size)."""
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    # images, true class, predicted class, confidence of the mistakes kept so far
+    kept: Mistakes = (np.empty((0, *split.image_shape), np.uint8), *(np.empty(0, np.int64),) * 2, np.empty(0))
+    for number in split.shard_order(0):
+        shard_images, shard_labels = split.read_shard(0, int(number))
+        for start in range(0, len(shard_labels), split.batch_size):
+            batch = shard_images[start : start + split.batch_size]
+            labels = shard_labels[start : start + split.batch_size].astype(np.int64)
+            probabilities = np.asarray(model.predict_on_batch(batch[..., np.newaxis]))
+            guesses = probabilities.argmax(axis=1)
+            np.add.at(confusion, (labels, guesses), 1)
+            wrong = guesses != labels
+            found = (batch[wrong], labels[wrong], guesses[wrong], probabilities.max(axis=1)[wrong])
+            kept = _most_confident(kept, found, keep)
+    return HoldoutPredictions(confusion, *kept)
+
+
+def _most_confident(kept: Mistakes, found: Mistakes, keep: int) -> Mistakes:
+    """The ``keep`` mistakes of both with the highest confidence (the last array); on ties, the earlier."""
+    joined = [np.concatenate(pair) for pair in zip(kept, found, strict=True)]
+    top = np.argsort(-joined[-1], kind="stable")[:keep]
+    images, true, predicted, confidence = (a[top] for a in joined)
+    return images, true, predicted, confidence
 
 
 def load_model(keras_bytes: bytes) -> keras.Model:

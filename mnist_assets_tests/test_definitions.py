@@ -21,7 +21,7 @@ def test_definitions_are_loadable_with_both_dataset_groups_and_their_partitions(
             assert node.group_name == dataset and node.code_version
         assert graph.get(dg.AssetKey([dataset, "urls"])).is_observable
         raw = graph.get(dg.AssetKey([dataset, "raw_gzip"])).partitions_def
-        assert raw.get_partition_keys() == ["train-images", "train-labels", "test-images", "test-labels"]
+        assert raw.get_partition_keys() == ["train-labels", "train-images", "test-labels", "test-images"]
         shards = graph.get(dg.AssetKey([dataset, "shards"])).partitions_def
         assert shards.get_partition_keys() == ["train", "test", "holdout"]
 

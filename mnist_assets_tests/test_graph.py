@@ -1,11 +1,15 @@
 """The whole graph, materialized in-process into a real instance and a temporary directory."""
 
+import base64
+import io
 import json
+import re
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
+from PIL import Image
 
 from mnist_assets import idx
 from mnist_assets.assets import dataset_assets, materialization_steps
@@ -130,9 +134,116 @@ def test_checkpoint_metrics_reproduce_with_plain_keras_on_the_holdout_shards(bui
         .get_latest_materialization_event(dg.AssetKey(["mini_mnist", "checkpoint"]))
         .asset_materialization.metadata
     )
-    assert metadata["holdout_accuracy"].value == record["metrics"]["holdout"]["accuracy"]
+    for split, metrics in record["metrics"].items():  # rounded to 4 places, still numbers (the Plots tab)
+        for name, value in metrics.items():
+            assert metadata[f"{split}_{name}"].value == round(value, 4)
+            assert isinstance(metadata[f"{split}_{name}"], dg.FloatMetadataValue)
+    assert metadata["training_seconds"].value == round(record["training_seconds"], 2)
     assert metadata["parameter_count"].value == model.count_params()
-    assert {"train_loss", "test_accuracy", "epochs", "training_seconds"} <= set(metadata)
+    assert metadata["epochs"].value == record["epochs"]
+
+
+def picture_markdown(metadata, key: str) -> tuple[str, bytes]:
+    """(alt text, PNG bytes) of the markdown picture ``key`` of a materialization's metadata."""
+    value = metadata[key]
+    assert isinstance(value, dg.MarkdownMetadataValue), (key, value)
+    match = re.fullmatch(r"!\[([^\]]+)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", value.md_str)
+    assert match, (key, value.text[:80])
+    png = base64.b64decode(match.group(2))
+    assert len(png) <= 150_000
+    Image.open(io.BytesIO(png)).load()  # a whole, valid PNG
+    return match.group(1), png
+
+
+def test_checkpoint_metadata_carries_pictures_and_the_history_table(built):
+    key = dg.AssetKey(["mini_mnist", "checkpoint"])
+    metadata = latest_materialization(built["instance"], key).metadata
+    record = json.loads((built["root"] / "mini_mnist/checkpoint/checkpoint.json").read_text())
+    alts = {
+        k: picture_markdown(metadata, k)[0]
+        for k in ("training_curves", "confusion_matrix", "confident_mistakes")
+    }
+    assert "loss and accuracy per epoch" in alts["training_curves"]
+    assert "confusion matrix on holdout" in alts["confusion_matrix"]
+    assert "most confident holdout mistakes" in alts["confident_mistakes"]
+    history = metadata["history"]
+    assert isinstance(history, dg.TableMetadataValue)
+    assert [r.data["epoch"] for r in history.records] == list(range(1, record["epochs"] + 1))
+    columns = [c.name for c in history.schema.columns]
+    assert columns[0] == "epoch" and {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(columns)
+    for row in history.records:
+        assert all(round(row.data[c], 4) == row.data[c] for c in columns[1:])
+    run_id = built["instance"].get_latest_materialization_event(key).run_id
+    messages = [e.user_message for e in built["instance"].all_logs(run_id)]
+    epochs = record["epochs"]
+    assert [m.split(":")[0] for m in messages if re.match(r"epoch \d+/\d+: ", m)] == [
+        f"epoch {e}/{epochs}" for e in range(1, epochs + 1)
+    ]
+    floor = [c for c in built["checks"] if c.check_name == "holdout_accuracy_above_floor"][0]
+    assert floor.metadata["holdout_accuracy"].value == round(record["metrics"]["holdout"]["accuracy"], 4)
+
+
+def test_shards_metadata_carries_pictures_and_the_shard_files_table(built):
+    for split in ("train", "test", "holdout"):
+        key = dg.AssetKey(["mini_mnist", "shards"])
+        metadata = latest_materialization(built["instance"], key, split).metadata
+        samples_alt, _ = picture_markdown(metadata, "samples")
+        histogram_alt, _ = picture_markdown(metadata, "label_histogram")
+        assert split in samples_alt and "class names" in samples_alt
+        assert split in histogram_alt and "per class" in histogram_alt
+        manifest = json.loads((built["root"] / f"mini_mnist/shards/{split}/_manifest.json").read_text())
+        table = metadata["shard_files"]
+        assert isinstance(table, dg.TableMetadataValue)
+        assert [r.data for r in table.records] == [
+            {"file": s["file"], "rows": s["rows"], "bytes": s["bytes"]} for s in manifest["shards"]
+        ]
+
+
+def test_idx_images_partitions_show_samples_with_their_class_names(built):
+    instance, key = built["instance"], dg.AssetKey(["mini_mnist", "idx"])
+    for file_key in ("train-labels", "test-labels"):
+        assert "samples" not in latest_materialization(instance, key, file_key).metadata
+    # labels partitions are built first, so a first build names the classes
+    named_alt, named_png = picture_markdown(
+        latest_materialization(instance, key, "train-images").metadata, "samples"
+    )
+    assert "with their class names" in named_alt
+    # without stored labels the picture still comes, by row, and says why
+    labels = built["root"] / "mini_mnist/idx/train-labels.npy"
+    labels.rename(labels.with_suffix(".away"))
+    try:
+        materialize(built["dataset"], built["root"], instance, ["idx"], "train-images")
+    finally:
+        labels.with_suffix(".away").rename(labels)
+    rows_alt, rows_png = picture_markdown(
+        latest_materialization(instance, key, "train-images").metadata, "samples"
+    )
+    assert "train-labels not stored yet" in rows_alt and rows_png != named_png
+
+
+def test_holdout_predictions_agree_with_the_recorded_metrics_and_plain_keras(built, mini_mirror):
+    from mnist_assets import loader, training
+    from mnist_assets.io_managers import ShardSetIOManager
+
+    base = built["root"] / "mini_mnist"
+    record = json.loads((base / "checkpoint" / "checkpoint.json").read_text())
+    model = training.load_model((base / "checkpoint" / record["file"]).read_bytes())
+    store = ShardSetIOManager(root=str(built["root"]))
+    with loader.open_split(store, "mini_mnist", "holdout", batch_size=64) as holdout:
+        predicted = training.predict_holdout(model, holdout, 10, keep=5)
+    images, labels = mini_mirror["arrays"]["test-images"], mini_mirror["arrays"]["test-labels"]
+    confusion = predicted.confusion
+    assert confusion.sum(axis=1).tolist() == np.bincount(labels, minlength=10).tolist()
+    assert np.trace(confusion) / MINI_TEST == pytest.approx(
+        record["metrics"]["holdout"]["accuracy"], abs=1e-6
+    )
+    probabilities = model.predict(images[..., np.newaxis], verbose=0)
+    wrong = probabilities.argmax(axis=1) != labels
+    expected = np.sort(probabilities.max(axis=1)[wrong])[::-1][:5]
+    np.testing.assert_allclose(predicted.mistake_confidence, expected, rtol=1e-5)
+    assert np.all(predicted.mistake_labels != predicted.mistake_predictions)
+    shown = predicted.mistake_images.reshape(len(expected), -1)
+    assert all((images.reshape(len(images), -1) == row).all(axis=1).any() for row in shown)
 
 
 def test_shards_metadata_carries_row_count_and_column_schema(built):

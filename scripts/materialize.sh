@@ -22,7 +22,7 @@ case "${verbose,,}" in
     ;;
 esac
 
-for file in train-images train-labels test-images test-labels; do
+for file in train-labels train-images test-labels test-images; do  # labels first: see assets.FILES
   "$dagster" asset materialize -m mnist_assets --select "$dataset/urls,$dataset/raw_gzip,$dataset/idx" --partition "$file"
 done
 for split in train test holdout; do
