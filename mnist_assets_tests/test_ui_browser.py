@@ -183,7 +183,8 @@ def read_checkpoint_page(page: Page, url: str, run_id: str) -> tuple[str, int]:
 
 def save_readme_picture(page: Page) -> None:
     directory = os.environ.get(SCREENSHOT_DIR_ENV)
-    if directory:
+    if directory:  # with the accuracy in view too, below the open picture
+        metadata_row(page, "holdout_accuracy").evaluate("row => row.scrollIntoView({block: 'end'})")
         page.screenshot(path=str(Path(directory) / "ui-checkpoint.png"))
 
 
