@@ -18,7 +18,7 @@ from pydantic import Field
 
 from mnist_assets import download, idx, loader, manifest, shards
 from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, redact_url
-from mnist_assets.io_managers import REPAIR, StorageError
+from mnist_assets.io_managers import REPAIR, StorageError, Stored
 from mnist_assets.versioning import code_version, json_version
 
 FILES = dg.StaticPartitionsDefinition(list(FILE_KEYS))
@@ -209,22 +209,26 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         )
 
     @versioned_asset(
-        uses=(download, idx.inflate, idx.payload_digest, url_entry),
+        uses=(download, url_entry),
         key_prefix=prefix,
         group_name=group,
         partitions_def=FILES,
         deps=[key("urls")],
         io_manager_key="gzip_io_manager",
+        required_resource_keys={"gzip_io_manager"},
         description="The gzip file as fetched from the first mirror whose payload matches the pin.",
         kinds={"gzip"},
     )
-    def raw_gzip(context: dg.AssetExecutionContext, config: FetchConfig) -> dg.Output[bytes]:
+    def raw_gzip(context: dg.AssetExecutionContext, config: FetchConfig) -> dg.Output[Stored]:
         file = dataset.file(context.partition_key)
         chosen = dataset.resolve_mirrors(config.mirrors) if config.mirrors else mirrors
         candidates = url_entry(dataset, file.key, chosen)["urls"]
-        fetched = download.fetch(dataset, file, candidates, log=context.log)
+        # streamed into storage and checked on the way; kept only once it verified
+        with context.resources.gzip_io_manager.staged(key("raw_gzip"), file.key) as staged:
+            fetched = download.fetch_into(staged.restart, dataset, file, candidates, log=context.log)
+            stored = staged.commit()
         return dg.Output(
-            fetched.gzip_bytes,
+            stored,
             data_version=dg.DataVersion(fetched.payload_sha256),
             metadata={"url": fetched.url, "payload_sha256": fetched.payload_sha256},
         )
