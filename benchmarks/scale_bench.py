@@ -233,6 +233,7 @@ def main() -> None:
     parser.add_argument("--storage", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        sys.path.insert(0, str(REPO))  # this checkout's package, not whichever one the venv installed
         print(json.dumps(run_stages(json.loads(args.catalog.read_text()), args.storage, args.child)))
         return
     sys.path.insert(0, str(Path(__file__).parent))
