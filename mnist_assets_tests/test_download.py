@@ -4,6 +4,8 @@ import hashlib
 import re
 import shutil
 import time
+import tracemalloc
+import zlib
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -242,3 +244,39 @@ def test_a_rejected_download_leaves_no_temporary_file_and_keeps_the_stored_gzip(
     assert "content rejected" in str(failure.step_failure_data.error)
     assert stored.read_bytes() == good
     assert [p.name for p in stored.parent.iterdir()] == [stored.name]
+
+
+def test_several_members_and_zero_padding_verify_as_gzip_reads_them(mnist):
+    payload = np.random.default_rng(1).bytes(3 << 20)  # members and padding straddle 1 MiB chunks
+    split = len(payload) // 3
+    data = gzip.compress(payload[:split], 6) + bytes(1000) + gzip.compress(payload[split:], 1) + bytes(7)
+    assert gzip.decompress(data) == payload
+    pinned = mnist.files["test-images"].model_copy(
+        update={"payload_size": len(payload), "payload_sha256": idx.sha256(payload)}
+    )
+    assert download.verify(data, pinned) == idx.sha256(payload)
+    with pytest.raises(idx.IdxError, match="ends before its end-of-stream marker"):
+        download.verify(data[: -7 - 4], pinned)  # the padding and the second member's size field cut
+    with pytest.raises(idx.IdxError, match="not a valid gzip stream"):
+        download.verify(data + b"<html>", pinned)  # not padding, not a member
+
+
+def test_a_decompression_bomb_is_refused_while_it_streams_in_flat_memory(mnist, http_server, tmp_path):
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 512 MiB of zeros in about 0.5 MB of gzip
+    zeros = bytes(1 << 24)
+    bomb = b"".join([*(compressor.compress(zeros) for _ in range(32)), compressor.flush()])
+    (tmp_path / "bomb.gz").write_bytes(bomb)
+    url = http_server.mount(f"bomb-{tmp_path.name}", tmp_path) + "bomb.gz"
+    pinned = mnist.files["test-images"].model_copy(
+        update={"filename": "bomb.gz", "payload_size": 1 << 20}  # small enough to pass the size limit
+    )
+    assert len(bomb) < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(download.DownloadError) as refused:
+            download.fetch(mnist, pinned, [url], FAST)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert f"content rejected: decompresses to more than the {1 << 20} bytes expected" in str(refused.value)
+    assert peak < 16 * 2**20
