@@ -11,6 +11,8 @@ reported beside it).
 Goals: time grows linearly with the size; peak RSS at 100x at most 2x the peak at 1x, every stage.
 
     python benchmarks/scale_bench.py --scales 1 10 100 --out data/bench [--work /tmp/scale]
+        [--stages raw_gzip idx]   (a subset of the stages: raw_gzip needs none before it; idx, shards
+                                   and loader need the stages before them in the same run)
 
 Writes ``<out>/scale_bench.json`` and ``<out>/scale_bench.md``. 100x needs about 15 GB of disk.
 """
@@ -197,7 +199,7 @@ def _report(results: list[dict]) -> list[str]:
     base = results[0]
     lines = [
         f"Figure 5, scale: wall seconds and peak RSS (MB) of each data stage, each stage a fresh process "
-        f"(RSS after imports about {base['stages'][STAGES[0]]['rss_after_imports_mb']:.0f} MB).",
+        f"(RSS after imports about {next(iter(base['stages'].values()))['rss_after_imports_mb']:.0f} MB).",
         "",
         "| scale | payload | stage | seconds | s / 1x-s | peak RSS MB | peak / 1x peak |",
         "|---|---|---|---|---|---|---|",
@@ -226,6 +228,7 @@ def _report(results: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", type=float, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--stages", choices=STAGES, nargs="+", default=list(STAGES), help="in this order")
     parser.add_argument("--out", type=Path, default=Path("data/bench"))
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--child", choices=STAGES, nargs="+", help=argparse.SUPPRESS)
@@ -233,6 +236,7 @@ def main() -> None:
     parser.add_argument("--storage", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        sys.path.insert(0, str(REPO))  # this checkout's package, not whichever one the venv installed
         print(json.dumps(run_stages(json.loads(args.catalog.read_text()), args.storage, args.child)))
         return
     sys.path.insert(0, str(Path(__file__).parent))
@@ -244,7 +248,7 @@ def main() -> None:
         for scale in args.scales:
             work = scratch / f"{scale:g}x"
             shutil.rmtree(work, ignore_errors=True)
-            results.append(measure(work, scale))
+            results.append(measure(work, scale, args.stages))
             shutil.rmtree(work, ignore_errors=True)
             print(json.dumps(results[-1]), file=sys.stderr)
     finally:

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from mnist_assets import download, idx, loader, manifest, pictures, shards
 from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, redact_url
-from mnist_assets.io_managers import REPAIR, StorageError
+from mnist_assets.io_managers import REPAIR, StorageError, Stored
 from mnist_assets.versioning import code_version, json_version
 
 FILES = dg.StaticPartitionsDefinition(
@@ -335,24 +335,29 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         )
 
     @versioned_asset(
-        uses=(download, idx.inflate, idx.payload_digest, url_entry),
+        uses=(download, url_entry),
         key_prefix=prefix,
         group_name=group,
         partitions_def=FILES,
         deps=[key("urls")],
         io_manager_key="gzip_io_manager",
+        required_resource_keys={"gzip_io_manager"},
         description=f"{dataset.title}: each source file as fetched, byte for byte, from the first mirror "
         "(of the urls source's list, or the run config's `mirrors`) whose decompressed payload matches the "
-        f"catalog pin. Stored as `{dataset.id}/raw_gzip/<file>.gz` in {STORAGE}.",
+        f"catalog pin, streamed to storage and checked on the way. Stored as "
+        f"`{dataset.id}/raw_gzip/<file>.gz` in {STORAGE}.",
         kinds={"gzip"},
     )
-    def raw_gzip(context: dg.AssetExecutionContext, config: FetchConfig) -> dg.Output[bytes]:
+    def raw_gzip(context: dg.AssetExecutionContext, config: FetchConfig) -> dg.Output[Stored]:
         file = dataset.file(context.partition_key)
         chosen = dataset.resolve_mirrors(config.mirrors) if config.mirrors else mirrors
         candidates = url_entry(dataset, file.key, chosen)["urls"]
-        fetched = download.fetch(dataset, file, candidates, log=context.log)
+        # streamed into storage and checked on the way; kept only once it verified
+        with context.resources.gzip_io_manager.staged(key("raw_gzip"), file.key) as staged:
+            fetched = download.fetch_into(staged.restart, dataset, file, candidates, log=context.log)
+            stored = staged.commit()
         return dg.Output(
-            fetched.gzip_bytes,
+            stored,
             data_version=dg.DataVersion(fetched.payload_sha256),
             metadata={"url": fetched.url, "payload_sha256": fetched.payload_sha256},
         )

@@ -3,15 +3,23 @@
 A file is accepted only when its decompressed payload has the pinned size and sha256 (or, where only
 the published gzip is pinned, the gzip md5). The content decides, not the mirror: a re-compressed
 mirror with the same payload passes; a damaged or different file never does.
+
+The body goes to a file as it arrives and is checked on the way (inflated and hashed chunk by chunk),
+so memory stays flat whatever the file's size and each byte is hashed once; the caller keeps the file
+only once it verified. A long download logs its progress every few seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -22,6 +30,15 @@ from mnist_assets.catalog import ALLOWED_SCHEMES, Dataset, SourceFile, redact_te
 
 CHUNK = 1 << 20
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class Log(Protocol):
+    """Where a download reports (``context.log`` in an asset): progress as info, failed attempts as
+    warnings."""
+
+    def info(self, message: str, /) -> None: ...
+
+    def warning(self, message: str, /) -> None: ...
 
 
 class DownloadError(RuntimeError):
@@ -38,9 +55,18 @@ class _MirrorFailed(Exception):
 
 @dataclass(frozen=True)
 class Fetched:
-    gzip_bytes: bytes
+    """A file whose content verified: where it came from, its payload sha256 and its gzip size."""
+
     payload_sha256: str
     url: str
+    gzip_size: int
+
+
+@dataclass(frozen=True)
+class FetchedBytes(Fetched):
+    """A verified file held in memory (:func:`fetch`)."""
+
+    gzip_bytes: bytes
 
 
 @dataclass(frozen=True)
@@ -50,20 +76,121 @@ class FetchPolicy:
     attempts: int = 3
     backoff_seconds: float = 1.0
     max_redirects: int = 5
+    progress_seconds: float = 2.0
+    """Least time between two progress lines of one download (a last line says when it is done)."""
+
+
+class _Content:
+    """A gzip file's content taken in as it arrives: inflated (never past the pinned payload size) and
+    its payload hashed, so each byte is hashed once and no more than a chunk is held."""
+
+    def __init__(self, file: SourceFile):
+        self.file = file
+        self.inflater = idx.Inflater(file.payload_size)
+        self.payload = hashlib.sha256()
+        self.gzip_md5 = hashlib.md5() if file.payload_sha256 is None else None  # only where it decides
+
+    def update(self, chunk: bytes) -> None:
+        if self.gzip_md5 is not None:
+            self.gzip_md5.update(chunk)
+        for inflated in self.inflater.feed(chunk):
+            self.payload.update(inflated)
+
+    def payload_digest(self) -> str:
+        """The payload sha256 once the whole file went in (whatever it is; see :meth:`verified`)."""
+        self.inflater.finish()
+        return self.payload.hexdigest()
+
+    def verified(self) -> str:
+        """The payload sha256 if the file holds the pinned content; raises IdxError otherwise."""
+        digest, file = self.payload_digest(), self.file
+        if self.inflater.size != file.payload_size:
+            raise idx.IdxError(f"payload is {self.inflater.size} bytes, expected {file.payload_size}")
+        if file.payload_sha256 is not None and digest != file.payload_sha256:
+            raise idx.IdxError(f"payload sha256 {digest} does not match the pinned {file.payload_sha256}")
+        if self.gzip_md5 is not None and self.gzip_md5.hexdigest() != file.gzip_md5:
+            raise idx.IdxError(
+                f"gzip md5 {self.gzip_md5.hexdigest()} does not match the pinned {file.gzip_md5}"
+            )
+        return digest
 
 
 def verify(gzip_bytes: bytes, file: SourceFile) -> str:
     """The payload sha256 if ``gzip_bytes`` holds the pinned content; raises IdxError otherwise."""
-    size, digest = idx.payload_digest(gzip_bytes, file.payload_size)
-    if size != file.payload_size:
-        raise idx.IdxError(f"payload is {size} bytes, expected {file.payload_size}")
-    if file.payload_sha256 is not None and digest != file.payload_sha256:
-        raise idx.IdxError(f"payload sha256 {digest} does not match the pinned {file.payload_sha256}")
-    if file.payload_sha256 is None and hashlib.md5(gzip_bytes).hexdigest() != file.gzip_md5:
-        raise idx.IdxError(
-            f"gzip md5 {hashlib.md5(gzip_bytes).hexdigest()} does not match the pinned {file.gzip_md5}"
-        )
-    return digest
+    content = _Content(file)
+    for start in range(0, len(gzip_bytes), CHUNK):
+        content.update(gzip_bytes[start : start + CHUNK])
+    return content.verified()
+
+
+def _size(count: float) -> str:
+    """A byte count (or rate) for people: 512 bytes, 4.5 KB, 47.0 MB, 5.50 GB."""
+    if count < 1000:
+        return f"{count:.0f} bytes"
+    for unit in ("KB", "MB"):
+        count /= 1000
+        if count < 1000:
+            return f"{count:.1f} {unit}"
+    return f"{count / 1000:.2f} GB"
+
+
+class _Progress:
+    """Progress lines of one download: bytes so far, of how many, and the rate, at most one line every
+    ``every`` seconds, then one when the file verified. A download shorter than ``every`` logs only that
+    last line."""
+
+    def __init__(self, log: Log | None, what: str, every: float):
+        self.log, self.what, self.every = log, what, every
+        self.total: int | None = None  # the size, when the mirror says it
+        self.received = 0
+        self.started = self.shown = time.monotonic()
+
+    def expect(self, total: int | None) -> None:
+        self.total = total
+
+    def advance(self, received: int) -> None:
+        self.received = received
+        now = time.monotonic()
+        finished = self.received == self.total  # the last line says so: a one-chunk file logs one line
+        if self.log is not None and now - self.shown >= self.every and not finished:
+            self.shown = now
+            # floored: 100% is for the last line
+            of = f" of {_size(self.total)} ({100 * self.received // self.total}%)" if self.total else ""
+            self.log.info(f"{self.what}: {_size(self.received)}{of}, {self._rate(now)}")
+
+    def done(self) -> None:
+        if self.log is not None:
+            now = time.monotonic()
+            self.log.info(
+                f"{self.what}: {_size(self.received)} in {now - self.started:.1f} s "
+                f"({self._rate(now)}), payload verified"
+            )
+
+    def _rate(self, now: float) -> str:
+        return f"{_size(self.received / max(now - self.started, 1e-6))}/s"
+
+
+class _Receiver:
+    """One attempt's bytes as they arrive: into the sink, into the content check, counted for progress.
+    Refuses a body larger than ``limit`` as soon as it says so or grows past it."""
+
+    def __init__(self, file: SourceFile, sink: BinaryIO | None, limit: int, progress: _Progress):
+        self.content, self.sink, self.limit, self.progress = _Content(file), sink, limit, progress
+        self.received = 0
+
+    def expect(self, total: int | None, what: str) -> None:
+        if total is not None and total > self.limit:
+            raise _MirrorFailed(f"{what} {total} exceeds {self.limit} bytes", retry=False)
+        self.progress.expect(total)
+
+    def write(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.limit:
+            raise _MirrorFailed(f"body exceeds {self.limit} bytes", retry=False)
+        if self.sink is not None:
+            self.sink.write(chunk)
+        self.content.update(chunk)
+        self.progress.advance(self.received)
 
 
 def _max_gzip_bytes(file: SourceFile) -> int:
@@ -71,19 +198,33 @@ def _max_gzip_bytes(file: SourceFile) -> int:
     return file.payload_size + file.payload_size // 100 + (1 << 16)
 
 
-def _read_file_url(url: str, limit: int) -> bytes:
-    path = Path(url2pathname(urlsplit(url).path))
+def _local_path(url: str) -> Path:
+    return Path(url2pathname(urlsplit(url).path))
+
+
+def _read_file_url(url: str, receiver: _Receiver) -> None:
     try:
-        if path.stat().st_size > limit:
-            raise _MirrorFailed(f"file is larger than {limit} bytes", retry=False)
-        return path.read_bytes()
+        source = _local_path(url).open("rb")
     except FileNotFoundError:
         raise _MirrorFailed("no such file", retry=False) from None
     except OSError as error:
         raise _MirrorFailed(f"cannot read: {error.strerror or error}", retry=False) from None
+    with source:
+        receiver.expect(os.fstat(source.fileno()).st_size, "file size")
+        for chunk in _chunks_of(source):
+            receiver.write(chunk)
 
 
-def _read_http_url(session: requests.Session, url: str, limit: int, policy: FetchPolicy) -> bytes:
+def _chunks_of(source: BinaryIO) -> Iterator[bytes]:
+    """A local mirror file in chunks; a failing read is the mirror's failure (a failing write is not)."""
+    try:
+        while chunk := source.read(CHUNK):
+            yield chunk
+    except OSError as error:
+        raise _MirrorFailed(f"cannot read: {error.strerror or error}", retry=False) from None
+
+
+def _read_http_url(session: requests.Session, url: str, receiver: _Receiver, policy: FetchPolicy) -> None:
     try:
         with session.get(url, stream=True, timeout=(policy.connect_timeout, policy.read_timeout)) as response:
             if response.status_code != 200:
@@ -91,16 +232,12 @@ def _read_http_url(session: requests.Session, url: str, limit: int, policy: Fetc
                     f"HTTP {response.status_code}", retry=response.status_code in RETRYABLE_STATUS
                 )
             declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
-                raise _MirrorFailed(f"Content-Length {declared} exceeds {limit} bytes", retry=False)
-            body = bytearray()
+            declared_size = int(declared) if declared is not None and declared.isdigit() else None
+            receiver.expect(declared_size, "Content-Length")
             for chunk in response.iter_content(CHUNK):
-                body += chunk
-                if len(body) > limit:
-                    raise _MirrorFailed(f"body exceeds {limit} bytes", retry=False)
-            if declared is not None and declared.isdigit() and len(body) != int(declared):
-                raise _MirrorFailed(f"body ended after {len(body)} of {declared} bytes", retry=True)
-            return bytes(body)
+                receiver.write(chunk)
+            if declared_size is not None and receiver.received != declared_size:
+                raise _MirrorFailed(f"body ended after {receiver.received} of {declared} bytes", retry=True)
     except requests.TooManyRedirects:
         raise _MirrorFailed(f"more than {policy.max_redirects} redirects", retry=False) from None
     except requests.RequestException as error:
@@ -124,14 +261,19 @@ def _network_reason(error: requests.RequestException, policy: FetchPolicy) -> st
     return redact_text(f"{type(error).__name__}: {text}")  # anything else verbatim, minus secrets
 
 
-def fetch(
+def fetch_into(
+    restart: Callable[[], BinaryIO],
     dataset: Dataset,
     file: SourceFile,
     urls: list[str],
     policy: FetchPolicy = FetchPolicy(),
-    log=None,
+    log: Log | None = None,
 ) -> Fetched:
-    """The first mirror's copy whose content verifies; every failure is kept for the error message."""
+    """Stream the first mirror's copy whose content verifies into a file, checking it on the way.
+
+    ``restart()`` gives the (empty) file to write each attempt to; when this returns, the last one
+    holds the verified gzip. The payload is inflated and hashed as the bytes arrive, so memory stays a
+    chunk or two whatever the size. Every failure is kept for the error message."""
     failures: list[str] = []
     limit = _max_gzip_bytes(file)
     with requests.Session() as session:
@@ -140,18 +282,21 @@ def fetch(
             scheme = urlsplit(url).scheme.lower()
             shown = redact_url(url)
             for attempt in range(1, policy.attempts + 1):
+                progress = _Progress(log, f"{dataset.id}/{file.key}: {shown}", policy.progress_seconds)
+                receiver = _Receiver(file, restart(), limit, progress)
                 try:
                     if scheme not in ALLOWED_SCHEMES:
                         raise _MirrorFailed(f"scheme {scheme!r} is not allowed", retry=False)
-                    if scheme == "file":
-                        data = _read_file_url(url, limit)
-                    else:
-                        data = _read_http_url(session, url, limit, policy)
                     try:
-                        digest = verify(data, file)
+                        if scheme == "file":
+                            _read_file_url(url, receiver)
+                        else:
+                            _read_http_url(session, url, receiver, policy)
+                        digest = receiver.content.verified()
                     except idx.IdxError as error:
                         raise _MirrorFailed(f"content rejected: {error}", retry=False) from None
-                    return Fetched(data, digest, shown)
+                    progress.done()
+                    return Fetched(digest, shown, receiver.received)
                 except _MirrorFailed as failure:
                     failures.append(f"{shown} (attempt {attempt}): {failure}")
                     if log is not None:
@@ -165,6 +310,25 @@ def fetch(
         f"What to do: point {dataset.mirror_env_var} at a directory or HTTP(S) mirror that holds "
         f"{file.filename} (comma-separated list), or pass mirrors in the raw_gzip asset's run config."
     )
+
+
+def fetch(
+    dataset: Dataset,
+    file: SourceFile,
+    urls: list[str],
+    policy: FetchPolicy = FetchPolicy(),
+    log: Log | None = None,
+) -> FetchedBytes:
+    """:func:`fetch_into` memory: for small files and tests (the raw_gzip asset streams to storage)."""
+    buffer = io.BytesIO()
+
+    def restart() -> BinaryIO:
+        buffer.seek(0)
+        buffer.truncate()
+        return buffer
+
+    fetched = fetch_into(restart, dataset, file, urls, policy, log)
+    return FetchedBytes(fetched.payload_sha256, fetched.url, fetched.gzip_size, buffer.getvalue())
 
 
 def fingerprint(
@@ -186,18 +350,7 @@ def fingerprint(
                 continue
             try:
                 if scheme == "file":
-                    data = _read_file_url(url, limit)
-                    try:
-                        return {
-                            "url": redact_url(url),
-                            "payload_sha256": idx.payload_digest(data, file.payload_size)[1],
-                        }
-                    except idx.IdxError as error:  # a damaged file is a state too: the download will say why
-                        return {
-                            "url": redact_url(url),
-                            "gzip_sha256": idx.sha256(data),
-                            "unreadable": str(error),
-                        }
+                    return {"url": redact_url(url), **_local_state(url, file, limit)}
                 response = session.head(
                     url, allow_redirects=True, timeout=(policy.connect_timeout, policy.read_timeout)
                 )
@@ -208,3 +361,18 @@ def fingerprint(
             except (_MirrorFailed, requests.RequestException):
                 continue
     return None
+
+
+def _local_state(url: str, file: SourceFile, limit: int) -> dict[str, str]:
+    """A local mirror file's payload sha256, streamed; a damaged file is a state too (its gzip sha256
+    and why it is unreadable): the download will say why."""
+    receiver = _Receiver(file, None, limit, _Progress(None, url, every=0))
+    try:
+        _read_file_url(url, receiver)
+        return {"payload_sha256": receiver.content.payload_digest()}
+    except idx.IdxError as error:
+        with _local_path(url).open("rb") as source:
+            return {
+                "gzip_sha256": hashlib.file_digest(source, "sha256").hexdigest(),
+                "unreadable": str(error),
+            }

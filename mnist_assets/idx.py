@@ -97,35 +97,57 @@ def encode(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(array, dtype=TYPE_CODES[code]).tobytes()
 
 
-def inflate(data: bytes | mmap.mmap, limit: int) -> Iterator[bytes]:
-    """The decompressed bytes of a gzip file, chunk by chunk, never more than ``limit`` in all:
-    more is an error (a bomb or the wrong file), not a wait. Handles several members and the zero
-    padding some tools append, as ``gzip`` does. Input goes in by slices and output is capped per
-    call, so memory stays at a few MiB whatever the file holds; a memory-mapped file's pages are
-    released as they are consumed (see :func:`release_pages`)."""
-    total, offset, view = 0, 0, memoryview(data)
-    try:
+class Inflater:
+    """Decompresses a gzip file pushed in chunks (as a download arrives, or slice by slice from a file),
+    never more than ``limit`` bytes in all: more is an error (a bomb or the wrong file), not a wait.
+    Output is capped per call, so memory stays a chunk or two whatever the file holds. Takes several
+    members and the zero padding some tools append, as ``gzip`` does."""
+
+    def __init__(self, limit: int):
+        self.limit, self.size = limit, 0
+        self.member = zlib.decompressobj(wbits=31)
+
+    def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
+        try:
+            while data:
+                if self.member.eof:  # between members: zero padding, or the next member
+                    data = bytes(data).lstrip(b"\0")
+                    if not data:
+                        return
+                    self.member = zlib.decompressobj(wbits=31)
+                yield from self._inflate(data)
+                data = self.member.unused_data if self.member.eof else b""
+        except zlib.error as error:
+            raise IdxError(f"not a valid gzip stream: {error}") from error
+
+    def _inflate(self, data: bytes | memoryview) -> Iterator[bytes]:
         while True:
-            inflater = zlib.decompressobj(wbits=31)
-            while not inflater.eof:
-                source = inflater.unconsumed_tail or view[offset : offset + _CHUNK]
-                offset += 0 if inflater.unconsumed_tail else len(source)
-                if isinstance(data, mmap.mmap):
-                    data.madvise(mmap.MADV_DONTNEED)
-                wanted = min(_CHUNK, limit + 1 - total)
-                chunk = inflater.decompress(source, wanted) if source else inflater.flush(wanted)
-                if not chunk and not source and not inflater.eof:
-                    raise IdxError("not a valid gzip stream: it ends before its end-of-stream marker")
-                total += len(chunk)
-                if total > limit:
-                    raise _TooLong(f"decompresses to more than the {limit} bytes expected")
-                yield chunk
-            rest = bytes(inflater.unused_data) + bytes(view[offset:])
-            if not rest.strip(b"\0"):
+            wanted = min(_CHUNK, self.limit + 1 - self.size)  # >= 1: 0 would mean "no limit"
+            chunk = self.member.decompress(data, wanted)
+            self.size += len(chunk)
+            if self.size > self.limit:
+                raise _TooLong(f"decompresses to more than the {self.limit} bytes expected")
+            yield chunk
+            data = self.member.unconsumed_tail
+            if self.member.eof or (not data and len(chunk) < wanted):  # a full chunk may leave output
                 return
-            view, offset = memoryview(rest.lstrip(b"\0")), 0
-    except zlib.error as error:
-        raise IdxError(f"not a valid gzip stream: {error}") from error
+
+    def finish(self) -> None:
+        """The file has ended: it must have ended with a whole member."""
+        if not self.member.eof:
+            raise IdxError("not a valid gzip stream: it ends before its end-of-stream marker")
+
+
+def inflate(data: bytes | mmap.mmap, limit: int) -> Iterator[bytes]:
+    """The decompressed bytes of a whole gzip file, chunk by chunk, through :class:`Inflater`. Input goes
+    in by slices, so a memory-mapped file's pages are released as they are consumed (see
+    :func:`release_pages`)."""
+    inflater, view = Inflater(limit), memoryview(data)
+    for offset in range(0, len(view), _CHUNK):
+        yield from inflater.feed(view[offset : offset + _CHUNK])
+        if isinstance(data, mmap.mmap):
+            data.madvise(mmap.MADV_DONTNEED)
+    inflater.finish()
 
 
 def payload_digest(data: bytes, limit: int) -> tuple[int, str]:

@@ -11,10 +11,10 @@ until that rename the previous record, and every file it names, stays intact. On
 commit holds an exclusive lock on its directory and a load a shared one, so two writers of the same
 artifact never interleave (one wins whole) and a reader never sees files vanish under it.
 
-Large artifacts stream, so memory does not grow with the dataset: an idx array is written in chunks to
-a staged file (:meth:`NumpyIOManager.staged`) and loaded memory-mapped; a shard set is committed one
-Parquet file at a time (:meth:`ShardSetIOManager.commit`). Those assets write through their IO manager
-while they compute and return a :class:`Stored` receipt.
+Large artifacts stream, so memory does not grow with the dataset: a download and an idx array are
+written in chunks to a staged file (:meth:`ArtifactIOManager.staged`) and loaded memory-mapped; a shard
+set is committed one Parquet file at a time (:meth:`ShardSetIOManager.commit`). Those assets write
+through their IO manager while they compute and return a :class:`Stored` receipt.
 """
 
 from __future__ import annotations
@@ -123,6 +123,22 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             return str(error)
         return None
 
+    @contextlib.contextmanager
+    def staged(self, asset_key: dg.AssetKey, partition: str | None) -> Iterator[StagedFile]:
+        """The partition's file to write in chunks (``staged.file``), for single-file artifacts: it
+        replaces the stored file only on ``staged.commit()``, and is removed if the block ends without
+        it (a refused or failed write keeps the previous artifact)."""
+        path = self.location(asset_key, partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        staged = StagedFile(path, temporary, temporary.open("wb"))
+        try:
+            yield staged
+        finally:
+            staged.file.close()
+            if temporary.exists():
+                temporary.unlink()
+
     # one value <-> storage, per partition (partition None for unpartitioned assets)
     def store(self, directory: UPath, partition: str | None, value: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -148,9 +164,10 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
 
 class GzipIOManager(ArtifactIOManager):
-    """Raw downloads, kept byte-for-byte as fetched. Loaded memory-mapped from local storage (a
-    read-only ``mmap``, used like ``bytes``), so the idx step does not hold the file; other fsspec
-    storage reads it into memory."""
+    """Raw downloads, kept byte-for-byte as fetched. A download streams into a :meth:`staged` file,
+    committed once its content verified, so memory does not grow with the file. Loaded memory-mapped
+    from local storage (a read-only ``mmap``, used like ``bytes``), so the idx step does not hold the
+    file; other fsspec storage reads it into memory."""
 
     def record_path(self, directory: UPath, partition: str | None) -> UPath:
         return directory / f"{partition or 'value'}.gz"
@@ -174,10 +191,16 @@ class GzipIOManager(ArtifactIOManager):
 
 
 class StagedFile:
-    """A file written under a temporary name beside its final one (see :meth:`NumpyIOManager.staged`)."""
+    """A file written under a temporary name beside its final one (see :meth:`ArtifactIOManager.staged`)."""
 
     def __init__(self, path: UPath, temporary: UPath, file: BinaryIO):
         self.path, self.temporary, self.file = path, temporary, file
+
+    def restart(self) -> BinaryIO:
+        """The file emptied, to write again from the start (a download's next attempt)."""
+        self.file.close()
+        self.file = self.temporary.open("wb")
+        return self.file
 
     def commit(self) -> Stored:
         """Rename the written file into place (atomic); the receipt to return as the asset's value."""
@@ -205,22 +228,6 @@ class NumpyIOManager(ArtifactIOManager):
         path = self.record_path(directory, partition)
         write_atomic(path, sink.getvalue())
         return {"path": dg.MetadataValue.path(str(path)), "bytes": sink.tell()}
-
-    @contextlib.contextmanager
-    def staged(self, asset_key: dg.AssetKey, partition: str | None) -> Iterator[StagedFile]:
-        """A ``.npy`` file to write in chunks (``staged.file``); it replaces the partition's file only on
-        ``staged.commit()``, and is removed if the block ends without it (a refused or failed write
-        keeps the previous array)."""
-        path = self.location(asset_key, partition)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        staged = StagedFile(path, temporary, temporary.open("wb"))
-        try:
-            yield staged
-        finally:
-            staged.file.close()
-            if temporary.exists():
-                temporary.unlink()
 
     def fetch(self, directory, partition, what):
         path = self.record_path(directory, partition)

@@ -72,8 +72,10 @@ class LoopbackServer:
     ETag (md5 of the content, as S3 sends) besides Last-Modified and Content-Length.
     """
 
-    FAULTS = ("reset", "short", "corrupt", "stall", "redirect-loop", "not-gzip")
+    FAULTS = ("reset", "short", "corrupt", "stall", "redirect-loop", "not-gzip", "slow")
     stall_seconds = 3.0
+    slow_seconds = 0.01
+    """``slow``: the pause before each 64 KiB of the body (a throttled link)."""
 
     def __init__(self):
         self.mounts: dict[str, Path] = {}
@@ -113,6 +115,11 @@ class LoopbackServer:
                 if fault == "stall":
                     self.wfile.flush()
                     time.sleep(server.stall_seconds)
+                if fault == "slow":
+                    for start in range(0, len(body), 1 << 16):
+                        time.sleep(server.slow_seconds)
+                        self.wfile.write(body[start : start + (1 << 16)])
+                    return
                 if fault in ("short", "reset"):
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
