@@ -963,11 +963,11 @@ def notes(result: dict) -> list[str]:
         if missed:
             which = joined([(k, f3["ratios"][k]) for k in missed], "{0[0]} {0[1]:.2f}")
             out.append(
-                f"- Figure 3 ({which}): a pass opens the loader, reads and sha256-verifies every shard, "
-                "decodes its Parquet to numpy and re-batches by concatenating, in Python; `.tf()` adds a "
-                "`tf.numpy_function` hop per shard and an unbatch/batch, element by element (chosen because "
-                "a generator-fed dataset made training epochs slower). The in-memory baseline only slices "
-                "a tensor already in memory."
+                f"- Figure 3 ({which}): a pass opens the loader, reads and sha256-verifies every shard and "
+                "decodes its Parquet (zstd) to numpy, ~15 ms of CPU per 10,000-row shard; `.tf()` also "
+                "builds its pipeline (a traced map, a new iterator) and waits for the first shard before "
+                "the first batch, then feeds whole shards through `tf.numpy_function` (two in parallel) "
+                "and `rebatch`. The in-memory baseline only slices a tensor already in memory."
             )
     if f4 and f4["ratio"] > 1.05:
         out.append(

@@ -73,12 +73,15 @@ class SplitLoader:
         """Examples per epoch."""
         return self.manifest.rows
 
+    @property
+    def shard_count(self) -> int:
+        return len(self.manifest.shards)
+
     def shard_order(self, epoch: int) -> np.ndarray:
         """Which shard comes when in ``epoch`` (manifest order when unshuffled)."""
-        count = len(self.manifest.shards)
         if self.seed is None:
-            return np.arange(count)
-        return np.random.default_rng([self.seed, epoch]).permutation(count)
+            return np.arange(self.shard_count)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.shard_count)
 
     def read_shard(self, epoch: int, number: int) -> Batch:
         """All examples of one shard, verified on first read, in ``epoch``'s seeded row order."""

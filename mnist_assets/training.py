@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mnist_assets.loader import READ_AHEAD
 from mnist_assets.quiet import tensorflow_import
 
 # TensorFlow's C++ start-up lines stay hidden unless MNIST_ASSETS_VERBOSE=1 or TF_CPP_MIN_LOG_LEVEL says
@@ -229,38 +230,46 @@ class ShardSource(Protocol):
     @property
     def image_shape(self) -> tuple[int, int]: ...
 
+    @property
+    def shard_count(self) -> int: ...
+
     def shard_order(self, epoch: int) -> np.ndarray: ...
 
     def read_shard(self, epoch: int, number: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def batches_from(source: ShardSource, channel_axis: bool = False, one_pass: bool = False) -> tf.data.Dataset:
-    """tf.data batches of a split, epoch by epoch, in exactly the loader's order: each epoch's shards
-    are read and decoded on parallel threads (the order kept), cut into batches, prefetched.
-    ``one_pass`` reads only the first epoch, whatever the loader repeats.
+    """tf.data batches of a split, epoch by epoch, in exactly the loader's order. ``one_pass`` reads
+    only the first epoch, whatever the loader repeats.
 
-    Shards enter through ``tf.numpy_function`` inside a parallel map, not ``from_generator``: one
-    Fashion-MNIST training epoch fed by a generator took 42 s in three runs here, against 22-23 s
-    fed this way (in-memory tensors: 22-42 s; this machine's epochs are bimodal)."""
-    height, width = source.image_shape
+    The stream is one step per shard read (epoch ``step // shard_count``, that epoch's shard at
+    ``step % shard_count``), so reading runs ahead across epoch boundaries too. Each step is one
+    ``tf.numpy_function`` call in a parallel map (``READ_AHEAD`` shards decode beside the one being
+    batched; a ``from_generator`` feed made a training epoch ~42 s against ~22 s). ``rebatch`` then
+    cuts whole shards into batches in C++, one copy per example: its batch sizes cycle per epoch and
+    end on the epoch's remainder, so no batch spans two epochs (unbatch/batch element by element
+    delivered a third of in-memory tf.data's examples/s)."""
+    count, shape = source.shard_count, source.image_shape + ((1,) if channel_axis else ())
 
-    def read(epoch, number):
-        images, labels = tf.numpy_function(
-            lambda e, n: source.read_shard(int(e), int(n)), [epoch, number], (tf.uint8, tf.int32)
-        )
-        return tf.ensure_shape(images, (None, height, width)), tf.ensure_shape(labels, (None,))
+    def read(step: np.int64) -> tuple[np.ndarray, np.ndarray]:
+        epoch, position = divmod(int(step), count)
+        images, labels = source.read_shard(epoch, int(source.shard_order(epoch)[position]))
+        return images.reshape(-1, *shape), labels
 
-    def one_epoch(epoch):
-        order = tf.numpy_function(lambda e: source.shard_order(int(e)).astype(np.int64), [epoch], tf.int64)
-        shards = tf.data.Dataset.from_tensor_slices(tf.ensure_shape(order, (None,)))
-        examples = shards.map(
-            lambda number: read(epoch, number), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
-        return examples.unbatch().batch(source.batch_size, drop_remainder=source.drop_remainder)
+    def shard(step):
+        images, labels = tf.numpy_function(read, [step], (tf.uint8, tf.int32))
+        return tf.ensure_shape(images, (None, *shape)), tf.ensure_shape(labels, (None,))
 
     passes = 1 if one_pass else source.epochs
-    epochs = tf.data.Dataset.counter() if passes is None else tf.data.Dataset.range(passes)
-    batches = epochs.flat_map(one_epoch)
-    if channel_axis:
-        batches = batches.map(lambda images, labels: (images[..., tf.newaxis], labels))
+    steps = tf.data.Dataset.counter() if passes is None else tf.data.Dataset.range(passes * count)
+    shards = steps.map(shard, num_parallel_calls=READ_AHEAD, deterministic=True)
+    batches = shards.rebatch(epoch_batch_sizes(source.rows, source.batch_size))
+    if source.drop_remainder and source.rows % source.batch_size:
+        batches = batches.filter(lambda images, labels: tf.shape(labels)[0] == source.batch_size)
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_batch_sizes(rows: int, batch_size: int) -> list[int]:
+    """One epoch's batch sizes: full batches, then the remainder if any."""
+    full, remainder = divmod(rows, batch_size)
+    return [batch_size] * full + ([remainder] if remainder else [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import dagster as dg
@@ -97,6 +98,28 @@ def test_tf_data_yields_the_same_batches_as_numpy(stored):
         np.testing.assert_array_equal(labels, want_labels)
     images, labels = next(iter(loader.tf(channel_axis=True)))
     assert images.shape == (128, 28, 28, 1) and images.dtype.name == "uint8" and labels.dtype.name == "int32"
+
+
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_tf_data_repeating_ends_every_epoch_on_its_own_remainder_like_numpy(stored, drop_remainder):
+    # 1800 rows in batches of 512: 3 full batches and 264 left per epoch, which no batch mixes with
+    # the next epoch's examples (kept last in each epoch, or dropped)
+    loader = load(
+        "mini",
+        "train",
+        batch_size=512,
+        seed=9,
+        epochs=None,
+        drop_remainder=drop_remainder,
+        storage=stored["root"],
+    )
+    expected = list(itertools.islice(loader, 10))
+    got = [(images.numpy(), labels.numpy()) for images, labels in loader.tf().take(10)]
+    sizes = [len(labels) for _, labels in got]
+    assert sizes == ([512] * 10 if drop_remainder else [512, 512, 512, 264] * 2 + [512, 512])
+    for (images, labels), (want_images, want_labels) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(images, want_images)
+        np.testing.assert_array_equal(labels, want_labels)
 
 
 def test_a_damaged_shard_is_refused_naming_the_split_the_file_and_the_repair(stored, tmp_path):
