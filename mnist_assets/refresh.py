@@ -78,8 +78,25 @@ def _failure_message(result, step_key: str) -> str:
             return message
     for event in result.all_events:  # no step failure: e.g. the process running the step was killed
         if event.is_run_failure and event.event_specific_data and event.event_specific_data.error:
-            return f"the run failed: {event.event_specific_data.error.message.strip()}"
+            message = event.event_specific_data.error.message.split("\nStack Trace:")[0]
+            return f"the run failed: {message.strip()}"  # the workers' tracebacks stay in the event log
     return "the run failed (see the Dagster event log)"
+
+
+DEFINITIONS_MODULE = "mnist_assets.definitions"
+
+
+def _check_rebuildable(defs: dg.Definitions, executor: str) -> None:
+    """Runs on another executor rebuild the job by importing :data:`DEFINITIONS_MODULE` (in this process
+    and in every worker), so only those very definitions can be refreshed that way."""
+    from mnist_assets import definitions
+
+    if defs is not definitions.defs:
+        raise ValueError(
+            f"the {executor} executor runs the job rebuilt from {DEFINITIONS_MODULE} in every worker; "
+            "refresh those definitions (catalog and storage through MNIST_ASSETS_CATALOG and "
+            "MNIST_ASSETS_STORAGE)"
+        )
 
 
 class Refresher:
@@ -108,6 +125,8 @@ class Refresher:
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
         self.stores = staleness.stores_of(defs.assets or (), defs.resources or {})
         self.job = defs.resolve_implicit_global_asset_job_def()
+        if self.job.executor_def is not dg.in_process_executor:
+            _check_rebuildable(defs, self.job.executor_def.name)
 
     def partitions(self, key: dg.AssetKey) -> list[str | None]:
         partitions_def = self.graph.get(key).partitions_def
@@ -202,8 +221,7 @@ class Refresher:
         """One run of ``keys[partition]`` on the definitions' executor, its result as a context manager.
 
         In process unless the definitions chose another executor (``MNIST_ASSETS_EXECUTOR``): then this
-        process orchestrates a real run whose steps run elsewhere (e.g. Celery workers), and every
-        process rebuilds the job by importing :mod:`mnist_assets.definitions`, so ``defs`` must be those.
+        process orchestrates a real run whose steps run elsewhere (e.g. Celery workers).
         """
         if self.job.executor_def is dg.in_process_executor:
             return contextlib.nullcontext(
@@ -215,16 +233,8 @@ class Refresher:
                     raise_on_error=False,
                 )
             )
-        from mnist_assets import definitions
-
-        if self.defs is not definitions.defs:
-            raise ValueError(
-                f"the {self.job.executor_def.name} executor runs the job rebuilt from "
-                "mnist_assets.definitions in every worker; refresh those definitions (set the catalog "
-                "and storage through MNIST_ASSETS_CATALOG and MNIST_ASSETS_STORAGE)"
-            )
         return dg.execute_job(
-            reconstructable_asset_job(definitions.__name__),
+            reconstructable_asset_job(DEFINITIONS_MODULE),
             self.instance,
             run_config=self.run_config,
             tags={"dagster/partition": partition} if partition else None,

@@ -12,7 +12,9 @@ import dagster as dg
 import pytest
 import yaml
 
-from mnist_assets.definitions import CELERY_BROKER_ENV, configured_executor
+from mnist_assets.catalog import parse_catalog
+from mnist_assets.definitions import CELERY_BROKER_ENV, build_definitions, configured_executor
+from mnist_assets.refresh import refresh
 from mnist_assets_tests.conftest import REPO
 
 
@@ -48,3 +50,17 @@ def test_the_reconstructable_asset_job_is_the_definitions_implicit_job_rebuilt_b
     assert (name, executor) == ("__ASSET_JOB", "celery")
     assert {"mini_mnist/raw_gzip", "mini_mnist/checkpoint"} <= set(keys)
     assert not [key for key in keys if not key.startswith("mini_mnist/")]
+
+
+def test_refresh_on_another_executor_refuses_definitions_the_workers_could_not_rebuild(empty_project):
+    """Workers import mnist_assets.definitions: definitions built some other way would diverge there."""
+    celery_defs = build_definitions(
+        parse_catalog(empty_project.document),
+        str(empty_project.storage),
+        executor=configured_executor("celery"),
+    )
+    with pytest.raises(
+        ValueError, match=r"celery executor runs the job rebuilt from mnist_assets\.definitions"
+    ):
+        refresh(celery_defs, empty_project.instance, ["mini_mnist"], log=lambda m: None)
+    assert not empty_project.instance.get_runs()  # refused before observing or running anything

@@ -117,7 +117,8 @@ def test_a_worker_killed_mid_training_fails_clearly_keeps_the_last_checkpoint_th
     assert code == 1, err[-4000:]
     assert [step["asset"] for step in summary["failed"]] == ["mini_mnist/checkpoint"]
     error = summary["failed"][0]["error"]
-    assert "Worker exited prematurely: signal 9 (SIGKILL)" in error, error
+    assert "Worker exited prematurely: signal 9 (SIGKILL)" in error and 'File "' not in error, error
+    assert "mini_mnist__checkpoint" in error, error
     assert files_under(checkpoint) == before  # the last good checkpoint, untouched
     for name, worker in deployment.workers.items():
         assert worker.process.poll() is None and killed not in worker.members(), name
