@@ -9,10 +9,11 @@ UV_VERSION := 0.13.9
 export DAGSTER_HOME := $(CURDIR)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run refresh offline test dev status docs bench bench-graph bench-refresh bench-scale lint lock clean-data
+.PHONY: run refresh offline test test-deploy dev status docs bench bench-graph bench-refresh bench-scale lint lock clean-data
 
 # The whole dependency tree comes from the lock (exact versions, every file's sha256); pyproject.toml's
-# ranges only decide what the lock may pick (`make lock`). The project itself goes in last, without deps.
+# ranges only decide what the lock may pick (`make lock`). The lock holds the test and deploy extras, so
+# every .venv can run test-deploy. The project itself goes in last, without deps.
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
@@ -23,10 +24,11 @@ $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 
-## lock: re-resolve requirements.lock from pyproject.toml ([project] dependencies + the test extra) for
-## Python 3.11, keeping the current pins where they still fit; UPGRADE=1 takes the newest allowed versions
+## lock: re-resolve requirements.lock from pyproject.toml ([project] dependencies + the test and deploy
+## extras) for Python 3.11, keeping the current pins where they still fit; UPGRADE=1 takes the newest
+## allowed versions
 lock: $(BIN)/uv
-	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra deploy --universal --python-version 3.11 \
 	  --generate-hashes --no-strip-extras --custom-compile-command 'make lock' \
 	  $(if $(UPGRADE),--upgrade) --quiet -o $(LOCK)
 
@@ -52,6 +54,12 @@ offline: | $(FASHION_DEBIAN)
 ## test: the test suite on 2 workers (real loopback mirrors, real instances, tiny TensorFlow)
 test: $(BIN)/.installed | $(FASHION_DEBIAN)
 	$(BIN)/python -m pytest -q -n 2
+
+## test-deploy: the deployment tests (issue 13): the small graph on PostgreSQL 15 with two Celery workers
+## and a Redis broker, each started on loopback in a temporary directory and stopped; needs Debian's
+## postgresql-15 and redis-server (apt-get install -y postgresql-15 redis-server), run as root
+test-deploy: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m deploy mnist_assets_tests/deploy
 
 ## dev: the Dagster UI on http://127.0.0.1:3000 with the same instance and data as `make run`
 dev: $(BIN)/.installed

@@ -11,6 +11,10 @@ against a real instance and fails if a private import appears anywhere else in t
    it too instead of re-deriving staleness from the event log.
 2. In-process observation of source assets (``observe``). Missing public API: the counterpart of
    ``dg.materialize`` for observable source assets; ``refresh`` observes before it plans.
+3. The implicit asset job as a ``ReconstructableJob`` (``ReconstructableRepository``). Missing public
+   API: ``dg.reconstructable`` refuses that job (its name is reserved), yet it is the only job that
+   spans assets with different partitions; on another executor (Celery) every worker rebuilds it by
+   importing the definitions module.
 
 Also private, outside Python: ``dagster.yaml`` names ``dagster._core.storage.root`` and
 ``dagster._core.storage.local_compute_log_manager`` (Dagster's documented way to configure where the
@@ -23,12 +27,21 @@ from collections.abc import Sequence
 
 import dagster as dg
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
+from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.definitions.observe import observe
+from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
 from dagster._core.definitions.temporal_context import TemporalContext
 from dagster._time import get_current_datetime
 
-__all__ = ["AssetGraphView", "StaleStatus", "StaleStatusResolver", "observe_sources", "stale_status_resolver"]
+__all__ = [
+    "AssetGraphView",
+    "StaleStatus",
+    "StaleStatusResolver",
+    "observe_sources",
+    "reconstructable_asset_job",
+    "stale_status_resolver",
+]
 
 StaleStatusResolver = CachingStaleStatusResolver
 
@@ -50,3 +63,9 @@ def observe_sources(
 ):
     """Observe source assets in this process and record their data versions in ``instance``."""
     return observe(list(sources), instance=instance, run_config=run_config)
+
+
+def reconstructable_asset_job(module: str, attribute: str = "defs") -> ReconstructableJob:
+    """The implicit asset job of the ``Definitions`` at ``module.attribute``, rebuilt by importing it."""
+    repository = ReconstructableRepository.for_module(module, attribute)
+    return repository.get_reconstructable_job(IMPLICIT_ASSET_JOB_NAME)

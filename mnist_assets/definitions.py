@@ -4,7 +4,10 @@ Settings come from the environment, read here only:
 - ``MNIST_ASSETS_CATALOG``: a catalog JSON file (default: the packaged ``catalog.json``);
 - ``MNIST_ASSETS_STORAGE``: where artifacts live, a directory or any fsspec URL (default ``data/artifacts``);
 - ``MNIST_ASSETS_MIRROR_<DATASET>``: mirror override, read when the definitions load;
-- ``MNIST_ASSETS_REFRESH_CRON``: when the daily_refresh schedule observes the sources (default 04:00 UTC).
+- ``MNIST_ASSETS_REFRESH_CRON``: when the daily_refresh schedule observes the sources (default 04:00 UTC);
+- ``MNIST_ASSETS_EXECUTOR``: where steps run: ``in_process`` (default) or ``celery`` (Celery workers, see
+  docs/deploy.md), which also needs ``MNIST_ASSETS_CELERY_BROKER``, the broker URL (e.g. Redis), read
+  when a run starts.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from mnist_assets.catalog import Dataset, load_catalog
 from mnist_assets.io_managers import io_managers
 
 DEFAULT_STORAGE = "data/artifacts"
+EXECUTORS = ("in_process", "celery")
+CELERY_BROKER_ENV = "MNIST_ASSETS_CELERY_BROKER"
 
 
 def configured_storage() -> str:
@@ -27,19 +32,44 @@ def configured_storage() -> str:
     return os.environ.get("MNIST_ASSETS_STORAGE") or DEFAULT_STORAGE
 
 
+def configured_executor(name: str | None = None) -> dg.ExecutorDefinition:
+    """Where steps run: ``name`` or ``MNIST_ASSETS_EXECUTOR``.
+
+    In process by default: steps here are seconds of work, and a subprocess per step would cost more
+    than the step. ``celery`` sends each step to a Celery worker (dagster-celery, the ``deploy`` extra),
+    imported only then so the default needs none of it. Broker and result backend are the same URL
+    (Redis keeps both), read from the environment when a run starts, as the workers read it from
+    ``deploy/celery.yaml``.
+    """
+    name = name or os.environ.get("MNIST_ASSETS_EXECUTOR") or "in_process"
+    if name == "in_process":
+        return dg.in_process_executor
+    if name != "celery":
+        raise ValueError(
+            f"MNIST_ASSETS_EXECUTOR={name!r} is not an executor this project runs; "
+            f"set it to one of {', '.join(EXECUTORS)}"
+        )
+    try:
+        from dagster_celery import celery_executor
+    except ImportError as error:
+        raise ValueError(
+            "MNIST_ASSETS_EXECUTOR=celery needs the deploy extra: pip install 'mnist_assets[deploy]'"
+        ) from error
+    broker = {"env": CELERY_BROKER_ENV}
+    return celery_executor.configured({"broker": broker, "backend": broker}, name="celery")
+
+
 def build_definitions(
     datasets: Mapping[str, Dataset],
     storage: str,
     assets_factory=dataset_assets,
     refresh_cron: str = DEFAULT_REFRESH_CRON,
+    executor: dg.ExecutorDefinition = dg.in_process_executor,
 ) -> dg.Definitions:
     resources = io_managers(storage)
     assets = [a for dataset in datasets.values() for a in assets_factory(dataset)]
     return dg.Definitions(
-        **automation(assets, resources, refresh_cron),
-        resources=resources,
-        # steps here are seconds of work; a subprocess per step would cost more than the step
-        executor=dg.in_process_executor,
+        **automation(assets, resources, refresh_cron), resources=resources, executor=executor
     )
 
 
@@ -47,4 +77,5 @@ defs = build_definitions(
     load_catalog(os.environ.get("MNIST_ASSETS_CATALOG") or None),
     configured_storage(),
     refresh_cron=os.environ.get("MNIST_ASSETS_REFRESH_CRON") or DEFAULT_REFRESH_CRON,
+    executor=configured_executor(),
 )

@@ -15,6 +15,7 @@ runs with them in one run; a child that might stay fresh still waits to be judge
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import dagster as dg
 
 from mnist_assets import staleness
-from mnist_assets.dagster_private import observe_sources
+from mnist_assets.dagster_private import observe_sources, reconstructable_asset_job
 from mnist_assets.progress import Lines
 
 Partition = tuple[dg.AssetKey, str | None]
@@ -75,7 +76,27 @@ def _failure_message(result, step_key: str) -> str:
             if error.cls_name == "Failure":  # raised on purpose: its text is the whole story
                 message = message.split(": ", 1)[-1]
             return message
+    for event in result.all_events:  # no step failure: e.g. the process running the step was killed
+        if event.is_run_failure and event.event_specific_data and event.event_specific_data.error:
+            message = event.event_specific_data.error.message.split("\nStack Trace:")[0]
+            return f"the run failed: {message.strip()}"  # the workers' tracebacks stay in the event log
     return "the run failed (see the Dagster event log)"
+
+
+DEFINITIONS_MODULE = "mnist_assets.definitions"
+
+
+def _check_rebuildable(defs: dg.Definitions, executor: str) -> None:
+    """Runs on another executor rebuild the job by importing :data:`DEFINITIONS_MODULE` (in this process
+    and in every worker), so only those very definitions can be refreshed that way."""
+    from mnist_assets import definitions
+
+    if defs is not definitions.defs:
+        raise ValueError(
+            f"the {executor} executor runs the job rebuilt from {DEFINITIONS_MODULE} in every worker; "
+            "refresh those definitions (catalog and storage through MNIST_ASSETS_CATALOG and "
+            "MNIST_ASSETS_STORAGE)"
+        )
 
 
 class Refresher:
@@ -104,6 +125,8 @@ class Refresher:
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
         self.stores = staleness.stores_of(defs.assets or (), defs.resources or {})
         self.job = defs.resolve_implicit_global_asset_job_def()
+        if self.job.executor_def is not dg.in_process_executor:
+            _check_rebuildable(defs, self.job.executor_def.name)
 
     def partitions(self, key: dg.AssetKey) -> list[str | None]:
         partitions_def = self.graph.get(key).partitions_def
@@ -188,16 +211,39 @@ class Refresher:
         return found
 
     def execute(self, partition: str | None, steps: list[Step]) -> list[Step]:
-        """Materialize ``steps`` (one partition, upstream first) in one run in this process; fills in
-        each step's seconds, and its error when it failed or did not run."""
+        """Materialize ``steps`` (one partition, upstream first) in one run; fills in each step's seconds,
+        and its error when it failed or did not run."""
         keys = [dg.AssetKey.from_user_string(step.asset) for step in steps]
-        result = self.job.execute_in_process(
+        with self.launch(keys, partition) as result:
+            return self.outcomes(result, keys, steps)
+
+    def launch(self, keys: list[dg.AssetKey], partition: str | None):
+        """One run of ``keys[partition]`` on the definitions' executor, its result as a context manager.
+
+        In process unless the definitions chose another executor (``MNIST_ASSETS_EXECUTOR``): then this
+        process orchestrates a real run whose steps run elsewhere (e.g. Celery workers).
+        """
+        if self.job.executor_def is dg.in_process_executor:
+            return contextlib.nullcontext(
+                self.job.execute_in_process(
+                    run_config=self.run_config,
+                    asset_selection=keys,
+                    partition_key=partition,
+                    instance=self.instance,
+                    raise_on_error=False,
+                )
+            )
+        return dg.execute_job(
+            reconstructable_asset_job(DEFINITIONS_MODULE),
+            self.instance,
             run_config=self.run_config,
+            tags={"dagster/partition": partition} if partition else None,
             asset_selection=keys,
-            partition_key=partition,
-            instance=self.instance,
             raise_on_error=False,
         )
+
+    def outcomes(self, result, keys: list[dg.AssetKey], steps: list[Step]) -> list[Step]:
+        """Each step's seconds and, when it failed or did not run, its error, from a finished run."""
         stats = {s.step_key: s for s in self.instance.get_run_step_stats(result.run_id)}
         succeeded = {event.step_key for event in result.get_step_success_events()}
         failed: list[str] = []
