@@ -43,11 +43,21 @@ class FetchConfig(dg.Config):
     )
 
 
+_SHARD_DEFAULTS = shards.ShardOptions()
+"""The shard settings' defaults live once, in ``shards.ShardOptions``; the run config shows them."""
+
+
 class ShardConfig(dg.Config):
-    seed: int = Field(default=20261122, description="Seed of the train/test permutation.")
-    validation_fraction: float = Field(default=0.1, description="Share of official train → test.")
-    rows_per_shard: int = Field(default=10_000, description="Examples per Parquet file.")
-    compression: str = Field(default="zstd", description="Parquet codec: " + ", ".join(shards.COMPRESSIONS))
+    seed: int = Field(default=_SHARD_DEFAULTS.seed, description="Seed of the train/test permutation.")
+    validation_fraction: float = Field(
+        default=_SHARD_DEFAULTS.validation_fraction, description="Share of official train → test."
+    )
+    rows_per_shard: int = Field(
+        default=_SHARD_DEFAULTS.rows_per_shard, description="Examples per Parquet file."
+    )
+    compression: str = Field(
+        default=_SHARD_DEFAULTS.compression, description="Parquet codec: " + ", ".join(shards.COMPRESSIONS)
+    )
 
     def options(self) -> shards.ShardOptions:
         return shards.ShardOptions(self.seed, self.validation_fraction, self.rows_per_shard, self.compression)
@@ -110,7 +120,7 @@ def url_entry(dataset: Dataset, file_key: str, mirrors: list[str]) -> dict:
 
 def _expected_kind(key: str, dataset: Dataset) -> tuple[int, tuple[int, ...]]:
     """(ndim, trailing shape) an IDX file of this partition must have."""
-    return (3, (28, 28)) if key.endswith("images") else (1, ())
+    return (3, dataset.image_shape) if key.endswith("images") else (1, ())
 
 
 def _read_back(store, asset_key: dg.AssetKey, split: str, what: str) -> tuple[manifest.Manifest, np.ndarray]:
@@ -377,7 +387,8 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
                 asset=key("idx"),
                 blocking=True,
                 description="The IDX header's dtype and shape are what the file's role needs: uint8 "
-                "images (n, 28, 28) or uint8 labels (n,). Judged before the array is stored.",
+                f"images (n, {', '.join(map(str, dataset.image_shape))}) or uint8 labels (n,). Judged "
+                "before the array is stored.",
             ),
             dg.AssetCheckSpec(
                 "labels_in_class_range",

@@ -73,6 +73,8 @@ class Dataset(_Entry):
     mirrors: tuple[str, ...] = pydantic.Field(min_length=1)
     files: dict[FileKey, SourceFile]
     class_names: tuple[str, ...] = pydantic.Field(min_length=2, max_length=256)
+    image_shape: tuple[pydantic.PositiveInt, pydantic.PositiveInt] = (28, 28)
+    """(height, width) of every image: the idx check refuses image files of another shape."""
     shards: dict[str, Any] = pydantic.Field(default_factory=dict)
     """Overrides of the shard settings' defaults (seed, rows_per_shard, ...) for this dataset."""
     training: dict[str, Any] = pydantic.Field(default_factory=dict)

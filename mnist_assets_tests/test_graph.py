@@ -285,3 +285,21 @@ def test_status_lists_every_partition_with_its_artifact(built):
     assert len(rows) == 4 + 4 + 3 + 1
     assert all(r["materialized"] and r["data_version"] and r["code_version"] for r in rows)
     assert all(Path(r["path"]).exists() for r in rows)
+
+
+def test_the_image_shape_comes_from_the_catalog(mini_mirror, http_server, tmp_path):
+    """A catalog that says 14×14 refuses the real 28×28 files, naming the shape it expected."""
+    url = http_server.mount("mini-shape", mini_mirror["directory"])
+    document = mini_catalog_document(mini_mirror, [url])
+    document["datasets"]["mini_mnist"]["image_shape"] = [14, 14]
+    dataset = parse_catalog(document)["mini_mnist"]
+    with dg.instance_for_test() as instance:
+        result = materialize(
+            dataset, tmp_path, instance, ["raw_gzip", "idx"], "test-images", raise_on_error=False
+        )
+        assert not result.success
+        check = next(
+            e for e in result.get_asset_check_evaluations() if e.check_name == "header_shape_dtype_agree"
+        )
+        assert not check.passed and "(14, 14)" in check.metadata["problems"].value
+    assert not (tmp_path / "mini_mnist/idx/test-images.npy").exists()
