@@ -78,8 +78,8 @@ def test_credentials_never_leave_a_url_shown_to_people():
         (lambda d: d["datasets"]["mnist"].update(mirrors=[]), "mnist/mirrors: .*at least 1 item"),
         (
             lambda d: d["datasets"]["mnist"].update(trainng={"epochs": 2}),
-            "mnist/trainng: unknown key 'trainng'; allowed keys: class_names, files, homepage, mirrors, "
-            "shards, title, training",
+            "mnist/trainng: unknown key 'trainng'; allowed keys: class_names, files, homepage, image_shape, "
+            "mirrors, shards, title, training",
         ),
         (
             lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(payload_sha=""),
