@@ -1,6 +1,7 @@
-"""Real servers for the deployment tests: PostgreSQL 15, redis-server and Celery workers, each started
-on a free loopback port in a temporary directory, in a process group of its own, and stopped with the
-whole group (asserted gone). Only ``make test-deploy`` selects these tests (marker ``deploy``).
+"""Real servers for the deployment tests: PostgreSQL 15, redis-server, Celery workers and moto's
+standalone S3 server, each started on a free loopback port in a temporary directory, in a process
+group of its own, and stopped with the whole group (asserted gone). Only ``make test-deploy`` selects
+these tests (marker ``deploy``).
 
 Every process of the deployment gets ``Deployment.env``: one DAGSTER_HOME holding ``deploy/dagster.yaml``,
 the PostgreSQL and broker settings, the catalog and one artifact storage directory shared by all.
@@ -268,3 +269,61 @@ def deployment(mini_mirror, http_server, tmp_path_factory) -> Iterator[Deploymen
         os.environ.clear()
         os.environ.update(saved)
         deployment.stop()
+
+
+class MotoS3:
+    """moto's standalone S3 server (a real HTTP server in its own process) on 127.0.0.1, with one bucket
+    for the artifacts; ``env`` is what every process needs to reach it through s3fs."""
+
+    bucket = "mnist-assets"
+
+    def __init__(self, directory: Path):
+        self.port = free_port()
+        self.server = Group(
+            "moto_server",
+            [VENV_BIN / "moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+            directory / "moto.log",
+        )
+        wait_for(self.answers, "moto_server", directory / "moto.log")
+
+    def answers(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
+            "AWS_ACCESS_KEY_ID": "testing",  # moto accepts any credentials
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> Iterator[MotoS3]:
+    """One S3 server for the session (s3fs caches its clients per process); this process's environment
+    names it while it runs, and child processes inherit that. Each test stores under its own prefix."""
+    import s3fs
+
+    server = MotoS3(tmp_path_factory.mktemp("moto"))
+    saved = dict(os.environ)
+    try:
+        os.environ.update(server.env)
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir(server.bucket)
+        yield server
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
