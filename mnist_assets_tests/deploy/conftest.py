@@ -4,7 +4,8 @@ group of its own, and stopped with the whole group (asserted gone). Only ``make 
 these tests (marker ``deploy``).
 
 Every process of the deployment gets ``Deployment.env``: one DAGSTER_HOME holding ``deploy/dagster.yaml``,
-the PostgreSQL and broker settings, the catalog and one artifact storage directory shared by all.
+the PostgreSQL and broker settings, the catalog, and the artifact storage all share: a prefix in a bucket
+of the S3 server (moto's), whose endpoint and credentials are in the environment.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from upath import UPath
 
 from mnist_assets_tests.conftest import REPO, mini_catalog_document
 
@@ -178,9 +180,11 @@ class Deployment:
     """PostgreSQL, Redis, a DAGSTER_HOME with ``deploy/dagster.yaml``, shared artifact storage, a catalog
     naming the mini mirror, and Celery workers started with ``deploy/celery.yaml``."""
 
-    def __init__(self, directory: Path, mini_mirror: dict, mirror_url: str):
+    def __init__(self, directory: Path, mini_mirror: dict, mirror_url: str, storage: str | None = None):
+        """``storage``: the artifacts' root URL (default: a directory in ``directory``)."""
         self.directory = directory
-        self.home, self.storage = directory / "dagster_home", directory / "artifacts"
+        self.home = directory / "dagster_home"
+        self.storage = UPath(storage or directory / "artifacts")
         self.home.mkdir()
         shutil.copy(REPO / "deploy" / "dagster.yaml", self.home / "dagster.yaml")
         self.catalog = directory / "catalog.json"
@@ -254,13 +258,14 @@ WORKER_ARGS = ["--concurrency=1", "--max-tasks-per-child=1"]
 
 
 @pytest.fixture(scope="module")
-def deployment(mini_mirror, http_server, tmp_path_factory) -> Iterator[Deployment]:
-    """The whole deployment with two Celery workers, for a module's tests in order."""
+def deployment(mini_mirror, http_server, s3, tmp_path_factory) -> Iterator[Deployment]:
+    """The whole deployment with two Celery workers and artifacts on S3, for a module's tests in order."""
     for binary in (PG_BIN / "initdb", REDIS_SERVER):
         if not binary.exists():
             pytest.fail(f"{binary} is missing: apt-get install -y postgresql-15 redis-server")
     url = http_server.mount("deploy", mini_mirror["directory"])
-    deployment = Deployment(tmp_path_factory.mktemp("deployment"), mini_mirror, url)
+    directory = tmp_path_factory.mktemp("deployment")
+    deployment = Deployment(directory, mini_mirror, url, s3.url(directory.name))
     saved = dict(os.environ)
     try:
         deployment.start()
