@@ -593,7 +593,8 @@ def damaged_shard(what: str, file: str, location: str) -> str:
 @dataclass(frozen=True)
 class OpenShardSet:
     """A committed shard set whose files are open: a commit that replaces it later cannot take them
-    away from this reader (an open file outlives its name), so a stream never sees files vanish."""
+    away from this reader (locally an open file outlives its name; on object storage a replaced
+    record's files are kept for the grace period), so a stream never sees files vanish."""
 
     manifest: Manifest
     files: dict[str, BinaryIO]
