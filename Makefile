@@ -55,9 +55,10 @@ offline: | $(FASHION_DEBIAN)
 test: $(BIN)/.installed | $(FASHION_DEBIAN)
 	$(BIN)/python -m pytest -q -n 2
 
-## test-deploy: the deployment tests (issue 13): the small graph on PostgreSQL 15 with two Celery workers
-## and a Redis broker, each started on loopback in a temporary directory and stopped; needs Debian's
-## postgresql-15 and redis-server (apt-get install -y postgresql-15 redis-server), run as root
+## test-deploy: the deployment tests (issue 13): the small graph on PostgreSQL 15 with two Celery workers,
+## a Redis broker and artifacts on moto's S3 server, each started on loopback in a temporary directory
+## and stopped; needs Debian's postgresql-15 and redis-server (apt-get install -y postgresql-15
+## redis-server), run as root; moto comes with the deploy extra
 test-deploy: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m deploy mnist_assets_tests/deploy
 

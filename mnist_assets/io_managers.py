@@ -5,11 +5,22 @@ at ``root/<dataset>/<asset>/...``, one file (or directory) per partition. A run 
 partition (so each gets its own content data version); a partitioned upstream arrives as
 ``{partition_key: value}`` with every partition the downstream partition depends on.
 
-Writes are atomic: bytes go to a temporary name and are renamed into place. Multi-file artifacts
-(shard sets, checkpoints) are content-addressed files committed by a small JSON record written last;
-until that rename the previous record, and every file it names, stays intact. On local storage a
-commit holds an exclusive lock on its directory and a load a shared one, so two writers of the same
-artifact never interleave (one wins whole) and a reader never sees files vanish under it.
+Writes are atomic. Multi-file artifacts (shard sets, checkpoints) are content-addressed files
+committed by a small JSON record written last; until the record is replaced, the previous record and
+every file it names stay intact. How that is made safe depends on the storage, and is decided in one
+place, :func:`store_for` (chosen by the root's URL):
+
+- local disk (:class:`LocalStore`): bytes go to a temporary name and are renamed into place; a commit
+  holds an exclusive ``flock`` on its directory and a load a shared one, so two writers of the same
+  artifact never interleave (one wins whole) and a reader never sees files vanish under it;
+- object storage (:class:`ObjectStore`, e.g. ``s3://bucket/prefix``), which has neither rename (fsspec's
+  is copy-then-delete) nor locks: content files are put first, then the record with a conditional put
+  (``If-None-Match: *`` for the first version, ``If-Match`` on the ETag read when the commit began
+  afterwards), so of two concurrent writers exactly one record wins whole and the other gets a
+  :class:`CommitConflict`. Files are deleted only when neither the new record nor the one it replaced
+  names them and both they and that replaced record are older than a grace period, so a reader
+  mid-load keeps its files. A single-file artifact (.gz, .npy) is one object put whole: S3 shows an
+  object only once its upload completed, so a reader sees the old or the new, never a part.
 
 Large artifacts stream, so memory does not grow with the dataset: a download and an idx array are
 written in chunks to a staged file (:meth:`ArtifactIOManager.staged`) and loaded memory-mapped; a shard
@@ -20,16 +31,19 @@ through their IO manager while they compute and return a :class:`Stored` receipt
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
 import mmap
 import os
 import re
+import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from datetime import datetime, timedelta
+from typing import Any, BinaryIO, Protocol
 
 import dagster as dg
 import numpy as np
@@ -44,6 +58,10 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 class StorageError(RuntimeError):
     """A stored artifact is missing or does not match its record."""
+
+
+class CommitConflict(StorageError):
+    """Another writer committed the same artifact while this one was writing; its version stands."""
 
 
 REPAIR = (
@@ -98,6 +116,13 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     """Shared layout and partition handling; subclasses say how one value becomes bytes."""
 
     root: str = "data/artifacts"
+    grace_seconds: float = 3600.0
+    """On object storage, how long a file no record names any more is kept: a reader that opened the
+    record it belonged to has this long to finish (see :class:`ObjectStore`)."""
+
+    def storage(self) -> Store:
+        """How commits are made safe where ``root`` lives (chosen once, by its URL)."""
+        return store_for(UPath(self.root), timedelta(seconds=self.grace_seconds))
 
     def asset_dir(self, asset_key: dg.AssetKey) -> UPath:
         return UPath(self.root).joinpath(*(_safe(part) for part in asset_key.path))
@@ -128,16 +153,8 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         """The partition's file to write in chunks (``staged.file``), for single-file artifacts: it
         replaces the stored file only on ``staged.commit()``, and is removed if the block ends without
         it (a refused or failed write keeps the previous artifact)."""
-        path = self.location(asset_key, partition)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        staged = StagedFile(path, temporary, temporary.open("wb"))
-        try:
+        with self.storage().staged(self.location(asset_key, partition)) as staged:
             yield staged
-        finally:
-            staged.file.close()
-            if temporary.exists():
-                temporary.unlink()
 
     # one value <-> storage, per partition (partition None for unpartitioned assets)
     def store(self, directory: UPath, partition: str | None, value: Any) -> dict[str, Any]:
@@ -174,7 +191,7 @@ class GzipIOManager(ArtifactIOManager):
 
     def store(self, directory, partition, value: bytes):
         path = self.record_path(directory, partition)
-        write_atomic(path, value)
+        self.storage().write(path, value)
         return {"path": dg.MetadataValue.path(str(path)), "bytes": len(value)}
 
     def fetch(self, directory, partition, what) -> bytes | mmap.mmap:
@@ -190,11 +207,16 @@ class GzipIOManager(ArtifactIOManager):
             raise StorageError(_missing(path, what)) from None
 
 
-class StagedFile:
-    """A file written under a temporary name beside its final one (see :meth:`ArtifactIOManager.staged`)."""
+Publish = Callable[[UPath, UPath], Any]
+"""Puts a finished temporary file (first) in place of the artifact's path (second), atomically."""
 
-    def __init__(self, path: UPath, temporary: UPath, file: BinaryIO):
-        self.path, self.temporary, self.file = path, temporary, file
+
+class StagedFile:
+    """A file written under a temporary name, published in place of its final one on :meth:`commit`
+    (see :meth:`ArtifactIOManager.staged`)."""
+
+    def __init__(self, path: UPath, temporary: UPath, file: BinaryIO, publish: Publish):
+        self.path, self.temporary, self.file, self.publish = path, temporary, file, publish
 
     def restart(self) -> BinaryIO:
         """The file emptied, to write again from the start (a download's next attempt)."""
@@ -203,9 +225,9 @@ class StagedFile:
         return self.file
 
     def commit(self) -> Stored:
-        """Rename the written file into place (atomic); the receipt to return as the asset's value."""
+        """Publish the written file in place (atomic); the receipt to return as the asset's value."""
         self.file.close()
-        self.temporary.rename(self.path)
+        self.publish(self.temporary, self.path)
         return Stored({"path": dg.MetadataValue.path(str(self.path)), "bytes": self.path.stat().st_size})
 
 
@@ -226,7 +248,7 @@ class NumpyIOManager(ArtifactIOManager):
         sink = io.BytesIO()
         np.save(sink, value, allow_pickle=False)
         path = self.record_path(directory, partition)
-        write_atomic(path, sink.getvalue())
+        self.storage().write(path, sink.getvalue())
         return {"path": dg.MetadataValue.path(str(path)), "bytes": sink.tell()}
 
     def fetch(self, directory, partition, what):
@@ -244,10 +266,87 @@ class NumpyIOManager(ArtifactIOManager):
             ) from error
 
 
+Put = Callable[[str, bytes], None]
+"""Writes one named file of a commit (the content files first, the record last)."""
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """A commit's record: its file name, and which content files a stored one names (what an object
+    store's garbage collection must keep for readers of the record being replaced)."""
+
+    name: str
+    names: Callable[[bytes], Iterable[str]]
+
+
+_MANIFEST = RecordKind("_manifest.json", lambda data: [s.file for s in Manifest.from_json(data).shards])
+_CHECKPOINT = RecordKind("checkpoint.json", lambda data: [CheckpointRecord.model_validate_json(data).file])
+
+
+class Store(Protocol):
+    """How artifacts are written safely on one kind of storage; :func:`store_for` picks one."""
+
+    def write(self, path: UPath, data: bytes) -> None:
+        """Replace a single-file artifact whole (a reader sees the old bytes or the new)."""
+
+    def staged(self, path: UPath) -> contextlib.AbstractContextManager[StagedFile]:
+        """A single-file artifact written in chunks, published only by ``StagedFile.commit``."""
+
+    def committing(self, directory: UPath, record: RecordKind) -> contextlib.AbstractContextManager[Put]:
+        """A commit of content-addressed files: the caller ``put``s each file, then the record naming
+        them, last. If the block fails, the previous record and every file it names stay intact."""
+
+    def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
+        """Held while a reader opens a record and its files."""
+
+
+def store_for(root: UPath, grace: timedelta) -> Store:
+    return LocalStore() if _is_local(root) else ObjectStore(grace)
+
+
+class LocalStore:
+    """Local disk: temporary names renamed into place, and ``flock`` on the artifact's directory."""
+
+    def write(self, path: UPath, data: bytes) -> None:
+        write_atomic(path, data)
+
+    @contextlib.contextmanager
+    def staged(self, path: UPath) -> Iterator[StagedFile]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        staged = StagedFile(path, temporary, temporary.open("wb"), UPath.rename)
+        try:
+            yield staged
+        finally:
+            staged.file.close()
+            if temporary.exists():
+                temporary.unlink()
+
+    @contextlib.contextmanager
+    def committing(self, directory: UPath, record: RecordKind) -> Iterator[Put]:
+        """Under the directory's exclusive lock; afterwards files nothing wrote are dropped (and
+        temporary files of writers that died: under the lock, no live writer has any here)."""
+        written: set[str] = set()
+
+        def put(name: str, data: bytes) -> None:  # always rewritten: a same-named file may be damaged
+            write_atomic(directory / (name if name == record.name else _safe(name)), data)
+            written.add(name)
+
+        with _locked(directory, exclusive=True):
+            yield put
+            for path in directory.iterdir():
+                orphan = path.name not in written and not path.name.startswith(".")
+                if orphan or (path.name.startswith(".") and path.name.endswith(".tmp")):
+                    path.unlink()
+
+    def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
+        return _locked(directory, exclusive=False)
+
+
 @contextlib.contextmanager
 def _locked(directory: UPath, exclusive: bool) -> Iterator[None]:
-    """An advisory lock on ``directory`` (local storage only; object stores have no rename to guard)."""
-    if not _is_local(directory) or not (exclusive or directory.exists()):
+    """An advisory lock on ``directory``: a commit holds it exclusively, a reader opening files shared."""
+    if not exclusive and not directory.exists():
         yield
         return
     directory.mkdir(parents=True, exist_ok=True)
@@ -259,36 +358,127 @@ def _locked(directory: UPath, exclusive: bool) -> Iterator[None]:
         os.close(fd)
 
 
-Put = Callable[[str, bytes], None]
-"""Writes one named file of a commit (atomically, under the commit's lock)."""
+@dataclass(frozen=True)
+class _StoredRecord:
+    etag: str
+    modified: datetime
+    names: frozenset[str]
 
 
-@contextlib.contextmanager
-def _committing(directory: UPath, record_name: str) -> Iterator[Put]:
-    """A commit of content-addressed files: the caller ``put``s each file, then the record naming them,
-    last; then files nothing wrote are dropped (and temporary files of writers that died: under the
-    lock, no live writer has any here). Files can be put one at a time as they are produced. If the
-    block fails, nothing is dropped: the previous record and every file it names stay intact."""
-    written: set[str] = set()
+class ObjectStore:
+    """S3-compatible storage through fsspec: no rename and no lock, so a commit is made safe by a
+    conditional put of its record (see the module docstring); objects appear only whole."""
 
-    def put(name: str, data: bytes) -> None:  # always rewritten: a same-named file may be damaged
-        write_atomic(directory / (name if name == record_name else _safe(name)), data)
-        written.add(name)
+    def __init__(self, grace: timedelta):
+        self.grace = grace
 
-    with _locked(directory, exclusive=True):
+    def write(self, path: UPath, data: bytes) -> None:
+        path.fs.pipe_file(path.path, data)
+
+    @contextlib.contextmanager
+    def staged(self, path: UPath) -> Iterator[StagedFile]:
+        """Written to a local scratch file, uploaded by the commit as one object."""
+        with tempfile.TemporaryDirectory(prefix="mnist-assets-upload-") as scratch:
+            temporary = UPath(scratch) / path.name
+            staged = StagedFile(path, temporary, temporary.open("wb"), _upload)
+            try:
+                yield staged
+            finally:
+                staged.file.close()
+
+    @contextlib.contextmanager
+    def committing(self, directory: UPath, record: RecordKind) -> Iterator[Put]:
+        fs, record_path = directory.fs, directory / record.name
+        previous = _stored_record(record_path, record)  # the version this commit replaces
+        written: set[str] = set()
+
+        def put(name: str, data: bytes) -> None:  # always rewritten: a same-named object may be damaged
+            if name == record.name:
+                _put_record(record_path, data, previous)
+            else:
+                fs.pipe_file((directory / _safe(name)).path, data)
+            written.add(name)
+
         yield put
-        for path in directory.iterdir():
-            orphan = path.name not in written and not path.name.startswith(".")
-            if orphan or (path.name.startswith(".") and path.name.endswith(".tmp")):
-                path.unlink()
+        if record.name in written:
+            self._collect(directory, record_path, written | (previous.names if previous else set()), previous)
+
+    def _collect(
+        self, directory: UPath, record_path: UPath, keep: set[str], previous: _StoredRecord | None
+    ) -> None:
+        """Delete the objects neither the new record nor the one it replaced names, once they are older
+        than the grace period, and only if the replaced record is too (files it did not name had stopped
+        being named when it was written; a reader may still hold them until the grace period ends).
+        Ages are measured on the server's clock: the new record's time stamp is now."""
+        fs = directory.fs
+        cutoff = fs.info(record_path.path, refresh=True)["LastModified"] - self.grace
+        if previous is not None and previous.modified > cutoff:
+            return
+        for entry in fs.ls(directory.path, detail=True, refresh=True):
+            name = entry["name"].rsplit("/", 1)[-1]
+            if entry["type"] == "file" and name not in keep and entry["LastModified"] < cutoff:
+                fs.rm_file(entry["name"])
+        fs.invalidate_cache(directory.path)
+
+    def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # files stay for the grace period after their record is replaced
 
 
-def _commit(directory: UPath, files: Mapping[str, bytes], record_name: str, record: bytes) -> None:
-    """Write content-addressed files, then the record naming them (see :func:`_committing`)."""
-    with _committing(directory, record_name) as put:
-        for name, data in files.items():
-            put(name, data)
-        put(record_name, record)
+def _upload(temporary: UPath, path: UPath) -> None:
+    path.fs.put_file(str(temporary), path.path)
+
+
+def _stored_record(path: UPath, record: RecordKind) -> _StoredRecord | None:
+    """The record now in storage, with its ETag (None if there is none). Read after the ETag: if the
+    record changes in between, the commit's If-Match fails, which is the safe side."""
+    try:
+        info = path.fs.info(path.path, refresh=True)
+        data = path.fs.cat_file(path.path)
+    except FileNotFoundError:
+        return None
+    try:
+        names = frozenset(record.names(data))
+    except ValueError:  # a damaged record names nothing a reader could use
+        names = frozenset()
+    return _StoredRecord(info["ETag"], info["LastModified"], names)
+
+
+def _put_record(path: UPath, data: bytes, previous: _StoredRecord | None) -> None:
+    """Write the record only if it is still the version the commit began from."""
+    condition: dict[str, str] = {"IfMatch": previous.etag} if previous else {"mode": "create"}
+    try:
+        path.fs.pipe_file(path.path, data, **condition)
+    except OSError as error:
+        if not _is_precondition_failure(error):
+            raise
+        raise CommitConflict(
+            f"{path}: another writer committed this artifact while this one was writing; its version "
+            "stands whole, and this commit's files are left to the garbage collection. Materialize "
+            "the asset again to build on the new version."
+        ) from error
+    finally:
+        path.fs.invalidate_cache(path.parent.path)
+
+
+def _is_precondition_failure(error: OSError) -> bool:
+    """s3fs raises FileExistsError for a failed If-None-Match and EINVAL for a failed If-Match (AWS
+    answers 409 ConditionalRequestConflict while another conditional write of the key is in flight)."""
+    message = str(error)
+    return (
+        isinstance(error, FileExistsError)
+        or (error.errno == errno.EINVAL and "condition" in message.lower())
+        or "ConditionalRequestConflict" in message
+    )
+
+
+def _commit(
+    store: Store, directory: UPath, files: Mapping[str, bytes], record: RecordKind, data: bytes
+) -> None:
+    """Write content-addressed files, then the record naming them (see :meth:`Store.committing`)."""
+    with store.committing(directory, record) as put:
+        for name, content in files.items():
+            put(name, content)
+        put(record.name, data)
 
 
 def _all_present(directory: UPath, sizes: Mapping[str, int | None]) -> bool:
@@ -308,7 +498,7 @@ class ShardSetIOManager(ArtifactIOManager):
     def store(self, directory, partition, value: EncodedShardSet):
         split_dir = directory / (partition or "all")
         manifest = value.manifest
-        _commit(split_dir, value.files, "_manifest.json", manifest.to_json().encode())
+        _commit(self.storage(), split_dir, value.files, _MANIFEST, manifest.to_json().encode())
         return self._metadata(directory, partition, manifest)
 
     def commit(self, asset_key: dg.AssetKey, split: str, write: Callable[[Put], Manifest]) -> Stored:
@@ -317,9 +507,9 @@ class ShardSetIOManager(ArtifactIOManager):
         locked throughout, so a concurrent writer waits (one wins whole) and so does a reader opening
         the split; what was committed before stays readable until the manifest is replaced."""
         directory = self.asset_dir(asset_key)
-        with _committing(directory / _safe(split), "_manifest.json") as put:
+        with self.storage().committing(directory / _safe(split), _MANIFEST) as put:
             manifest = write(put)
-            put("_manifest.json", manifest.to_json().encode())
+            put(_MANIFEST.name, manifest.to_json().encode())
         return Stored(self._metadata(directory, split, manifest))
 
     def _metadata(self, directory: UPath, partition: str | None, manifest: Manifest) -> dict[str, Any]:
@@ -356,7 +546,7 @@ class ShardSetIOManager(ArtifactIOManager):
         """The current manifest of ``split`` with every shard file opened, not yet read or verified."""
         split_dir = self.asset_dir(asset_key) / _safe(split)
         what = f"{asset_key.to_user_string()}[{split}]"
-        with _locked(split_dir, exclusive=False):
+        with self.storage().reading(split_dir):
             manifest = _read_manifest(split_dir, what)
             files: dict[str, BinaryIO] = {}
             try:
@@ -369,7 +559,7 @@ class ShardSetIOManager(ArtifactIOManager):
 
     def fetch(self, directory, partition, what):
         split_dir = directory / (partition or "all")
-        with _locked(split_dir, exclusive=False):
+        with self.storage().reading(split_dir):
             manifest = _read_manifest(split_dir, what)
             files = {s.file: _read(split_dir / s.file, what) for s in manifest.shards}
         try:
@@ -403,7 +593,8 @@ def damaged_shard(what: str, file: str, location: str) -> str:
 @dataclass(frozen=True)
 class OpenShardSet:
     """A committed shard set whose files are open: a commit that replaces it later cannot take them
-    away from this reader (an open file outlives its name), so a stream never sees files vanish."""
+    away from this reader (locally an open file outlives its name; on object storage a replaced
+    record's files are kept for the grace period), so a stream never sees files vanish."""
 
     manifest: Manifest
     files: dict[str, BinaryIO]
@@ -435,7 +626,13 @@ class KerasIOManager(ArtifactIOManager):
         name = f"model-{digest[:16]}.keras"
         record = CheckpointRecord(**value.record, file=name, sha256=digest, bytes=len(keras_bytes))
         target = directory if partition is None else directory / partition
-        _commit(target, {name: keras_bytes}, "checkpoint.json", record.model_dump_json(indent=2).encode())
+        _commit(
+            self.storage(),
+            target,
+            {name: keras_bytes},
+            _CHECKPOINT,
+            record.model_dump_json(indent=2).encode(),
+        )
         return {"path": dg.MetadataValue.path(str(target / name)), "bytes": len(keras_bytes)}
 
     def exists(self, asset_key, partition):
@@ -448,7 +645,7 @@ class KerasIOManager(ArtifactIOManager):
 
     def fetch(self, directory, partition, what):
         target = directory if partition is None else directory / partition
-        with _locked(target, exclusive=False):
+        with self.storage().reading(target):
             try:
                 record = CheckpointRecord.model_validate_json(_read(target / "checkpoint.json", what))
                 path = target / _safe(record.file)

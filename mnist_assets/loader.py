@@ -8,7 +8,8 @@ It streams: the shard being batched and the next ``READ_AHEAD`` (``rows_per_shar
 10,000 by default) are all it holds, so memory does not grow with the dataset. Each shard's sha256 is
 checked against the manifest the first time it is read; a damaged shard is refused with the split,
 the file and the repair command. The manifest and files are the ones committed when the loader opened
-them; a later commit does not change what it reads.
+them; a later commit does not change what it reads (on object storage, for the grace period during
+which a replaced version's files are kept: an hour by default).
 
 Shuffling is seeded per epoch, across shards (their order) and within them (their rows): the same seed
 gives the same batches, another seed others, and every example appears exactly once per epoch.

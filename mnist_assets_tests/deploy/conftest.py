@@ -1,9 +1,11 @@
-"""Real servers for the deployment tests: PostgreSQL 15, redis-server and Celery workers, each started
-on a free loopback port in a temporary directory, in a process group of its own, and stopped with the
-whole group (asserted gone). Only ``make test-deploy`` selects these tests (marker ``deploy``).
+"""Real servers for the deployment tests: PostgreSQL 15, redis-server, Celery workers and moto's
+standalone S3 server, each started on a free loopback port in a temporary directory, in a process
+group of its own, and stopped with the whole group (asserted gone). Only ``make test-deploy`` selects
+these tests (marker ``deploy``).
 
 Every process of the deployment gets ``Deployment.env``: one DAGSTER_HOME holding ``deploy/dagster.yaml``,
-the PostgreSQL and broker settings, the catalog and one artifact storage directory shared by all.
+the PostgreSQL and broker settings, the catalog, and the artifact storage all share: a prefix in a bucket
+of the S3 server (moto's), whose endpoint and credentials are in the environment.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from upath import UPath
 
 from mnist_assets_tests.conftest import REPO, mini_catalog_document
 
@@ -177,9 +180,11 @@ class Deployment:
     """PostgreSQL, Redis, a DAGSTER_HOME with ``deploy/dagster.yaml``, shared artifact storage, a catalog
     naming the mini mirror, and Celery workers started with ``deploy/celery.yaml``."""
 
-    def __init__(self, directory: Path, mini_mirror: dict, mirror_url: str):
+    def __init__(self, directory: Path, mini_mirror: dict, mirror_url: str, storage: str | None = None):
+        """``storage``: the artifacts' root URL (default: a directory in ``directory``)."""
         self.directory = directory
-        self.home, self.storage = directory / "dagster_home", directory / "artifacts"
+        self.home = directory / "dagster_home"
+        self.storage = UPath(storage or directory / "artifacts")
         self.home.mkdir()
         shutil.copy(REPO / "deploy" / "dagster.yaml", self.home / "dagster.yaml")
         self.catalog = directory / "catalog.json"
@@ -253,13 +258,14 @@ WORKER_ARGS = ["--concurrency=1", "--max-tasks-per-child=1"]
 
 
 @pytest.fixture(scope="module")
-def deployment(mini_mirror, http_server, tmp_path_factory) -> Iterator[Deployment]:
-    """The whole deployment with two Celery workers, for a module's tests in order."""
+def deployment(mini_mirror, http_server, s3, tmp_path_factory) -> Iterator[Deployment]:
+    """The whole deployment with two Celery workers and artifacts on S3, for a module's tests in order."""
     for binary in (PG_BIN / "initdb", REDIS_SERVER):
         if not binary.exists():
             pytest.fail(f"{binary} is missing: apt-get install -y postgresql-15 redis-server")
     url = http_server.mount("deploy", mini_mirror["directory"])
-    deployment = Deployment(tmp_path_factory.mktemp("deployment"), mini_mirror, url)
+    directory = tmp_path_factory.mktemp("deployment")
+    deployment = Deployment(directory, mini_mirror, url, s3.url(directory.name))
     saved = dict(os.environ)
     try:
         deployment.start()
@@ -268,3 +274,61 @@ def deployment(mini_mirror, http_server, tmp_path_factory) -> Iterator[Deploymen
         os.environ.clear()
         os.environ.update(saved)
         deployment.stop()
+
+
+class MotoS3:
+    """moto's standalone S3 server (a real HTTP server in its own process) on 127.0.0.1, with one bucket
+    for the artifacts; ``env`` is what every process needs to reach it through s3fs."""
+
+    bucket = "mnist-assets"
+
+    def __init__(self, directory: Path):
+        self.port = free_port()
+        self.server = Group(
+            "moto_server",
+            [VENV_BIN / "moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+            directory / "moto.log",
+        )
+        wait_for(self.answers, "moto_server", directory / "moto.log")
+
+    def answers(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
+            "AWS_ACCESS_KEY_ID": "testing",  # moto accepts any credentials
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> Iterator[MotoS3]:
+    """One S3 server for the session (s3fs caches its clients per process); this process's environment
+    names it while it runs, and child processes inherit that. Each test stores under its own prefix."""
+    import s3fs
+
+    server = MotoS3(tmp_path_factory.mktemp("moto"))
+    saved = dict(os.environ)
+    try:
+        os.environ.update(server.env)
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir(server.bucket)
+        yield server
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()

@@ -1,6 +1,7 @@
 """The small graph on the deployment of issue 13: the instance on PostgreSQL 15, every step in one of two
-Celery workers (Redis broker), artifacts in one storage directory all processes share. The tests of this
-module run in order on one deployment: a build from nothing, then a worker killed mid-training."""
+Celery workers (Redis broker), artifacts on S3 (moto's server) under one prefix all processes share. The
+tests of this module run in order on one deployment: a build from nothing, then a worker killed
+mid-training."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
+from upath import UPath
 
 pytestmark = pytest.mark.deploy
 
@@ -50,12 +51,11 @@ def celery_workers_by_step(instance: dg.DagsterInstance) -> dict[str, set[str]]:
     return found
 
 
-def files_under(directory: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-    }
+def files_under(directory: UPath) -> dict[str, str]:
+    """Every object under ``directory`` and its sha256, as the storage holds them now."""
+    fs = directory.fs
+    fs.invalidate_cache()
+    return {key: hashlib.sha256(fs.cat_file(key)).hexdigest() for key in sorted(fs.find(directory.path))}
 
 
 def test_the_small_graph_runs_on_postgres_with_every_step_in_a_celery_worker(deployment):
