@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 
@@ -210,21 +211,39 @@ def _pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process exists on this machine and is not a zombie (exited, not yet reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: it exists
         return True
-    return True
+    try:  # Linux: the state follows the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _one_machine(instance: dg.DagsterInstance) -> bool:
+    """Whether the instance lives in this machine's files or memory (SQLite, in-memory: Dagster's own
+    storages), so every run's pid is one of this machine's; a shared database (PostgreSQL) is not."""
+    if instance.is_ephemeral:
+        return True
+    ref = instance.get_ref()
+    storages = [ref.storage_data, ref.run_storage_data]
+    return all(s is None or s.module_name.startswith("dagster._core.") for s in storages)
 
 
 def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark failed every STARTED run whose recorded process no longer exists on this machine; their ids.
 
-    Dagster's run monitoring does this only for runs started by a run launcher (``dagster dev``'s
-    daemon); runs executed in a process of their own (``mnist-assets refresh``) would stay STARTED.
+    Dagster's run monitoring covers only runs started by a run launcher with the daemon running; runs
+    executed in a process of their own (``mnist-assets refresh``, ``execute_in_process``) would stay
+    STARTED. A pid means something only on the machine that recorded it, so runs of an instance shared
+    between machines (the PostgreSQL deployment, where ``run_monitoring`` is on) are left alone.
     """
+    if not _one_machine(instance):
+        return []
     marked = []
     for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         run = record.dagster_run

@@ -162,12 +162,41 @@ def test_refresh_tries_a_backing_off_partition_on_demand_and_names_its_last_fail
     "The last good checkpoint",
 )
 def test_a_sigkilled_run_is_marked_failed_and_its_partition_retried_by_the_next_tick(project):
-    from dagster import serialize_value
-
     directory = project.storage / "mini_mnist/checkpoint"
     good = (directory / "checkpoint.json").read_bytes()
     clock = Clock(project)
     assert clock.tick() == {}
+    run_id = kill_a_refresh_mid_checkpoint(project)
+    assert clock.tick() == {}  # it is still "in progress" as far as Dagster knows
+
+    sensor = project.defs().resolve_sensor_def("fail_dead_runs")
+    skip = sensor(dg.build_sensor_context(instance=project.instance))
+    assert run_id in str(skip)
+
+    record = project.instance.get_run_record_by_id(run_id)
+    assert record is not None and record.dagster_run.status == dg.DagsterRunStatus.FAILURE
+    failure = attempts.last_failure(project.instance, dg.AssetKey(["mini_mnist", "checkpoint"]), None)
+    assert failure is not None and failure.process_gone and "disappeared" in failure.message
+    assert (directory / "checkpoint.json").read_bytes() == good
+    assert clock.tick() == {"checkpoint": {None}}  # a vanished process is retried at once, the first time
+    assert all(clock.launch({"checkpoint": {None}}))
+    assert clock.tick() == {}
+
+
+def test_the_next_refresh_marks_a_sigkilled_run_failed_and_retries_its_partition(project):
+    run_id = kill_a_refresh_mid_checkpoint(project)
+    summary, delta = project.refresh()
+    record = project.instance.get_run_record_by_id(run_id)
+    assert record is not None and record.dagster_run.status == dg.DagsterRunStatus.FAILURE
+    assert [(s.asset, s.error) for s in summary.ran] == [("mini_mnist/checkpoint", None)]
+    assert summary.ran[0].last_failure and "disappeared" in summary.ran[0].last_failure
+    assert delta == {("checkpoint", None): 1}
+
+
+def kill_a_refresh_mid_checkpoint(project) -> str:
+    """A real refresh process retraining the checkpoint, SIGKILLed while it saves; the run it left STARTED."""
+    from dagster import serialize_value
+
     project.dataset["training"]["epochs"] = 2
     child = run_child(
         KILLED_REFRESH.format(
@@ -179,17 +208,4 @@ def test_a_sigkilled_run_is_marked_failed_and_its_partition_retried_by_the_next_
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
     started = project.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
     assert len(started) == 1
-    run_id = started[0].dagster_run.run_id
-    assert clock.tick() == {}  # it is still "in progress" as far as Dagster knows
-
-    sensor = project.defs().resolve_sensor_def("fail_dead_runs")
-    sensor(dg.build_sensor_context(instance=project.instance))
-
-    record = project.instance.get_run_record_by_id(run_id)
-    assert record is not None and record.dagster_run.status == dg.DagsterRunStatus.FAILURE
-    failure = attempts.last_failure(project.instance, dg.AssetKey(["mini_mnist", "checkpoint"]), None)
-    assert failure is not None and failure.process_gone and "disappeared" in failure.message
-    assert (directory / "checkpoint.json").read_bytes() == good
-    assert clock.tick() == {"checkpoint": {None}}
-    assert all(clock.launch({"checkpoint": {None}}))
-    assert clock.tick() == {}
+    return started[0].dagster_run.run_id
