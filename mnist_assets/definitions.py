@@ -61,6 +61,20 @@ def configured_executor(name: str | None = None) -> dg.ExecutorDefinition:
     return celery_executor.configured({"broker": broker, "backend": broker}, name="celery")
 
 
+def configured_retry_backoff() -> float:
+    """``MNIST_ASSETS_RETRY_BACKOFF`` seconds, or the default; refused unless a positive number."""
+    text = os.environ.get("MNIST_ASSETS_RETRY_BACKOFF") or str(DEFAULT_BACKOFF_SECONDS)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(
+            f"MNIST_ASSETS_RETRY_BACKOFF={text!r}: set it to a positive number of seconds, e.g. 300"
+        )
+    return seconds
+
+
 def build_definitions(
     datasets: Mapping[str, Dataset],
     storage: str,
@@ -83,5 +97,5 @@ defs = build_definitions(
     configured_storage(),
     refresh_cron=os.environ.get("MNIST_ASSETS_REFRESH_CRON") or DEFAULT_REFRESH_CRON,
     executor=configured_executor(),
-    retry_backoff_seconds=float(os.environ.get("MNIST_ASSETS_RETRY_BACKOFF") or DEFAULT_BACKOFF_SECONDS),
+    retry_backoff_seconds=configured_retry_backoff(),
 )

@@ -6,13 +6,17 @@ failed and retried. Time moves by passing evaluation times to the ticks, as the 
 """
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from mnist_assets import attempts
 from mnist_assets.catalog import FILE_KEYS
+from mnist_assets_tests.conftest import REPO
 from mnist_assets_tests.faults import scenario
 from mnist_assets_tests.test_faults_crashes import KILLED_REFRESH, run_child
 
@@ -209,3 +213,27 @@ def kill_a_refresh_mid_checkpoint(project) -> str:
     started = project.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
     assert len(started) == 1
     return started[0].dagster_run.run_id
+
+
+def test_the_retry_backoff_comes_from_the_environment(mini_catalog):
+    code = (
+        "from mnist_assets import defs\n"
+        "from mnist_assets.attempts import BackingOff\n"
+        "def walk(c):\n"
+        "    return [c] if isinstance(c, BackingOff) else [b for child in c.children for b in walk(child)]\n"
+        "spec = next(s for s in defs.resolve_all_asset_specs() if s.automation_condition)\n"
+        "print({b.backoff_seconds for b in walk(spec.automation_condition)})\n"
+    )
+    env = {
+        **os.environ,
+        "MNIST_ASSETS_CATALOG": str(mini_catalog["path"]),
+        "MNIST_ASSETS_RETRY_BACKOFF": "7.5",
+    }
+    run = [sys.executable, "-c", code]
+    out = subprocess.run(run, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "{7.5}"
+    env["MNIST_ASSETS_RETRY_BACKOFF"] = "soon"
+    out = subprocess.run(run, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    assert (
+        out.returncode != 0 and "MNIST_ASSETS_RETRY_BACKOFF='soon': set it to a positive number" in out.stderr
+    )
