@@ -5,18 +5,20 @@ per backoff step, never once per tick or observation; a run whose process was SI
 failed and retried. Time moves by passing evaluation times to the ticks, as the daemon's clock would.
 """
 
+import gzip
 import json
 import os
 import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import dagster as dg
 
 from mnist_assets import attempts
 from mnist_assets.catalog import FILE_KEYS
-from mnist_assets_tests.conftest import REPO
+from mnist_assets_tests.conftest import MINI_FILENAMES, REPO
 from mnist_assets_tests.faults import scenario
 from mnist_assets_tests.test_faults_crashes import KILLED_REFRESH, run_child
 
@@ -131,6 +133,30 @@ def test_an_unreachable_mirror_is_retried_per_backoff_step_and_at_once_when_it_a
     clock.observe()
     assert clock.tick(minutes=0) == {"raw_gzip": set(FILE_KEYS)}
     assert all(clock.launch({"raw_gzip": set(FILE_KEYS)}))
+
+
+def test_observations_that_answer_the_same_are_not_a_change(project, http_server):
+    """A mirror that answers HEAD but serves damaged bytes: each observation repeats the data version the
+    failed attempt already had, so only the backoff brings the next attempt."""
+    path = project.mirror / MINI_FILENAMES["test-images"]
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=1, mtime=777))
+    http_server.faults[urlsplit(project.url + MINI_FILENAMES["test-images"]).path] = "corrupt"
+    clock = Clock(project)
+    launched = []
+    for minute in range(12):
+        clock.observe()  # answers, with the data version the failed attempt started from
+        due = minute == 0 or (clock.now + timedelta(minutes=1)).timestamp() >= next_retry(
+            project, "test-images"
+        )
+        requested = clock.tick()
+        assert requested == ({"raw_gzip": {"test-images"}} if due else {}), (minute, requested)
+        if requested:
+            assert clock.launch(requested) == [False]
+            launched.append(minute)
+    assert len(launched) == 3, (
+        launched
+    )  # 12 observations and ticks: the first attempt, then after 5 and 10 minutes
+    assert clock.now.timestamp() < next_retry(project, "test-images")
 
 
 def test_a_failed_partition_is_retried_at_once_when_its_code_version_changes(project):
