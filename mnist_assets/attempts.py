@@ -68,6 +68,8 @@ def _run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
         while error is not None and error.cause is not None and error.cls_name.endswith("ExecutionError"):
             error = error.cause
         text = (error.message if error else None) or event.message or ""
+        if error is not None and text.split(": ", 1)[0].endswith(error.cls_name):  # "pkg.mod.Error: ..."
+            text = text.split(": ", 1)[1]
         text = " ".join(text.split("\nStack Trace:")[0].split())
         if text:
             return text if len(text) <= 400 else text[:399] + "…"
