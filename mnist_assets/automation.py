@@ -5,7 +5,10 @@ default) evaluates it in the code server, because the condition reads storage, s
 rebuilds missing partitions (including those missing from the start), stale ones and deleted ones
 without clicks, upstream first, one hop per tick. The ``daily_refresh`` schedule observes every
 dataset's sources; a changed remote file or catalog entry then makes exactly its raw partition stale
-and the sensor takes it from there. Both are listed, with descriptions, under Automation in the UI.
+and the sensor takes it from there. A partition whose last attempt failed waits for a change or a
+backoff (:mod:`mnist_assets.attempts`), and the ``fail_dead_runs`` sensor marks failed the runs whose
+process was killed, so they neither stay STARTED nor block their partitions. All are listed, with
+descriptions, under Automation in the UI.
 """
 
 from __future__ import annotations
@@ -14,24 +17,37 @@ from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
+from mnist_assets.attempts import DEFAULT_BACKOFF_SECONDS, BackingOff, fail_dead_runs
 from mnist_assets.staleness import NeedsRebuild, Stores, stores_of
+
+__all__ = ["DEFAULT_BACKOFF_SECONDS", "DEFAULT_REFRESH_CRON", "automation", "refresh_condition"]
 
 DEFAULT_REFRESH_CRON = "0 4 * * *"
 SENSOR_INTERVAL_SECONDS = 30
+DEAD_RUN_CHECK_SECONDS = 60
 
 
-def refresh_condition(stores: Stores, cron: str) -> dg.AutomationCondition:
+def refresh_condition(
+    stores: Stores, backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
+) -> dg.AutomationCondition:
     """Rebuild a partition that needs it, once per reason, after its dependencies are settled.
 
-    A reason is: it newly needs a rebuild, an input was updated, its code changed, or the daily tick
-    passed (so a failed rebuild is retried daily, not every tick). Waiting while any dependency needs
-    a rebuild means a parent that reproduces identical content leaves this partition alone; waiting
-    while a dependency's last attempt failed keeps that failure the only one reported.
+    A reason is: it newly needs a rebuild, an input was updated, its code changed, or its backoff after
+    a failed attempt ran out. A partition whose last attempt failed is not requested while it backs off,
+    unless what it is built from changed since (a new observation, an upstream rebuild, a new code
+    version): one failed run per change or backoff step, not one per tick or observation. Waiting while
+    any dependency needs a rebuild means a parent that reproduces identical content leaves this
+    partition alone; waiting while a dependency's last attempt failed keeps that failure the only one
+    reported.
     """
     AC = dg.AutomationCondition
     needs = NeedsRebuild(stores)
+    backing_off = BackingOff(backoff_seconds)
+    may_try = (~backing_off | AC.code_version_changed()).with_label(
+        "not waiting after a failed attempt (or its code changed)"
+    )
     reason = (
-        (needs.newly_true() | AC.any_deps_updated() | AC.code_version_changed() | AC.cron_tick_passed(cron))
+        (needs.newly_true() | AC.any_deps_updated() | AC.code_version_changed() | may_try.newly_true())
         .since(AC.newly_requested())
         .with_label("a new reason since it was last requested")
     )
@@ -43,7 +59,7 @@ def refresh_condition(stores: Stores, cron: str) -> dg.AutomationCondition:
     upstream_ok = ~AC.any_deps_match(AC.execution_failed()).with_label(
         "waiting: a dependency's last attempt failed and it has not changed since"
     )
-    return (needs & reason & settled & upstream_ok & ~AC.in_progress()).with_label(
+    return (needs & may_try & reason & settled & upstream_ok & ~AC.in_progress()).with_label(
         "rebuild when stale or missing"
     )
 
@@ -52,10 +68,11 @@ def automation(
     assets: Sequence[dg.AssetsDefinition | dg.SourceAsset],
     resources: Mapping[str, object],
     cron: str = DEFAULT_REFRESH_CRON,
+    retry_backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
 ) -> dict:
-    """``Definitions`` arguments: the assets with their condition, the sensor, the observe job and
+    """``Definitions`` arguments: the assets with their condition, the sensors, the observe job and
     its schedule."""
-    condition = refresh_condition(stores_of(assets, resources), cron)
+    condition = refresh_condition(stores_of(assets, resources), retry_backoff_seconds)
     automated = [
         a.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition))
         if isinstance(a, dg.AssetsDefinition)
@@ -89,7 +106,23 @@ def automation(
                 minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
                 use_user_code_server=True,  # the condition reads storage, which the daemon cannot
                 description="Rebuilds missing, stale and deleted asset partitions, upstream first "
-                "(the same judgement as `mnist-assets refresh`).",
-            )
+                "(the same judgement as `mnist-assets refresh`); a partition whose last attempt "
+                "failed waits for a change or a backoff.",
+            ),
+            dg.SensorDefinition(
+                "fail_dead_runs",
+                evaluation_fn=_fail_dead_runs,
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=DEAD_RUN_CHECK_SECONDS,
+                description="Marks failed the STARTED runs whose process disappeared (killed, crashed), "
+                "so they do not stay STARTED forever and their partitions are retried.",
+            ),
         ],
     }
+
+
+def _fail_dead_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    marked = fail_dead_runs(context.instance)
+    return dg.SkipReason(
+        f"marked failed, their process gone: {', '.join(marked)}" if marked else "no run lost its process"
+    )

@@ -5,6 +5,8 @@ Settings come from the environment, read here only:
 - ``MNIST_ASSETS_STORAGE``: where artifacts live, a directory or any fsspec URL (default ``data/artifacts``);
 - ``MNIST_ASSETS_MIRROR_<DATASET>``: mirror override, read when the definitions load;
 - ``MNIST_ASSETS_REFRESH_CRON``: when the daily_refresh schedule observes the sources (default 04:00 UTC);
+- ``MNIST_ASSETS_RETRY_BACKOFF``: seconds the sensor waits before retrying a partition whose last attempt
+  failed and whose inputs did not change (default 300), doubled per failure in a row up to a day;
 - ``MNIST_ASSETS_EXECUTOR``: where steps run: ``in_process`` (default) or ``celery`` (Celery workers, see
   docs/deploy.md), which also needs ``MNIST_ASSETS_CELERY_BROKER``, the broker URL (e.g. Redis), read
   when a run starts.
@@ -18,7 +20,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from mnist_assets.assets import dataset_assets
-from mnist_assets.automation import DEFAULT_REFRESH_CRON, automation
+from mnist_assets.automation import DEFAULT_BACKOFF_SECONDS, DEFAULT_REFRESH_CRON, automation
 from mnist_assets.catalog import Dataset, load_catalog
 from mnist_assets.io_managers import io_managers
 
@@ -59,17 +61,34 @@ def configured_executor(name: str | None = None) -> dg.ExecutorDefinition:
     return celery_executor.configured({"broker": broker, "backend": broker}, name="celery")
 
 
+def configured_retry_backoff() -> float:
+    """``MNIST_ASSETS_RETRY_BACKOFF`` seconds, or the default; refused unless a positive number."""
+    text = os.environ.get("MNIST_ASSETS_RETRY_BACKOFF") or str(DEFAULT_BACKOFF_SECONDS)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(
+            f"MNIST_ASSETS_RETRY_BACKOFF={text!r}: set it to a positive number of seconds, e.g. 300"
+        )
+    return seconds
+
+
 def build_definitions(
     datasets: Mapping[str, Dataset],
     storage: str,
     assets_factory=dataset_assets,
     refresh_cron: str = DEFAULT_REFRESH_CRON,
     executor: dg.ExecutorDefinition = dg.in_process_executor,
+    retry_backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
 ) -> dg.Definitions:
     resources = io_managers(storage)
     assets = [a for dataset in datasets.values() for a in assets_factory(dataset)]
     return dg.Definitions(
-        **automation(assets, resources, refresh_cron), resources=resources, executor=executor
+        **automation(assets, resources, refresh_cron, retry_backoff_seconds),
+        resources=resources,
+        executor=executor,
     )
 
 
@@ -78,4 +97,5 @@ defs = build_definitions(
     configured_storage(),
     refresh_cron=os.environ.get("MNIST_ASSETS_REFRESH_CRON") or DEFAULT_REFRESH_CRON,
     executor=configured_executor(),
+    retry_backoff_seconds=configured_retry_backoff(),
 )

@@ -6,7 +6,9 @@ or remote file is seen. Assets are visited upstream first and each partition is 
 it would run, so a rebuild that reproduces identical content (same data version) leaves everything
 downstream alone.
 A failed partition is reported and keeps its last good artifact; what is built from it is blocked (not
-run, listed with the failure behind it) and everything else still refreshes.
+run, listed with the failure behind it) and everything else still refreshes. Unlike the sensor, refresh
+retries a partition whose last attempt failed at once (a person asked) and names that failure. Runs whose
+process died are marked failed first, so they do not look in progress forever.
 
 Every Dagster run costs a fixed ~0.3-0.6 s (run record, event log, plan), so a partition whose
 same-partition children must be rebuilt anyway (e.g. a cold build: raw_gzip[x] and idx[x] both missing)
@@ -22,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import dagster as dg
 
-from mnist_assets import staleness
+from mnist_assets import attempts, staleness
 from mnist_assets.dagster_private import observe_sources, reconstructable_asset_job
 from mnist_assets.progress import Lines
 
@@ -38,6 +40,8 @@ class Step:
     error: str | None = None
     blocked_by: list[str] = field(default_factory=list)
     """The partitions that failed in this refresh and that this one is built from (directly or not)."""
+    last_failure: str | None = None
+    """How the previous attempt ended when it failed (before this refresh), e.g. while a mirror was down."""
 
     @property
     def label(self) -> str:
@@ -141,6 +145,8 @@ class Refresher:
         summary = Summary(datasets=self.datasets, dry_run=dry_run)
         planned: set[Partition] = set()
         failed_roots: dict[Partition, set[str]] = {}  # failed or blocked → the failures behind it
+        for run_id in attempts.fail_dead_runs(self.instance):
+            log(f"marked run {run_id} failed: its process disappeared")
         self.observe()  # a dry run too: the plan must reflect the catalog as it is now
         judge = staleness.resolver(self.instance, self.graph)
         done: set[Partition] = set()  # ran as a companion of an input's run
@@ -159,6 +165,9 @@ class Refresher:
                         summary.fresh += 1
                     continue
                 planned.add((key, partition))
+                if failure := attempts.last_failure(self.instance, key, partition):
+                    step.last_failure = failure.describe()
+                    log(f"{step.label}: {step.last_failure}")
                 roots = set().union(*(failed_roots.get(p, set()) for p in parents))
                 if roots:
                     step.blocked_by = sorted(roots)
