@@ -30,8 +30,8 @@ from pathlib import Path
 import report
 
 from mnist_assets import idx
-from mnist_assets.catalog import DEFAULT_CATALOG, FILE_KEYS
-from mnist_assets_tests.conftest import MINI_FILENAMES, MINI_TEST, MINI_TRAIN, real_mnist_file, write_idx_gz
+from mnist_assets.catalog import DEFAULT_CATALOG
+from mnist_assets_tests.conftest import real_mnist_file, write_mini_mirror
 from mnist_assets_tests.deploy import conftest as deploy
 from mnist_assets_tests.deploy.conftest import PG_BIN, Deployment, MotoS3
 
@@ -44,21 +44,7 @@ def mini_mirror(directory: Path) -> dict:
         idx.parse(gzip.decompress(real_mnist_file(f"t10k-{kind}-idx{n}-ubyte.gz").read_bytes()))
         for kind, n in (("images", 3), ("labels", 1))
     )
-    arrays = {
-        "train-images": images[:MINI_TRAIN],
-        "train-labels": labels[:MINI_TRAIN],
-        "test-images": images[-MINI_TEST:],
-        "test-labels": labels[-MINI_TEST:],
-    }
-    files = {}
-    for key in FILE_KEYS:
-        digest = write_idx_gz(directory / MINI_FILENAMES[key], arrays[key])
-        files[key] = {
-            "filename": MINI_FILENAMES[key],
-            "payload_size": len(idx.encode(arrays[key])),
-            "payload_sha256": digest,
-        }
-    return {"directory": directory, "files": files}
+    return write_mini_mirror(directory, images, labels)
 
 
 def packaged_entry(dataset: str, epochs: int | None) -> dict:

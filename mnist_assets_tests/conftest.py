@@ -194,17 +194,15 @@ def t10k_arrays():
     return images, labels
 
 
-@pytest.fixture(scope="session")
-def mini_mirror(tmp_path_factory, t10k_arrays) -> dict:
-    """A small real mirror: directory, catalog file entries and arrays of each file."""
-    images, labels = t10k_arrays
+def write_mini_mirror(directory: Path, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Real t10k digits cut into a small train/test mirror in ``directory``: the directory, the catalog's
+    file entries and each file's array (also what ``benchmarks/deploy_bench.py`` serves)."""
     arrays = {
         "train-images": images[:MINI_TRAIN],
         "train-labels": labels[:MINI_TRAIN],
         "test-images": images[-MINI_TEST:],
         "test-labels": labels[-MINI_TEST:],
     }
-    directory = tmp_path_factory.mktemp("mini_mirror")
     files = {}
     for key in FILE_KEYS:
         digest = write_idx_gz(directory / MINI_FILENAMES[key], arrays[key])
@@ -214,6 +212,12 @@ def mini_mirror(tmp_path_factory, t10k_arrays) -> dict:
             "payload_sha256": digest,
         }
     return {"directory": directory, "files": files, "arrays": arrays}
+
+
+@pytest.fixture(scope="session")
+def mini_mirror(tmp_path_factory, t10k_arrays) -> dict:
+    """A small real mirror: directory, catalog file entries and arrays of each file."""
+    return write_mini_mirror(tmp_path_factory.mktemp("mini_mirror"), *t10k_arrays)
 
 
 TINY_TRAINING = {

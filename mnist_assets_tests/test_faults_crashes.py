@@ -299,17 +299,10 @@ KILLED_REFRESH = """
 """
 
 
-@scenario(
-    "Crashes and concurrency",
-    "SIGKILL of a `mnist-assets refresh` process while it saves a retrained checkpoint",
-    "The run dies; the next refresh still finds the checkpoint stale and retrains it; temp files swept",
-    "The last good checkpoint, loadable until the repair lands",
-)
-def test_a_refresh_killed_while_saving_the_checkpoint_is_repaired_by_the_next_one(project):
+def kill_a_refresh_mid_checkpoint(project) -> str:
+    """A real refresh process retraining the checkpoint, SIGKILLed while it saves; the run it left STARTED."""
     from dagster import serialize_value
 
-    directory = project.storage / "mini_mnist/checkpoint"
-    good = (directory / "checkpoint.json").read_bytes()
     project.dataset["training"]["epochs"] = 2
     child = run_child(
         KILLED_REFRESH.format(
@@ -318,8 +311,23 @@ def test_a_refresh_killed_while_saving_the_checkpoint_is_repaired_by_the_next_on
             root=str(project.storage),
         )
     )
-
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    started = project.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    assert len(started) == 1
+    return started[0].dagster_run.run_id
+
+
+@scenario(
+    "Crashes and concurrency",
+    "SIGKILL of a `mnist-assets refresh` process while it saves a retrained checkpoint",
+    "The run dies; the next refresh still finds the checkpoint stale and retrains it; temp files swept",
+    "The last good checkpoint, loadable until the repair lands",
+)
+def test_a_refresh_killed_while_saving_the_checkpoint_is_repaired_by_the_next_one(project):
+
+    directory = project.storage / "mini_mnist/checkpoint"
+    good = (directory / "checkpoint.json").read_bytes()
+    kill_a_refresh_mid_checkpoint(project)
     assert (directory / "checkpoint.json").read_bytes() == good
     assert any(p.name.endswith(".dying.tmp") for p in directory.iterdir())
     store = KerasIOManager(root=str(project.storage))

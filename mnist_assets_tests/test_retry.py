@@ -8,7 +8,6 @@ failed and retried. Time moves by passing evaluation times to the ticks, as the 
 import gzip
 import json
 import os
-import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,7 @@ from mnist_assets import attempts
 from mnist_assets.catalog import FILE_KEYS
 from mnist_assets_tests.conftest import MINI_FILENAMES, REPO
 from mnist_assets_tests.faults import scenario
-from mnist_assets_tests.test_faults_crashes import KILLED_REFRESH, run_child
+from mnist_assets_tests.test_faults_crashes import kill_a_refresh_mid_checkpoint
 
 RAW = dg.AssetKey(["mini_mnist", "raw_gzip"])
 
@@ -221,24 +220,6 @@ def test_the_next_refresh_marks_a_sigkilled_run_failed_and_retries_its_partition
     assert [(s.asset, s.error) for s in summary.ran] == [("mini_mnist/checkpoint", None)]
     assert summary.ran[0].last_failure and "disappeared" in summary.ran[0].last_failure
     assert delta == {("checkpoint", None): 1}
-
-
-def kill_a_refresh_mid_checkpoint(project) -> str:
-    """A real refresh process retraining the checkpoint, SIGKILLed while it saves; the run it left STARTED."""
-    from dagster import serialize_value
-
-    project.dataset["training"]["epochs"] = 2
-    child = run_child(
-        KILLED_REFRESH.format(
-            ref=serialize_value(project.instance.get_ref()),
-            document=json.dumps(project.document),
-            root=str(project.storage),
-        )
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
-    started = project.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
-    assert len(started) == 1
-    return started[0].dagster_run.run_id
 
 
 def test_the_retry_backoff_comes_from_the_environment(mini_catalog):
