@@ -666,4 +666,28 @@ def io_managers(root: str) -> dict[str, ArtifactIOManager]:
         "npy_io_manager": NumpyIOManager(root=root),
         "shards_io_manager": ShardSetIOManager(root=root),
         "keras_io_manager": KerasIOManager(root=root),
+        "json_io_manager": JsonRecordIOManager(root=root),
     }
+
+
+class JsonRecordIOManager(ArtifactIOManager):
+    """Small typed records (a pydantic model, e.g. best_model's choice) as ``record.json`` (or
+    ``<partition>.json``), replaced whole; loaded as the parsed JSON."""
+
+    def record_path(self, directory, partition):
+        return directory / f"{partition or 'record'}.json"
+
+    def store(self, directory, partition, value):
+        path = self.record_path(directory, partition)
+        data = value.model_dump_json(indent=2).encode()
+        self.storage().write(path, data)
+        return {"path": dg.MetadataValue.path(str(path)), "bytes": len(data)}
+
+    def fetch(self, directory, partition, what) -> Any:
+        import json
+
+        path = self.record_path(directory, partition)
+        try:
+            return json.loads(_read(path, what))
+        except ValueError as error:
+            raise StorageError(f"{what}: {path} is not valid JSON ({error}); {REPAIR}") from error
