@@ -147,9 +147,11 @@ def open_lineage(page: Page, url: str, asset_names: set[str]) -> None:
 
 
 def materialize_checkpoint(page: Page, url: str) -> str:
-    """Select the checkpoint in the graph, materialize it, open the run the toast names; its id."""
+    """Select the checkpoint in the graph, materialize its one partition (the mini catalog's one model
+    configuration, preselected in the dialog), open the run the toast names; its id."""
     page.locator("svg foreignObject").get_by_text("checkpoint", exact=True).click()
     page.get_by_role("button", name=re.compile(r"Materialize selected$")).click()
+    page.get_by_role("dialog").get_by_role("button", name="Launch 1 run", exact=True).click()
     toast = page.get_by_role("region", name=re.compile("Notifications"))
     run_path = toast.get_by_role("link", name="View").get_attribute("href") or ""
     assert re.fullmatch(r"/runs/[0-9a-f-]{36}", run_path), f"the launch toast links to {run_path!r}"
