@@ -67,15 +67,6 @@ class Summary:
         return asdict(self)
 
 
-DAGSTER_WRAPPERS = frozenset(  # Dagster's "error occurred while …" errors: the cause is the story
-    {
-        "DagsterExecutionStepExecutionError",
-        "DagsterExecutionHandleOutputError",
-        "DagsterExecutionLoadInputError",
-    }
-)
-
-
 def _failure_message(result, step_key: str) -> str:
     """What the step raised, not a Dagster traceback."""
     for event in result.all_events:
@@ -83,7 +74,7 @@ def _failure_message(result, step_key: str) -> str:
             continue
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
-            while error.cause is not None and error.cls_name in DAGSTER_WRAPPERS:
+            while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
                 error = error.cause
             message = error.message.strip()
             if error.cls_name == "Failure":  # raised on purpose: its text is the whole story
