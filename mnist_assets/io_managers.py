@@ -38,6 +38,7 @@ import io
 import mmap
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -56,8 +57,11 @@ from mnist_assets.shards import EncodedShardSet, ShardSet, decode
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class StorageError(RuntimeError):
-    """A stored artifact is missing or does not match its record."""
+class StorageError(dg.Failure):
+    """A stored artifact is missing or does not match its record, or the storage refused a read or write.
+
+    A :class:`dagster.Failure`, so Dagster's event log and UI show its sentence itself rather than
+    "Error occurred while handling output" with the cause further down."""
 
 
 class CommitConflict(StorageError):
@@ -101,6 +105,73 @@ def _read(path: UPath, what: str) -> bytes:
 
 def _missing(path: UPath, what: str) -> str:
     return f"{what}: {path} is missing; materialize the asset (again) to rebuild it"
+
+
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT}
+    | {errno.ENOTDIR, errno.EIO}
+)
+"""Local OSErrors that are the storage's doing (any OSError is, on object storage)."""
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_WHAT_TO_DO = {
+    errno.EROFS: "remount that filesystem read-write or point MNIST_ASSETS_STORAGE at writable storage",
+    errno.EACCES: "let this user write there or point MNIST_ASSETS_STORAGE at storage it may write",
+    errno.ENOENT: "a directory on the way vanished (storage root deleted or unmounted?): restore it",
+    errno.EIO: "the device reported an I/O error: check the disk",
+}
+_WHAT_TO_DO[errno.EPERM] = _WHAT_TO_DO[errno.EACCES]
+_WHAT_TO_DO[errno.ENOTDIR] = _WHAT_TO_DO[errno.ENOENT]
+
+
+def storage_failure(
+    error: OSError, action: str, what: str, path: UPath, needed: int | None = None
+) -> StorageError:
+    """The one plain sentence for a storage fault: what was being written or read, where, the operating
+    system's reason, and what to do; for a full disk also the bytes needed (when known), the bytes
+    free and on which filesystem. The previous committed version always stays, so the sentence says so."""
+    reason = error.strerror or str(error)
+    if error.errno in _FULL:
+        todo = "free space there or point MNIST_ASSETS_STORAGE at a larger disk"
+        if _is_local(path):
+            reason += _space(path, needed)
+    elif _is_local(path):
+        todo = _WHAT_TO_DO.get(error.errno or 0, "check the storage")
+    else:
+        todo = "check the storage URL, its credentials and the service"
+    return StorageError(
+        f"{what}: could not {action} {path}: {reason}. The previous version, if any, is kept. "
+        f"What to do: {todo}, then refresh again."
+    )
+
+
+def _space(path: UPath, needed: int | None) -> str:
+    """`` (N bytes needed, M free on the filesystem at /mount)`` for a local path."""
+    existing = os.path.abspath(str(path))
+    while not os.path.exists(existing) and existing != os.path.dirname(existing):
+        existing = os.path.dirname(existing)
+    mount = existing
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    free = shutil.disk_usage(existing).free
+    wanted = "" if needed is None else f"{needed:,} bytes needed, "
+    return f" ({wanted}{free:,} bytes free on the filesystem mounted at {mount})"
+
+
+@contextlib.contextmanager
+def plainly(action: str, what: str, path: UPath, needed: int | None = None) -> Iterator[None]:
+    """Storage faults inside the block become :func:`storage_failure`'s sentence about ``path``."""
+    try:
+        yield
+    except OSError as error:
+        if _is_local(path) and error.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_failure(error, action, what, path, needed) from error
+
+
+def _label(asset_key: dg.AssetKey, partition: str | None) -> str:
+    """``dataset/asset[partition]``, as people write it."""
+    return asset_key.to_user_string() + (f"[{partition}]" if partition else "")
 
 
 @dataclass(frozen=True)
@@ -153,7 +224,8 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         """The partition's file to write in chunks (``staged.file``), for single-file artifacts: it
         replaces the stored file only on ``staged.commit()``, and is removed if the block ends without
         it (a refused or failed write keeps the previous artifact)."""
-        with self.storage().staged(self.location(asset_key, partition)) as staged:
+        path = self.location(asset_key, partition)
+        with plainly("write", _label(asset_key, partition), path), self.storage().staged(path) as staged:
             yield staged
 
     # one value <-> storage, per partition (partition None for unpartitioned assets)
@@ -168,16 +240,19 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             context.add_output_metadata(obj.metadata)
             return
         partition = _safe(context.asset_partition_key) if context.has_asset_partitions else None
-        context.add_output_metadata(self.store(self.asset_dir(context.asset_key), partition, obj))
+        path = self.location(context.asset_key, partition)
+        with plainly("write", _label(context.asset_key, partition), path):
+            context.add_output_metadata(self.store(self.asset_dir(context.asset_key), partition, obj))
 
     def load_input(self, context: dg.InputContext) -> Any:
-        directory = self.asset_dir(context.asset_key)
-        what = context.asset_key.to_user_string()
         if not context.has_asset_partitions:
-            return self.fetch(directory, None, what)
-        return {
-            key: self.fetch(directory, _safe(key), f"{what}[{key}]") for key in context.asset_partition_keys
-        }
+            return self._load(context.asset_key, None)
+        return {key: self._load(context.asset_key, _safe(key)) for key in context.asset_partition_keys}
+
+    def _load(self, asset_key: dg.AssetKey, partition: str | None) -> Any:
+        what = _label(asset_key, partition)
+        with plainly("read", what, self.location(asset_key, partition)):
+            return self.fetch(self.asset_dir(asset_key), partition, what)
 
 
 class GzipIOManager(ArtifactIOManager):
@@ -333,7 +408,11 @@ class LocalStore:
             written.add(name)
 
         with _locked(directory, exclusive=True):
-            yield put
+            try:
+                yield put
+            except BaseException:
+                _drop_uncommitted(directory, record, written)
+                raise
             for path in directory.iterdir():
                 orphan = path.name not in written and not path.name.startswith(".")
                 if orphan or (path.name.startswith(".") and path.name.endswith(".tmp")):
@@ -341,6 +420,21 @@ class LocalStore:
 
     def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
         return _locked(directory, exclusive=False)
+
+
+def _drop_uncommitted(directory: UPath, record: RecordKind, written: set[str]) -> None:
+    """A failed local commit gives its space back before it raises: the files it wrote that the record
+    in place does not name (those it does name are the previous version's, same names, same bytes),
+    and temporary files (under the commit's lock, no live writer has any)."""
+    with contextlib.suppress(OSError):  # e.g. the directory vanished: the cause is the error to report
+        try:
+            kept = set(record.names((directory / record.name).read_bytes()))
+        except (FileNotFoundError, ValueError):  # no record, or one naming nothing usable
+            kept = set()
+        for path in directory.iterdir():
+            stray = path.name in written and path.name not in kept and path.name != record.name
+            if stray or (path.name.startswith(".") and path.name.endswith(".tmp")):
+                path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -506,10 +600,16 @@ class ShardSetIOManager(ArtifactIOManager):
         is encoded and returns the manifest naming them, which is written last. The split's directory is
         locked throughout, so a concurrent writer waits (one wins whole) and so does a reader opening
         the split; what was committed before stays readable until the manifest is replaced."""
-        directory = self.asset_dir(asset_key)
-        with self.storage().committing(directory / _safe(split), _MANIFEST) as put:
-            manifest = write(put)
-            put(_MANIFEST.name, manifest.to_json().encode())
+        directory, what = self.asset_dir(asset_key), _label(asset_key, split)
+        split_dir = directory / _safe(split)
+
+        def put_plainly(name: str, data: bytes) -> None:  # at the failing file: bytes needed, free now
+            with plainly("write", what, split_dir / name, needed=len(data)):
+                put(name, data)
+
+        with plainly("write", what, split_dir), self.storage().committing(split_dir, _MANIFEST) as put:
+            manifest = write(put_plainly)
+            put_plainly(_MANIFEST.name, manifest.to_json().encode())
         return Stored(self._metadata(directory, split, manifest))
 
     def _metadata(self, directory: UPath, partition: str | None, manifest: Manifest) -> dict[str, Any]:

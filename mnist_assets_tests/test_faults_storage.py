@@ -1,0 +1,183 @@
+"""Storage faults on a real small filesystem: a tmpfs this test mounts (CI runs as root), filled up,
+remounted read-only or bigger. Skipped, saying why, where mounting is impossible.
+
+Every failure must read as one sentence (what, where, the system's reason, what to do) and leave no
+byte behind that no record names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mnist_assets.io_managers import ShardSetIOManager, StorageError
+from mnist_assets.manifest import Manifest
+from mnist_assets_tests.conftest import MINI_FILENAMES
+from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.test_faults_crashes import synthetic_shard_set
+
+PAGE = 4096
+SHARDS_KEY = dg.AssetKey(["small", "shards"])
+FULL = re.compile(
+    r"No space left on device \((?:(?P<needed>[\d,]+) bytes needed, )?(?P<free>[\d,]+) bytes free "
+    r"on the filesystem mounted at (?P<mount>\S+)\)"
+)
+
+
+def _mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+
+
+@contextlib.contextmanager
+def small_filesystem(directory: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes mounted at ``directory`` for the block, unmounted afterwards."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory))
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs at {directory} (needs root, as CI has): {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        if subprocess.run(["umount", str(directory)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(directory)], check=True)  # a mapping still open
+
+
+def remount(directory: Path, options: str) -> None:
+    done = _mount("-o", f"remount,{options}", str(directory))
+    assert done.returncode == 0, done.stderr
+
+
+def used(directory: Path) -> int:
+    """Bytes in use on the filesystem (what ``df`` shows): stray bytes count, wherever they hide."""
+    stat = os.statvfs(directory)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+def on_disk(size: int) -> int:
+    return -(-size // PAGE) * PAGE
+
+
+def commit(store: ShardSetIOManager, seed: int, rows_per_shard: int) -> Manifest:
+    """Commit a synthetic train split one file at a time, as the shards asset does."""
+    encoded = synthetic_shard_set(seed, rows_per_shard)
+
+    def write(put) -> Manifest:
+        for name, data in encoded.files.items():
+            put(name, data)
+        return encoded.manifest
+
+    store.commit(SHARDS_KEY, "train", write)
+    return encoded.manifest
+
+
+@scenario(
+    "Storage",
+    "The disk fills up in the middle of a shard-set commit (a real 1.5 MB tmpfs)",
+    "StorageError: `small/shards[train]: could not write <shard path>: No space left on device (N bytes "
+    "needed, M bytes free on the filesystem mounted at <mount>)` and what to do; after space is freed "
+    "the same commit succeeds",
+    "The previous shard set, whole; the failed commit's files are removed before it raises "
+    "(disk usage back to what it was)",
+)
+def test_a_full_disk_mid_commit_says_so_and_gives_the_space_back(tmp_path):
+    with small_filesystem(tmp_path / "small", 1536 * 1024) as root:
+        store = ShardSetIOManager(root=str(root))
+        previous = commit(store, seed=1, rows_per_shard=400)  # ~0.95 MB in 3 shards: the rest is free
+        before = used(root)
+
+        with pytest.raises(StorageError) as raised:
+            commit(store, seed=2, rows_per_shard=400)  # the same size again: cannot fit
+
+        message = str(raised.value)
+        full = FULL.search(message)
+        assert full and Path(full["mount"]) == root, message
+        failing = re.search(r"could not write (\S+): ", message)
+        assert failing and Path(failing[1]).parent == root / "small/shards/train", message
+        assert message.startswith("small/shards[train]: ") and "What to do: free space there" in message
+        encoded = synthetic_shard_set(2, 400)
+        needed, free = int(full["needed"].replace(",", "")), int(full["free"].replace(",", ""))
+        assert needed == len(encoded.files[Path(failing[1]).name]) and free < needed
+        assert used(root) == before, "the failed commit left bytes behind"
+        assert store.open(SHARDS_KEY, "train").manifest == previous
+        assert store.verify(SHARDS_KEY, "train") is None
+
+        remount(root, f"size={4 * 1024 * 1024}")
+        assert commit(store, seed=2, rows_per_shard=400) == encoded.manifest
+        assert store.verify(SHARDS_KEY, "train") is None
+
+
+def committed_files(storage: Path) -> dict[Path, int]:
+    """Every file a record names (or that is a single-file artifact itself), with its size."""
+    files = {p: p.stat().st_size for p in storage.glob("mini_mnist/*/*.*") if p.suffix in (".gz", ".npy")}
+    for record in storage.glob("mini_mnist/shards/*/_manifest.json"):
+        files[record] = record.stat().st_size
+        for shard in Manifest.from_json(record.read_bytes()).shards:
+            files[record.parent / shard.file] = shard.bytes
+    return files
+
+
+def step_failures(home: Path) -> list[dg.DagsterEvent]:
+    """The STEP_FAILURE events in the event log of the CLI's instance (what the UI shows)."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return [
+            entry.dagster_event
+            for run in instance.get_runs()
+            for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+            if entry.dagster_event is not None
+        ]
+
+
+@scenario(
+    "Storage",
+    "The storage filesystem (a real tmpfs) fills up during a first `mnist-assets refresh`: raw_gzip and "
+    "idx fit, shards[train] does not",
+    "`FAILED mini_mnist/shards[train]: … could not write <path>: No space left on device (… bytes free "
+    "on the filesystem mounted at <mount>) … What to do: free space there …` on stderr, in the summary "
+    "and as the step failure in the event log, no Dagster wrapper; the checkpoint is blocked; after the "
+    "filesystem grows, the next refresh rebuilds exactly shards[train] and the checkpoint",
+    "Everything that fit (raw_gzip, idx, shards[test], shards[holdout]); not one byte of the failed commit",
+)
+def test_a_full_disk_during_refresh_is_reported_plainly_and_repaired_after_space_is_freed(empty_project):
+    project = empty_project
+    raw = sum(on_disk((project.mirror / name).stat().st_size) for name in MINI_FILENAMES.values())
+    arrays = sum(on_disk(128 + array.nbytes) for array in project.arrays.values())
+    # room for raw_gzip, idx, shards[test] and shards[holdout] (~140 KB), not for shards[train] (~300 KB)
+    with small_filesystem(project.storage, raw + arrays + 200 * 1024) as storage:
+        first = project.cli("refresh", "mini_mnist")
+
+        assert first.returncode == 1, first.stderr
+        summary = json.loads(first.stdout)
+        assert [(s["asset"], s["partition"]) for s in summary["failed"]] == [("mini_mnist/shards", "train")]
+        assert [s["asset"] for s in summary["blocked"]] == ["mini_mnist/checkpoint"]
+        error = summary["failed"][0]["error"]
+        full = FULL.search(error)
+        assert full and Path(full["mount"]) == storage, error
+        assert error.startswith(
+            f"mini_mnist/shards[train]: could not write {storage}/mini_mnist/shards/train/"
+        )
+        assert "What to do: free space there" in error and "DagsterExecution" not in error
+        assert f"FAILED mini_mnist/shards[train]: {error}" in first.stderr
+        failures = step_failures(project.directory / "cli_home")
+        assert [(e.step_key, e.step_failure_data.user_failure_data.description) for e in failures] == [
+            ("mini_mnist__shards", error)  # the UI shows this sentence as the failure, not a wrapper
+        ]
+        assert failures[0].step_failure_data.error.message.endswith(f"StorageError: {error}\n")
+        files = committed_files(storage)
+        on_the_disk = {p for p in storage.rglob("*") if p.is_file() and p.name != ".lock"}
+        assert on_the_disk == set(files), "files no record names"
+        assert used(storage) == sum(on_disk(size) for size in files.values())
+
+        remount(storage, f"size={raw + arrays + 4 * 1024 * 1024}")
+        second = project.cli("refresh", "mini_mnist")
+
+        assert second.returncode == 0, second.stderr
+        ran = [(s["asset"], s["partition"]) for s in json.loads(second.stdout)["ran"]]
+        assert ran == [("mini_mnist/shards", "train"), ("mini_mnist/checkpoint", None)]
