@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mnist_assets.io_managers import ShardSetIOManager, StorageError
+from mnist_assets.io_managers import NumpyIOManager, ShardSetIOManager, StorageError
 from mnist_assets.manifest import Manifest
 from mnist_assets_tests.conftest import MINI_FILENAMES
 from mnist_assets_tests.faults import scenario
@@ -181,3 +182,65 @@ def test_a_full_disk_during_refresh_is_reported_plainly_and_repaired_after_space
         assert second.returncode == 0, second.stderr
         ran = [(s["asset"], s["partition"]) for s in json.loads(second.stdout)["ran"]]
         assert ran == [("mini_mnist/shards", "train"), ("mini_mnist/checkpoint", None)]
+
+
+@scenario(
+    "Storage",
+    "The storage filesystem is read-only (a real tmpfs remounted `ro`) during `mnist-assets refresh`",
+    "Each raw_gzip partition fails with `could not write <path>: Read-only file system … What to do: "
+    "remount that filesystem read-write or point MNIST_ASSETS_STORAGE at writable storage`; what is "
+    "built from them is blocked",
+    "Nothing is written; the mirror is not blamed",
+)
+def test_a_read_only_storage_says_so_for_each_write(empty_project):
+    project = empty_project
+    with small_filesystem(project.storage, 1024 * 1024) as storage:
+        remount(storage, "ro")  # root ignores file permissions, not a read-only mount
+        refreshed = project.cli("refresh", "mini_mnist")
+
+        assert refreshed.returncode == 1, refreshed.stderr
+        summary = json.loads(refreshed.stdout)
+        failed = {s["partition"]: s["error"] for s in summary["failed"]}
+        assert set(failed) == set(MINI_FILENAMES) and {s["asset"] for s in summary["failed"]} == {
+            "mini_mnist/raw_gzip"
+        }
+        for key, error in failed.items():
+            assert error == (
+                f"mini_mnist/raw_gzip[{key}]: could not write {storage}/mini_mnist/raw_gzip/{key}.gz: "
+                "Read-only file system. The previous version, if any, is kept. What to do: remount that "
+                "filesystem read-write or point MNIST_ASSETS_STORAGE at writable storage, then refresh again."
+            )
+            assert f"FAILED mini_mnist/raw_gzip[{key}]: {error}" in refreshed.stderr
+        assert {s["asset"] for s in summary["blocked"]} == {
+            "mini_mnist/idx",
+            "mini_mnist/shards",
+            "mini_mnist/checkpoint",
+        }
+        assert list(storage.iterdir()) == []
+
+
+@scenario(
+    "Storage",
+    "The storage root is deleted while an idx array is being written (before its commit)",
+    "StorageError: `could not write <path>: No such file or directory … What to do: a directory on "
+    "the way vanished (storage root deleted or unmounted?): restore it, then refresh again`",
+    "Nothing half-written; the next write recreates the directories",
+)
+def test_a_storage_root_deleted_mid_write_is_named(tmp_path):
+    store, key = NumpyIOManager(root=str(tmp_path / "root")), dg.AssetKey(["small", "idx"])
+    with pytest.raises(StorageError) as raised, store.staged(key, "train-labels") as staged:
+        staged.file.write(b"half an array")
+        shutil.rmtree(tmp_path / "root")
+        staged.commit()
+
+    path = tmp_path / "root/small/idx/train-labels.npy"
+    assert str(raised.value) == (
+        f"small/idx[train-labels]: could not write {path}: No such file or directory. The previous "
+        "version, if any, is kept. What to do: a directory on the way vanished (storage root deleted "
+        "or unmounted?): restore it, then refresh again."
+    )
+    assert not (tmp_path / "root").exists()
+    with store.staged(key, "train-labels") as staged:
+        staged.file.write(b"whole")
+        staged.commit()
+    assert path.read_bytes() == b"whole"
