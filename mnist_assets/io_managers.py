@@ -81,6 +81,7 @@ def _safe(name: str) -> str:
 
 
 def write_atomic(path: UPath, data: bytes) -> None:
+    ensure_room(path, len(data))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -131,6 +132,8 @@ def storage_failure(
     system's reason, and what to do; for a full disk also the bytes needed (when known), the bytes
     free and on which filesystem. The previous committed version always stays, so the sentence says so."""
     reason = error.strerror or str(error)
+    if isinstance(error, NoRoom):
+        needed = error.needed
     if error.errno in _FULL:
         todo = "free space there or point MNIST_ASSETS_STORAGE at a larger disk"
         if _is_local(path):
@@ -146,16 +149,45 @@ def storage_failure(
 
 
 def _space(path: UPath, needed: int | None) -> str:
-    """`` (N bytes needed, M free on the filesystem at /mount)`` for a local path."""
+    """`` (N bytes needed, M bytes free on the filesystem mounted at /mount)`` for a local path."""
+    mount = _existing(path)
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    wanted = "" if needed is None else f"{needed:,} bytes needed, "
+    return f" ({wanted}{_free(path):,} bytes free on the filesystem mounted at {mount})"
+
+
+def _existing(path: UPath) -> str:
+    """The nearest existing directory on the way to local ``path`` (which may not exist yet)."""
     existing = os.path.abspath(str(path))
     while not os.path.exists(existing) and existing != os.path.dirname(existing):
         existing = os.path.dirname(existing)
-    mount = existing
-    while not os.path.ismount(mount):
-        mount = os.path.dirname(mount)
-    free = shutil.disk_usage(existing).free
-    wanted = "" if needed is None else f"{needed:,} bytes needed, "
-    return f" ({wanted}{free:,} bytes free on the filesystem mounted at {mount})"
+    return existing
+
+
+def _free(path: UPath) -> int:
+    return shutil.disk_usage(_existing(path)).free
+
+
+ROOM_MARGIN = 64 * 1024
+"""Besides 5 % of a write's size, what a local write must leave free (block rounding, file system
+metadata, and the other writers on that disk, such as the Dagster instance's database)."""
+
+
+class NoRoom(OSError):
+    """ENOSPC raised before writing: the write would (nearly) fill its disk; ``needed`` counts the
+    margin, so the sentence never says more bytes are free than were needed."""
+
+    def __init__(self, needed: int):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.needed = needed
+
+
+def ensure_room(path: UPath, needed: int | None) -> None:
+    """Refuse a local write of ``needed`` bytes up front when the filesystem cannot take it with the
+    margin: failing early beats half-writing a file and leaving the disk full for everyone else."""
+    if needed is not None and _is_local(path) and _free(path) < needed + needed // 20 + ROOM_MARGIN:
+        raise NoRoom(needed + needed // 20 + ROOM_MARGIN)
 
 
 @contextlib.contextmanager
@@ -220,13 +252,18 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         return None
 
     @contextlib.contextmanager
-    def staged(self, asset_key: dg.AssetKey, partition: str | None) -> Iterator[StagedFile]:
+    def staged(
+        self, asset_key: dg.AssetKey, partition: str | None, expected_bytes: int | None = None
+    ) -> Iterator[StagedFile]:
         """The partition's file to write in chunks (``staged.file``), for single-file artifacts: it
         replaces the stored file only on ``staged.commit()``, and is removed if the block ends without
-        it (a refused or failed write keeps the previous artifact)."""
+        it (a refused or failed write keeps the previous artifact). With ``expected_bytes``, a local
+        disk without room for them refuses before the first byte (:func:`ensure_room`)."""
         path = self.location(asset_key, partition)
-        with plainly("write", _label(asset_key, partition), path), self.storage().staged(path) as staged:
-            yield staged
+        with plainly("write", _label(asset_key, partition), path):
+            ensure_room(path, expected_bytes)
+            with self.storage().staged(path) as staged:
+                yield staged
 
     # one value <-> storage, per partition (partition None for unpartitioned assets)
     def store(self, directory: UPath, partition: str | None, value: Any) -> dict[str, Any]:
@@ -393,7 +430,8 @@ class LocalStore:
         try:
             yield staged
         finally:
-            staged.file.close()
+            with contextlib.suppress(OSError):  # flushing the rest fails again on a full disk: still remove
+                staged.file.close()
             if temporary.exists():
                 temporary.unlink()
 
