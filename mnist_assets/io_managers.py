@@ -132,8 +132,8 @@ def storage_failure(
     system's reason, and what to do; for a full disk also the bytes needed (when known), the bytes
     free and on which filesystem. The previous committed version always stays, so the sentence says so."""
     reason = error.strerror or str(error)
-    if isinstance(error, NoRoom):
-        needed = error.needed
+    if isinstance(error, NoRoom):  # refused up front: it knows the file and its size
+        needed, path = error.needed, error.path
     if error.errno in _FULL:
         todo = "free space there or point MNIST_ASSETS_STORAGE at a larger disk"
         if _is_local(path):
@@ -178,16 +178,16 @@ class NoRoom(OSError):
     """ENOSPC raised before writing: the write would (nearly) fill its disk; ``needed`` counts the
     margin, so the sentence never says more bytes are free than were needed."""
 
-    def __init__(self, needed: int):
-        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.needed = needed
+    def __init__(self, path: UPath, needed: int):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        self.path, self.needed = path, needed
 
 
 def ensure_room(path: UPath, needed: int | None) -> None:
     """Refuse a local write of ``needed`` bytes up front when the filesystem cannot take it with the
     margin: failing early beats half-writing a file and leaving the disk full for everyone else."""
     if needed is not None and _is_local(path) and _free(path) < needed + needed // 20 + ROOM_MARGIN:
-        raise NoRoom(needed + needed // 20 + ROOM_MARGIN)
+        raise NoRoom(path, needed + needed // 20 + ROOM_MARGIN)
 
 
 @contextlib.contextmanager
@@ -520,6 +520,8 @@ class ObjectStore:
 
     @contextlib.contextmanager
     def committing(self, directory: UPath, record: RecordKind) -> Iterator[Put]:
+        """A failed commit leaves the objects it put to :meth:`_collect`: without a lock, another writer
+        of the same version may have put the same names and be about to commit a record naming them."""
         fs, record_path = directory.fs, directory / record.name
         previous = _stored_record(record_path, record)  # the version this commit replaces
         written: set[str] = set()

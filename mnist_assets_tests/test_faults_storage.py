@@ -143,7 +143,8 @@ def step_failures(home: Path) -> list[dg.DagsterEvent]:
     "`FAILED mini_mnist/shards[train]: … could not write <path>: No space left on device (… bytes free "
     "on the filesystem mounted at <mount>) … What to do: free space there …` on stderr, in the summary "
     "and as the step failure in the event log, no Dagster wrapper; the checkpoint is blocked; after the "
-    "filesystem grows, the next refresh rebuilds exactly shards[train] and the checkpoint",
+    "filesystem grows a little, the next refresh rebuilds exactly shards[train], and the checkpoint (written "
+    "by its IO manager) fails with the same sentence; grown enough, the next trains exactly the checkpoint",
     "Everything that fit (raw_gzip, idx, shards[test], shards[holdout]); not one byte of the failed commit",
 )
 def test_a_full_disk_during_refresh_is_reported_plainly_and_repaired_after_space_is_freed(empty_project):
@@ -177,12 +178,31 @@ def test_a_full_disk_during_refresh_is_reported_plainly_and_repaired_after_space
         assert on_the_disk == set(files), "files no record names"
         assert used(storage) == sum(on_disk(size) for size in files.values())
 
-        remount(storage, f"size={raw + arrays + 4 * 1024 * 1024}")
+        remount(storage, f"size={raw + arrays + 680 * 1024}")  # room for shards[train], not the model
         second = project.cli("refresh", "mini_mnist")
 
-        assert second.returncode == 0, second.stderr
-        ran = [(s["asset"], s["partition"]) for s in json.loads(second.stdout)["ran"]]
-        assert ran == [("mini_mnist/shards", "train"), ("mini_mnist/checkpoint", None)]
+        assert second.returncode == 1, second.stderr
+        summary = json.loads(second.stdout)
+        assert [(s["asset"], s["partition"]) for s in summary["ran"]] == [("mini_mnist/shards", "train")]
+        assert [s["asset"] for s in summary["failed"]] == ["mini_mnist/checkpoint"]
+        error = summary["failed"][0]["error"]  # written by the IO manager's handle_output, not the body
+        assert re.match(
+            rf"mini_mnist/checkpoint: could not write {re.escape(str(storage))}/mini_mnist/checkpoint/model-",
+            error,
+        )
+        assert FULL.search(error) and "DagsterExecution" not in error, error
+        checkpoint = [e for e in step_failures(project.directory / "cli_home") if "checkpoint" in e.step_key]
+        # a StorageError itself, not DagsterExecutionHandleOutputError with the sentence in its cause
+        assert [e.step_failure_data.error.cls_name for e in checkpoint] == ["StorageError"]
+        assert checkpoint[0].step_failure_data.user_failure_data.description == error
+        assert not list(storage.glob("mini_mnist/checkpoint/*.keras")) and not list(storage.rglob(".*.tmp"))
+
+        remount(storage, f"size={raw + arrays + 4 * 1024 * 1024}")
+        third = project.cli("refresh", "mini_mnist")
+
+        assert third.returncode == 0, third.stderr
+        ran = [(s["asset"], s["partition"]) for s in json.loads(third.stdout)["ran"]]
+        assert ran == [("mini_mnist/checkpoint", None)]
 
 
 @scenario(
