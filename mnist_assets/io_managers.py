@@ -26,6 +26,11 @@ Large artifacts stream, so memory does not grow with the dataset: a download and
 written in chunks to a staged file (:meth:`ArtifactIOManager.staged`) and loaded memory-mapped; a shard
 set is committed one Parquet file at a time (:meth:`ShardSetIOManager.commit`). Those assets write
 through their IO manager while they compute and return a :class:`Stored` receipt.
+
+Storage faults (a full disk, a read-only filesystem, a vanished directory, an object-store error) reach
+the user as one sentence made in one place, :func:`storage_failure`: what was being written or read,
+where, the system's reason and what to do. On local disk a write that cannot fit is refused before its
+first byte (:func:`ensure_room`), and a commit that fails removes what it wrote before it raises.
 """
 
 from __future__ import annotations
@@ -114,7 +119,7 @@ STORAGE_ERRNOS = frozenset(
 )
 """Local OSErrors that are the storage's doing (any OSError is, on object storage)."""
 
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _WHAT_TO_DO = {
     errno.EROFS: "remount that filesystem read-write or point MNIST_ASSETS_STORAGE at writable storage",
     errno.EACCES: "let this user write there or point MNIST_ASSETS_STORAGE at storage it may write",
@@ -142,9 +147,9 @@ def storage_failure(
         todo = _WHAT_TO_DO.get(error.errno or 0, "check the storage")
     else:
         todo = "check the storage URL, its credentials and the service"
+    kept = " The previous version, if any, is kept." if action == "write" else ""
     return StorageError(
-        f"{what}: could not {action} {path}: {reason}. The previous version, if any, is kept. "
-        f"What to do: {todo}, then refresh again."
+        f"{what}: could not {action} {path}: {reason}.{kept} What to do: {todo}, then refresh again."
     )
 
 
@@ -159,7 +164,7 @@ def _space(path: UPath, needed: int | None) -> str:
 
 def _existing(path: UPath) -> str:
     """The nearest existing directory on the way to local ``path`` (which may not exist yet)."""
-    existing = os.path.abspath(str(path))
+    existing = os.path.abspath(path.path)  # file:// URLs too
     while not os.path.exists(existing) and existing != os.path.dirname(existing):
         existing = os.path.dirname(existing)
     return existing

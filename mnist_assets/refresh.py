@@ -70,9 +70,7 @@ class Summary:
 def _failure_message(result, step_key: str) -> str:
     """What the step raised, not a Dagster traceback."""
     for event in result.all_events:
-        if event.step_key != step_key:
-            continue
-        if not (event.is_step_failure and event.step_failure_data):
+        if event.step_key != step_key or not (event.is_step_failure and event.step_failure_data):
             continue
         # a dagster Failure (raised on purpose, and every StorageError): its text is the whole story
         if (on_purpose := event.step_failure_data.user_failure_data) and on_purpose.description:

@@ -203,6 +203,8 @@ def test_a_full_disk_during_refresh_is_reported_plainly_and_repaired_after_space
         assert third.returncode == 0, third.stderr
         ran = [(s["asset"], s["partition"]) for s in json.loads(third.stdout)["ran"]]
         assert ran == [("mini_mnist/checkpoint", None)]
+        verified = project.cli("refresh", "mini_mnist", "--verify")  # every byte of every artifact
+        assert verified.returncode == 0 and json.loads(verified.stdout)["ran"] == [], verified.stderr
 
 
 @scenario(
