@@ -407,7 +407,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         file_key = context.partition_key
         file = dataset.file(file_key)
         # streamed into the stored .npy (memory does not grow with the file); checked before it is kept
-        with context.resources.npy_io_manager.staged(key("idx"), file_key) as staged:
+        with context.resources.npy_io_manager.staged(key("idx"), file_key, file.payload_size) as staged:
             try:
                 parsed = idx.gunzip_to_npy(raw[file_key], staged.file, max_bytes=file.payload_size)
             except idx.IdxError as error:

@@ -26,6 +26,11 @@ Large artifacts stream, so memory does not grow with the dataset: a download and
 written in chunks to a staged file (:meth:`ArtifactIOManager.staged`) and loaded memory-mapped; a shard
 set is committed one Parquet file at a time (:meth:`ShardSetIOManager.commit`). Those assets write
 through their IO manager while they compute and return a :class:`Stored` receipt.
+
+Storage faults (a full disk, a read-only filesystem, a vanished directory, an object-store error) reach
+the user as one sentence made in one place, :func:`storage_failure`: what was being written or read,
+where, the system's reason and what to do. On local disk a write that cannot fit is refused before its
+first byte (:func:`ensure_room`), and a commit that fails removes what it wrote before it raises.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import io
 import mmap
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -56,8 +62,11 @@ from mnist_assets.shards import EncodedShardSet, ShardSet, decode
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class StorageError(RuntimeError):
-    """A stored artifact is missing or does not match its record."""
+class StorageError(dg.Failure):
+    """A stored artifact is missing or does not match its record, or the storage refused a read or write.
+
+    A :class:`dagster.Failure`, so Dagster's event log and UI show its sentence itself rather than
+    "Error occurred while handling output" with the cause further down."""
 
 
 class CommitConflict(StorageError):
@@ -77,6 +86,7 @@ def _safe(name: str) -> str:
 
 
 def write_atomic(path: UPath, data: bytes) -> None:
+    ensure_room(path, len(data))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -101,6 +111,104 @@ def _read(path: UPath, what: str) -> bytes:
 
 def _missing(path: UPath, what: str) -> str:
     return f"{what}: {path} is missing; materialize the asset (again) to rebuild it"
+
+
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT}
+    | {errno.ENOTDIR, errno.EIO}
+)
+"""Local OSErrors that are the storage's doing (any OSError is, on object storage)."""
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_WHAT_TO_DO = {
+    errno.EROFS: "remount that filesystem read-write or point MNIST_ASSETS_STORAGE at writable storage",
+    errno.EACCES: "let this user write there or point MNIST_ASSETS_STORAGE at storage it may write",
+    errno.ENOENT: "a directory on the way vanished (storage root deleted or unmounted?): restore it",
+    errno.EIO: "the device reported an I/O error: check the disk",
+}
+_WHAT_TO_DO[errno.EPERM] = _WHAT_TO_DO[errno.EACCES]
+_WHAT_TO_DO[errno.ENOTDIR] = _WHAT_TO_DO[errno.ENOENT]
+
+
+def storage_failure(
+    error: OSError, action: str, what: str, path: UPath, needed: int | None = None
+) -> StorageError:
+    """The one plain sentence for a storage fault: what was being written or read, where, the operating
+    system's reason, and what to do; for a full disk also the bytes needed (when known), the bytes
+    free and on which filesystem. The previous committed version always stays, so the sentence says so."""
+    reason = error.strerror or str(error)
+    if isinstance(error, NoRoom):  # refused up front: it knows the file and its size
+        needed, path = error.needed, error.path
+    if error.errno in _FULL:
+        todo = "free space there or point MNIST_ASSETS_STORAGE at a larger disk"
+        if _is_local(path):
+            reason += _space(path, needed)
+    elif _is_local(path):
+        todo = _WHAT_TO_DO.get(error.errno or 0, "check the storage")
+    else:
+        todo = "check the storage URL, its credentials and the service"
+    kept = " The previous version, if any, is kept." if action == "write" else ""
+    return StorageError(
+        f"{what}: could not {action} {path}: {reason}.{kept} What to do: {todo}, then refresh again."
+    )
+
+
+def _space(path: UPath, needed: int | None) -> str:
+    """`` (N bytes needed, M bytes free on the filesystem mounted at /mount)`` for a local path."""
+    mount = _existing(path)
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    wanted = "" if needed is None else f"{needed:,} bytes needed, "
+    return f" ({wanted}{_free(path):,} bytes free on the filesystem mounted at {mount})"
+
+
+def _existing(path: UPath) -> str:
+    """The nearest existing directory on the way to local ``path`` (which may not exist yet)."""
+    existing = os.path.abspath(path.path)  # file:// URLs too
+    while not os.path.exists(existing) and existing != os.path.dirname(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
+def _free(path: UPath) -> int:
+    return shutil.disk_usage(_existing(path)).free
+
+
+ROOM_MARGIN = 64 * 1024
+"""Besides 5 % of a write's size, what a local write must leave free (block rounding, file system
+metadata, and the other writers on that disk, such as the Dagster instance's database)."""
+
+
+class NoRoom(OSError):
+    """ENOSPC raised before writing: the write would (nearly) fill its disk; ``needed`` counts the
+    margin, so the sentence never says more bytes are free than were needed."""
+
+    def __init__(self, path: UPath, needed: int):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        self.path, self.needed = path, needed
+
+
+def ensure_room(path: UPath, needed: int | None) -> None:
+    """Refuse a local write of ``needed`` bytes up front when the filesystem cannot take it with the
+    margin: failing early beats half-writing a file and leaving the disk full for everyone else."""
+    if needed is not None and _is_local(path) and _free(path) < needed + needed // 20 + ROOM_MARGIN:
+        raise NoRoom(path, needed + needed // 20 + ROOM_MARGIN)
+
+
+@contextlib.contextmanager
+def plainly(action: str, what: str, path: UPath, needed: int | None = None) -> Iterator[None]:
+    """Storage faults inside the block become :func:`storage_failure`'s sentence about ``path``."""
+    try:
+        yield
+    except OSError as error:
+        if _is_local(path) and error.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_failure(error, action, what, path, needed) from error
+
+
+def _label(asset_key: dg.AssetKey, partition: str | None) -> str:
+    """``dataset/asset[partition]``, as people write it."""
+    return asset_key.to_user_string() + (f"[{partition}]" if partition else "")
 
 
 @dataclass(frozen=True)
@@ -149,12 +257,18 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         return None
 
     @contextlib.contextmanager
-    def staged(self, asset_key: dg.AssetKey, partition: str | None) -> Iterator[StagedFile]:
+    def staged(
+        self, asset_key: dg.AssetKey, partition: str | None, expected_bytes: int | None = None
+    ) -> Iterator[StagedFile]:
         """The partition's file to write in chunks (``staged.file``), for single-file artifacts: it
         replaces the stored file only on ``staged.commit()``, and is removed if the block ends without
-        it (a refused or failed write keeps the previous artifact)."""
-        with self.storage().staged(self.location(asset_key, partition)) as staged:
-            yield staged
+        it (a refused or failed write keeps the previous artifact). With ``expected_bytes``, a local
+        disk without room for them refuses before the first byte (:func:`ensure_room`)."""
+        path = self.location(asset_key, partition)
+        with plainly("write", _label(asset_key, partition), path):
+            ensure_room(path, expected_bytes)
+            with self.storage().staged(path) as staged:
+                yield staged
 
     # one value <-> storage, per partition (partition None for unpartitioned assets)
     def store(self, directory: UPath, partition: str | None, value: Any) -> dict[str, Any]:
@@ -168,16 +282,19 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             context.add_output_metadata(obj.metadata)
             return
         partition = _safe(context.asset_partition_key) if context.has_asset_partitions else None
-        context.add_output_metadata(self.store(self.asset_dir(context.asset_key), partition, obj))
+        path = self.location(context.asset_key, partition)
+        with plainly("write", _label(context.asset_key, partition), path):
+            context.add_output_metadata(self.store(self.asset_dir(context.asset_key), partition, obj))
 
     def load_input(self, context: dg.InputContext) -> Any:
-        directory = self.asset_dir(context.asset_key)
-        what = context.asset_key.to_user_string()
         if not context.has_asset_partitions:
-            return self.fetch(directory, None, what)
-        return {
-            key: self.fetch(directory, _safe(key), f"{what}[{key}]") for key in context.asset_partition_keys
-        }
+            return self._load(context.asset_key, None)
+        return {key: self._load(context.asset_key, _safe(key)) for key in context.asset_partition_keys}
+
+    def _load(self, asset_key: dg.AssetKey, partition: str | None) -> Any:
+        what = _label(asset_key, partition)
+        with plainly("read", what, self.location(asset_key, partition)):
+            return self.fetch(self.asset_dir(asset_key), partition, what)
 
 
 class GzipIOManager(ArtifactIOManager):
@@ -318,7 +435,8 @@ class LocalStore:
         try:
             yield staged
         finally:
-            staged.file.close()
+            with contextlib.suppress(OSError):  # flushing the rest fails again on a full disk: still remove
+                staged.file.close()
             if temporary.exists():
                 temporary.unlink()
 
@@ -333,7 +451,11 @@ class LocalStore:
             written.add(name)
 
         with _locked(directory, exclusive=True):
-            yield put
+            try:
+                yield put
+            except BaseException:
+                _drop_uncommitted(directory, record, written)
+                raise
             for path in directory.iterdir():
                 orphan = path.name not in written and not path.name.startswith(".")
                 if orphan or (path.name.startswith(".") and path.name.endswith(".tmp")):
@@ -341,6 +463,21 @@ class LocalStore:
 
     def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
         return _locked(directory, exclusive=False)
+
+
+def _drop_uncommitted(directory: UPath, record: RecordKind, written: set[str]) -> None:
+    """A failed local commit gives its space back before it raises: the files it wrote that the record
+    in place does not name (those it does name are the previous version's, same names, same bytes),
+    and temporary files (under the commit's lock, no live writer has any)."""
+    with contextlib.suppress(OSError):  # e.g. the directory vanished: the cause is the error to report
+        try:
+            kept = set(record.names((directory / record.name).read_bytes()))
+        except (FileNotFoundError, ValueError):  # no record, or one naming nothing usable
+            kept = set()
+        for path in directory.iterdir():
+            stray = path.name in written and path.name not in kept and path.name != record.name
+            if stray or (path.name.startswith(".") and path.name.endswith(".tmp")):
+                path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -388,6 +525,8 @@ class ObjectStore:
 
     @contextlib.contextmanager
     def committing(self, directory: UPath, record: RecordKind) -> Iterator[Put]:
+        """A failed commit leaves the objects it put to :meth:`_collect`: without a lock, another writer
+        of the same version may have put the same names and be about to commit a record naming them."""
         fs, record_path = directory.fs, directory / record.name
         previous = _stored_record(record_path, record)  # the version this commit replaces
         written: set[str] = set()
@@ -506,10 +645,16 @@ class ShardSetIOManager(ArtifactIOManager):
         is encoded and returns the manifest naming them, which is written last. The split's directory is
         locked throughout, so a concurrent writer waits (one wins whole) and so does a reader opening
         the split; what was committed before stays readable until the manifest is replaced."""
-        directory = self.asset_dir(asset_key)
-        with self.storage().committing(directory / _safe(split), _MANIFEST) as put:
-            manifest = write(put)
-            put(_MANIFEST.name, manifest.to_json().encode())
+        directory, what = self.asset_dir(asset_key), _label(asset_key, split)
+        split_dir = directory / _safe(split)
+
+        def put_plainly(name: str, data: bytes) -> None:  # at the failing file: bytes needed, free now
+            with plainly("write", what, split_dir / name, needed=len(data)):
+                put(name, data)
+
+        with plainly("write", what, split_dir), self.storage().committing(split_dir, _MANIFEST) as put:
+            manifest = write(put_plainly)
+            put_plainly(_MANIFEST.name, manifest.to_json().encode())
         return Stored(self._metadata(directory, split, manifest))
 
     def _metadata(self, directory: UPath, partition: str | None, manifest: Manifest) -> dict[str, Any]:
