@@ -134,7 +134,12 @@ def resolve(rows: list[Version], wanted: str) -> Version:
 
 
 def rollback(instance: dg.DagsterInstance, where: Target, wanted: str) -> dict[str, Any]:
-    """Make a kept version current (verified first) and record it as a materialization."""
+    """Make a kept version current (verified first) and record it as a materialization.
+
+    Storage first, then the event: if the process dies in between, storage holds the version while the
+    event log still names the one before, and staleness judges by the latter. ``history`` then shows
+    the version current; running the same rollback again (it is idempotent) records the event.
+    """
     chosen = resolve(history(instance, where), wanted)
     original = _materializations(instance, where).get(chosen.version)
     if original is None:

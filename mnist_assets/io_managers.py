@@ -404,7 +404,7 @@ class LocalStore:
             if kept is not None and record.name in written:
                 versions.keep_record(kept.artifact, (directory / record.name).read_bytes(), kept.version)
             named = kept.artifact.named() if kept else set()
-            versions.delete_files(versions.unnamed(directory, written | named))
+            versions.delete_files(versions.unnamed(directory, written | named), directory)
 
     def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
         return _locked(directory, exclusive=False)

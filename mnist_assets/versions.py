@@ -155,7 +155,7 @@ def keep_file(artifact: Artifact, publish: Callable[[], object]) -> str:
             os.link(artifact.current.path, target.path)
         else:
             artifact.current.fs.copy(artifact.current.path, target.path)
-        _delete(prune(artifact))
+        _delete(prune(artifact), artifact.kept_dir)
     return version
 
 
@@ -163,7 +163,7 @@ def keep_record(artifact: Artifact, data: bytes, version: str) -> None:
     """Keep a record just committed as ``version``; older versions beyond retention go. Called with the
     artifact's lock held (by the commit)."""
     _replace(artifact.path_of(version), data)
-    _delete(prune(artifact))
+    _delete(prune(artifact), artifact.kept_dir)
 
 
 def prune(artifact: Artifact) -> list[Removed]:
@@ -222,6 +222,8 @@ def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Rem
             f"{artifact.current}: gc runs on local storage only for now; on object storage each commit "
             "already deletes what no record names once the grace period has passed"
         )
+    if not (artifact.current.parent.exists() or artifact.kept_dir.exists()):
+        return []  # never stored: nothing to collect, and no lock file to leave behind
     with artifact.lock():
         found = prune(artifact)
         directory = artifact.current.parent
@@ -240,7 +242,7 @@ def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Rem
             ]
         found += [_removal(p, "temporary file of a writer that died") for p in temporaries]
         if not dry_run:
-            _delete(found)
+            _delete(found, artifact.current.parent)
     return found
 
 
@@ -283,28 +285,20 @@ def _removal(path: UPath, why: str) -> Removed:
     return Removed(str(path), path.stat().st_size, why)
 
 
-def _delete(removals: Iterable[Removed]) -> None:
-    for removal in removals:
-        path = UPath(removal.path)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        _drop_empty_parents(path)
+def _delete(removals: Iterable[Removed], directory: UPath) -> None:
+    delete_files((UPath(removal.path) for removal in removals), directory)
 
 
-def _drop_empty_parents(path: UPath) -> None:
-    """Remove directories a deleted log file leaves empty (only below a ``tensorboard`` directory)."""
-    parent = path.parent
-    while "tensorboard" in parent.parts and parent.exists() and not any(parent.iterdir()):
-        parent.rmdir()
-        parent = parent.parent
-
-
-def delete_files(paths: Iterable[UPath]) -> None:
-    """Delete files (a commit's unnamed files), and log directories they leave empty."""
+def delete_files(paths: Iterable[UPath], directory: UPath) -> None:
+    """Delete files under ``directory``, and the subdirectories they leave empty (a run's logs)."""
+    top = directory.path.rstrip("/")
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        _drop_empty_parents(path)
+        parent = path.parent
+        while parent.path.rstrip("/").startswith(top + "/") and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
 
 
 def _replace(path: UPath, data: bytes) -> None:

@@ -214,7 +214,7 @@ def test_refresh_verify_finds_damaged_artifacts_and_rebuilds_only_them(project):
 WRITER = """
     from mnist_assets.io_managers import ShardSetIOManager
     from mnist_assets_tests.test_faults_crashes import *
-    store = ShardSetIOManager(root={root!r})
+    store = ShardSetIOManager(root={root!r}, keep_versions=1)  # only the winner's files stay
     value = synthetic_shard_set({seed}, {rows})
     for _ in range(15):
         store.store(store.asset_dir(SHARDS_KEY), None, value)
