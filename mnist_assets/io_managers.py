@@ -49,13 +49,13 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 import dagster as dg
 import numpy as np
 from upath import UPath
 
-from mnist_assets import idx
+from mnist_assets import idx, versions
 from mnist_assets.manifest import CheckpointRecord, Manifest
 from mnist_assets.shards import EncodedShardSet, ShardSet, decode
 
@@ -83,6 +83,11 @@ def _safe(name: str) -> str:
     if not _SAFE_NAME.match(name) or ".." in name:
         raise StorageError(f"refusing unsafe storage name {name!r}")
     return name
+
+
+def _safe_relative(name: str) -> str:
+    """A content file's path under its record's directory: every component a safe name."""
+    return "/".join(_safe(part) for part in name.split("/"))
 
 
 def write_atomic(path: UPath, data: bytes) -> None:
@@ -227,10 +232,39 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     grace_seconds: float = 3600.0
     """On object storage, how long a file no record names any more is kept: a reader that opened the
     record it belonged to has this long to finish (see :class:`ObjectStore`)."""
+    keep_versions: int = versions.DEFAULT_KEEP
+    """How many committed versions of each artifact partition stay for rollback (see
+    :mod:`mnist_assets.versions`), besides the current one."""
+    record_kind: ClassVar[RecordKind | None] = None
+    """The record that commits a multi-file artifact; None for single-file artifacts."""
 
     def storage(self) -> Store:
         """How commits are made safe where ``root`` lives (chosen once, by its URL)."""
         return store_for(UPath(self.root), timedelta(seconds=self.grace_seconds))
+
+    def artifact(self, asset_key: dg.AssetKey, partition: str | None) -> versions.Artifact:
+        """One partition's current file (or record) and kept versions, as :mod:`versions` sees them."""
+        return self.artifact_at(self.location(asset_key, partition))
+
+    def new_version(self, record_path: UPath) -> Kept:
+        """The version a commit of this record is about to be kept as."""
+        return Kept(self.artifact_at(record_path), versions.new_id())
+
+    def artifact_at(self, current: UPath) -> versions.Artifact:
+        current, root = UPath(current), UPath(self.root)
+        relative = current.parent.path[len(root.path.rstrip("/")) + 1 :]
+        kept_dir = root / versions.VERSIONS / relative
+        if self.record_kind is None:
+            kept_dir = kept_dir / current.stem
+        directory = current.parent if self.record_kind else kept_dir
+        local = _is_local(root)
+        return versions.Artifact(
+            current=current,
+            kept_dir=kept_dir,
+            keep=max(self.keep_versions, 1),
+            record=self.record_kind,
+            lock=(lambda: _locked(directory, exclusive=True)) if local else contextlib.nullcontext,
+        )
 
     def asset_dir(self, asset_key: dg.AssetKey) -> UPath:
         return UPath(self.root).joinpath(*(_safe(part) for part in asset_key.path))
@@ -262,12 +296,20 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     ) -> Iterator[StagedFile]:
         """The partition's file to write in chunks (``staged.file``), for single-file artifacts: it
         replaces the stored file only on ``staged.commit()``, and is removed if the block ends without
-        it (a refused or failed write keeps the previous artifact). With ``expected_bytes``, a local
-        disk without room for them refuses before the first byte (:func:`ensure_room`)."""
-        path = self.location(asset_key, partition)
-        with plainly("write", _label(asset_key, partition), path):
-            ensure_room(path, expected_bytes)
-            with self.storage().staged(path) as staged:
+        it (a refused or failed write keeps the previous artifact), and kept as a version when it is. With
+        ``expected_bytes``, a local disk without room for them refuses before the first byte
+        (:func:`ensure_room`)."""
+        artifact = self.artifact(asset_key, partition)
+        with plainly("write", _label(asset_key, partition), artifact.current):
+            ensure_room(artifact.current, expected_bytes)
+            with self.storage().staged(artifact.current) as staged:
+                publish = staged.publish
+
+                def publish_kept(temporary: UPath, path: UPath) -> None:
+                    kept = versions.keep_file(artifact, lambda: publish(temporary, path))
+                    staged.metadata["version"] = kept
+
+                staged.publish = publish_kept
                 yield staged
 
     # one value <-> storage, per partition (partition None for unpartitioned assets)
@@ -276,6 +318,12 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
     def fetch(self, directory: UPath, partition: str | None, what: str) -> Any:
         raise NotImplementedError
+
+    def write_file(self, directory: UPath, partition: str | None, data: bytes) -> dict[str, Any]:
+        """Replace a single-file artifact whole and keep it as a version; its metadata."""
+        path = self.record_path(directory, partition)
+        version = versions.keep_file(self.artifact_at(path), lambda: self.storage().write(path, data))
+        return {"path": dg.MetadataValue.path(str(path)), "bytes": len(data), "version": version}
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if isinstance(obj, Stored):
@@ -307,9 +355,7 @@ class GzipIOManager(ArtifactIOManager):
         return directory / f"{partition or 'value'}.gz"
 
     def store(self, directory, partition, value: bytes):
-        path = self.record_path(directory, partition)
-        self.storage().write(path, value)
-        return {"path": dg.MetadataValue.path(str(path)), "bytes": len(value)}
+        return self.write_file(directory, partition, value)
 
     def fetch(self, directory, partition, what) -> bytes | mmap.mmap:
         path = self.record_path(directory, partition)
@@ -334,6 +380,8 @@ class StagedFile:
 
     def __init__(self, path: UPath, temporary: UPath, file: BinaryIO, publish: Publish):
         self.path, self.temporary, self.file, self.publish = path, temporary, file, publish
+        self.metadata: dict[str, Any] = {}
+        """Recorded with the receipt besides path and bytes (the version :meth:`publish` kept)."""
 
     def restart(self) -> BinaryIO:
         """The file emptied, to write again from the start (a download's next attempt)."""
@@ -345,7 +393,8 @@ class StagedFile:
         """Publish the written file in place (atomic); the receipt to return as the asset's value."""
         self.file.close()
         self.publish(self.temporary, self.path)
-        return Stored({"path": dg.MetadataValue.path(str(self.path)), "bytes": self.path.stat().st_size})
+        size = self.path.stat().st_size
+        return Stored({"path": dg.MetadataValue.path(str(self.path)), "bytes": size, **self.metadata})
 
 
 class NumpyIOManager(ArtifactIOManager):
@@ -364,9 +413,7 @@ class NumpyIOManager(ArtifactIOManager):
             raise StorageError("object arrays cannot be stored without pickle")
         sink = io.BytesIO()
         np.save(sink, value, allow_pickle=False)
-        path = self.record_path(directory, partition)
-        self.storage().write(path, sink.getvalue())
-        return {"path": dg.MetadataValue.path(str(path)), "bytes": sink.tell()}
+        return self.write_file(directory, partition, sink.getvalue())
 
     def fetch(self, directory, partition, what):
         path = self.record_path(directory, partition)
@@ -389,15 +436,25 @@ Put = Callable[[str, bytes], None]
 
 @dataclass(frozen=True)
 class RecordKind:
-    """A commit's record: its file name, and which content files a stored one names (what an object
-    store's garbage collection must keep for readers of the record being replaced)."""
+    """A commit's record: its file name, and which content files a stored one names, with their sha256
+    where it records one (what garbage collection must keep, and what a rollback verifies)."""
 
     name: str
-    names: Callable[[bytes], Iterable[str]]
+    digests: Callable[[bytes], Mapping[str, str | None]]
+
+    def names(self, data: bytes) -> Iterable[str]:
+        return self.digests(data).keys()
 
 
-_MANIFEST = RecordKind("_manifest.json", lambda data: [s.file for s in Manifest.from_json(data).shards])
-_CHECKPOINT = RecordKind("checkpoint.json", lambda data: [CheckpointRecord.model_validate_json(data).file])
+def _checkpoint_digests(data: bytes) -> dict[str, str | None]:
+    record = CheckpointRecord.model_validate_json(data)
+    return {record.file: record.sha256, **dict.fromkeys(record.logs)}
+
+
+_MANIFEST = RecordKind(
+    "_manifest.json", lambda data: {s.file: s.sha256 for s in Manifest.from_json(data).shards}
+)
+_CHECKPOINT = RecordKind("checkpoint.json", _checkpoint_digests)
 
 
 class Store(Protocol):
@@ -409,12 +466,23 @@ class Store(Protocol):
     def staged(self, path: UPath) -> contextlib.AbstractContextManager[StagedFile]:
         """A single-file artifact written in chunks, published only by ``StagedFile.commit``."""
 
-    def committing(self, directory: UPath, record: RecordKind) -> contextlib.AbstractContextManager[Put]:
+    def committing(
+        self, directory: UPath, record: RecordKind, kept: Kept | None = None
+    ) -> contextlib.AbstractContextManager[Put]:
         """A commit of content-addressed files: the caller ``put``s each file, then the record naming
-        them, last. If the block fails, the previous record and every file it names stay intact."""
+        them, last. If the block fails, the previous record and every file it names stay intact.
+        ``kept``: the record is also kept as that version, and files kept versions name stay."""
 
     def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
         """Held while a reader opens a record and its files."""
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A commit's version: the artifact as :mod:`versions` sees it and the id the commit gets."""
+
+    artifact: versions.Artifact
+    version: str
 
 
 def store_for(root: UPath, grace: timedelta) -> Store:
@@ -441,43 +509,46 @@ class LocalStore:
                 temporary.unlink()
 
     @contextlib.contextmanager
-    def committing(self, directory: UPath, record: RecordKind) -> Iterator[Put]:
-        """Under the directory's exclusive lock; afterwards files nothing wrote are dropped (and
-        temporary files of writers that died: under the lock, no live writer has any here)."""
+    def committing(self, directory: UPath, record: RecordKind, kept: Kept | None = None) -> Iterator[Put]:
+        """Under the directory's exclusive lock; afterwards files nothing wrote nor a kept version names
+        are dropped (and temporary files of writers that died: under the lock, no live writer has any)."""
         written: set[str] = set()
 
         def put(name: str, data: bytes) -> None:  # always rewritten: a same-named file may be damaged
-            write_atomic(directory / (name if name == record.name else _safe(name)), data)
+            write_atomic(directory / (name if name == record.name else _safe_relative(name)), data)
             written.add(name)
 
         with _locked(directory, exclusive=True):
             try:
                 yield put
             except BaseException:
-                _drop_uncommitted(directory, record, written)
+                _drop_uncommitted(directory, record, kept)
                 raise
-            for path in directory.iterdir():
-                orphan = path.name not in written and not path.name.startswith(".")
-                if orphan or (path.name.startswith(".") and path.name.endswith(".tmp")):
-                    path.unlink()
+            if kept is not None and record.name in written:
+                versions.keep_record(kept.artifact, (directory / record.name).read_bytes(), kept.version)
+            named = kept.artifact.named() if kept else set()
+            versions.delete_files(versions.unnamed(directory, written | named), directory)
 
     def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
         return _locked(directory, exclusive=False)
 
 
-def _drop_uncommitted(directory: UPath, record: RecordKind, written: set[str]) -> None:
-    """A failed local commit gives its space back before it raises: the files it wrote that the record
-    in place does not name (those it does name are the previous version's, same names, same bytes),
-    and temporary files (under the commit's lock, no live writer has any)."""
+def _drop_uncommitted(directory: UPath, record: RecordKind, kept: Kept | None) -> None:
+    """A failed local commit gives its space back before it raises: what it wrote that neither the record
+    in place nor a kept version names (a same-named file is the same content, so theirs stays), and
+    temporary files (under the commit's lock, no live writer has any)."""
     with contextlib.suppress(OSError):  # e.g. the directory vanished: the cause is the error to report
-        try:
-            kept = set(record.names((directory / record.name).read_bytes()))
-        except (FileNotFoundError, ValueError):  # no record, or one naming nothing usable
-            kept = set()
-        for path in directory.iterdir():
-            stray = path.name in written and path.name not in kept and path.name != record.name
-            if stray or (path.name.startswith(".") and path.name.endswith(".tmp")):
-                path.unlink(missing_ok=True)
+        in_place = kept.artifact.named() if kept else _names_in(directory / record.name, record)
+        named = {record.name} | in_place
+        versions.delete_files(versions.unnamed(directory, named), directory)
+
+
+def _names_in(path: UPath, record: RecordKind) -> set[str]:
+    """The content files a stored record names (none if it is absent or damaged)."""
+    try:
+        return set(record.names(path.read_bytes()))
+    except (FileNotFoundError, ValueError):
+        return set()
 
 
 @contextlib.contextmanager
@@ -524,7 +595,7 @@ class ObjectStore:
                 staged.file.close()
 
     @contextlib.contextmanager
-    def committing(self, directory: UPath, record: RecordKind) -> Iterator[Put]:
+    def committing(self, directory: UPath, record: RecordKind, kept: Kept | None = None) -> Iterator[Put]:
         """A failed commit leaves the objects it put to :meth:`_collect`: without a lock, another writer
         of the same version may have put the same names and be about to commit a record naming them."""
         fs, record_path = directory.fs, directory / record.name
@@ -535,12 +606,16 @@ class ObjectStore:
             if name == record.name:
                 _put_record(record_path, data, previous)
             else:
-                fs.pipe_file((directory / _safe(name)).path, data)
+                fs.pipe_file((directory / _safe_relative(name)).path, data)
             written.add(name)
 
         yield put
         if record.name in written:
-            self._collect(directory, record_path, written | (previous.names if previous else set()), previous)
+            named = written | (previous.names if previous else set())
+            if kept is not None:
+                versions.keep_record(kept.artifact, fs.cat_file(record_path.path), kept.version)
+                named |= kept.artifact.named()
+            self._collect(directory, record_path, named, previous)
 
     def _collect(
         self, directory: UPath, record_path: UPath, keep: set[str], previous: _StoredRecord | None
@@ -611,13 +686,15 @@ def _is_precondition_failure(error: OSError) -> bool:
 
 
 def _commit(
-    store: Store, directory: UPath, files: Mapping[str, bytes], record: RecordKind, data: bytes
-) -> None:
-    """Write content-addressed files, then the record naming them (see :meth:`Store.committing`)."""
-    with store.committing(directory, record) as put:
+    store: Store, directory: UPath, files: Mapping[str, bytes], record: RecordKind, data: bytes, kept: Kept
+) -> str:
+    """Write content-addressed files, then the record naming them (see :meth:`Store.committing`); the
+    version it is kept as."""
+    with store.committing(directory, record, kept) as put:
         for name, content in files.items():
             put(name, content)
         put(record.name, data)
+    return kept.version
 
 
 def _all_present(directory: UPath, sizes: Mapping[str, int | None]) -> bool:
@@ -631,14 +708,16 @@ def _all_present(directory: UPath, sizes: Mapping[str, int | None]) -> bool:
 class ShardSetIOManager(ArtifactIOManager):
     """Parquet shard sets under ``<split>/``, committed by ``_manifest.json``; verified on every load."""
 
+    record_kind = _MANIFEST
+
     def record_path(self, directory, partition):
         return directory / (partition or "all") / "_manifest.json"
 
     def store(self, directory, partition, value: EncodedShardSet):
         split_dir = directory / (partition or "all")
-        manifest = value.manifest
-        _commit(self.storage(), split_dir, value.files, _MANIFEST, manifest.to_json().encode())
-        return self._metadata(directory, partition, manifest)
+        manifest, kept = value.manifest, self.new_version(split_dir / _MANIFEST.name)
+        _commit(self.storage(), split_dir, value.files, _MANIFEST, manifest.to_json().encode(), kept)
+        return {**self._metadata(directory, partition, manifest), "version": kept.version}
 
     def commit(self, asset_key: dg.AssetKey, split: str, write: Callable[[Put], Manifest]) -> Stored:
         """Commit a shard set produced one file at a time: ``write(put)`` puts each Parquet file as it
@@ -647,15 +726,16 @@ class ShardSetIOManager(ArtifactIOManager):
         the split; what was committed before stays readable until the manifest is replaced."""
         directory, what = self.asset_dir(asset_key), _label(asset_key, split)
         split_dir = directory / _safe(split)
+        kept = self.new_version(split_dir / _MANIFEST.name)
 
         def put_plainly(name: str, data: bytes) -> None:  # at the failing file: bytes needed, free now
             with plainly("write", what, split_dir / name, needed=len(data)):
                 put(name, data)
 
-        with plainly("write", what, split_dir), self.storage().committing(split_dir, _MANIFEST) as put:
+        with plainly("write", what, split_dir), self.storage().committing(split_dir, _MANIFEST, kept) as put:
             manifest = write(put_plainly)
             put_plainly(_MANIFEST.name, manifest.to_json().encode())
-        return Stored(self._metadata(directory, split, manifest))
+        return Stored({**self._metadata(directory, split, manifest), "version": kept.version})
 
     def _metadata(self, directory: UPath, partition: str | None, manifest: Manifest) -> dict[str, Any]:
         return {
@@ -760,7 +840,11 @@ class StoredCheckpoint:
 
 
 class KerasIOManager(ArtifactIOManager):
-    """Keras checkpoints as ``model-<sha>.keras`` committed by ``checkpoint.json``."""
+    """Keras checkpoints as ``model-<sha>.keras`` committed by ``checkpoint.json``, with the training
+    run's TensorBoard logs under ``tensorboard/<the model's sha16>/`` named by the record, so a kept
+    version keeps its logs and ``tensorboard --logdir <checkpoint dir>/tensorboard`` shows every run."""
+
+    record_kind = _CHECKPOINT
 
     def record_path(self, directory, partition):
         return (directory if partition is None else directory / partition) / "checkpoint.json"
@@ -769,16 +853,21 @@ class KerasIOManager(ArtifactIOManager):
         keras_bytes = value.keras_bytes
         digest = idx.sha256(keras_bytes)
         name = f"model-{digest[:16]}.keras"
-        record = CheckpointRecord(**value.record, file=name, sha256=digest, bytes=len(keras_bytes))
-        target = directory if partition is None else directory / partition
-        _commit(
-            self.storage(),
-            target,
-            {name: keras_bytes},
-            _CHECKPOINT,
-            record.model_dump_json(indent=2).encode(),
+        logs_dir = f"tensorboard/{digest[:16]}"
+        logs = {
+            f"{logs_dir}/{_safe_relative(path)}": data for path, data in getattr(value, "logs", {}).items()
+        }
+        record = CheckpointRecord(
+            **value.record, file=name, sha256=digest, bytes=len(keras_bytes), logs=tuple(sorted(logs))
         )
-        return {"path": dg.MetadataValue.path(str(target / name)), "bytes": len(keras_bytes)}
+        target = directory if partition is None else directory / partition
+        data = record.model_dump_json(indent=2).encode()
+        kept = self.new_version(target / _CHECKPOINT.name)
+        _commit(self.storage(), target, {name: keras_bytes, **logs}, _CHECKPOINT, data, kept)
+        metadata = {"path": dg.MetadataValue.path(str(target / name)), "bytes": len(keras_bytes)}
+        if logs:
+            metadata["tensorboard"] = dg.MetadataValue.path(str(target / logs_dir))
+        return {**metadata, "version": kept.version}
 
     def exists(self, asset_key, partition):
         record_path = self.location(asset_key, partition)
@@ -804,11 +893,11 @@ class KerasIOManager(ArtifactIOManager):
         return StoredCheckpoint(keras_bytes, record, str(path))
 
 
-def io_managers(root: str) -> dict[str, ArtifactIOManager]:
+def io_managers(root: str, keep_versions: int = versions.DEFAULT_KEEP) -> dict[str, ArtifactIOManager]:
     """The resource map the definitions bind, one IO manager per artifact kind."""
     return {
-        "gzip_io_manager": GzipIOManager(root=root),
-        "npy_io_manager": NumpyIOManager(root=root),
-        "shards_io_manager": ShardSetIOManager(root=root),
-        "keras_io_manager": KerasIOManager(root=root),
+        "gzip_io_manager": GzipIOManager(root=root, keep_versions=keep_versions),
+        "npy_io_manager": NumpyIOManager(root=root, keep_versions=keep_versions),
+        "shards_io_manager": ShardSetIOManager(root=root, keep_versions=keep_versions),
+        "keras_io_manager": KerasIOManager(root=root, keep_versions=keep_versions),
     }

@@ -61,6 +61,7 @@ class TrainedModel:
     record: dict[str, Any]
     history: dict[str, list[float]] = field(default_factory=dict)
     holdout: HoldoutPredictions | None = None
+    logs: dict[str, bytes] = field(default_factory=dict)
 
 
 def build_model(
