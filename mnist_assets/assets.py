@@ -479,7 +479,7 @@ def idx_asset(dataset: Dataset) -> dg.AssetsDefinition:
         file_key = context.partition_key
         store = context.resources.npy_io_manager
         # streamed into the stored .npy (memory does not grow with the file); checked before it is kept
-        with store.staged(key, file_key) as staged:
+        with store.staged(key, file_key, dataset.file(file_key).payload_size) as staged:
             parsed, checks = parse_idx(dataset, file_key, raw[file_key], staged.file)
             yield from refuse_if_failed(
                 checks,

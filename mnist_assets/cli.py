@@ -1,4 +1,5 @@
-"""``mnist-assets``: the project's command line (refresh, prepare, status) on the instance in DAGSTER_HOME."""
+"""``mnist-assets``: the project's command line (refresh, prepare, status, history, rollback, gc) on the
+instance in DAGSTER_HOME."""
 
 from __future__ import annotations
 
@@ -38,6 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="what is materialized, with data versions and paths")
     status.add_argument("dataset")
     status.add_argument("--json", action="store_true")
+    history = commands.add_parser("history", help="every kept version of an artifact, newest first")
+    rollback = commands.add_parser(
+        "rollback",
+        help="make a kept version current again (its files verified first), recorded in the event log",
+    )
+    for command in (history, rollback):
+        command.add_argument("dataset")
+        command.add_argument("asset", help="e.g. shards or checkpoint")
+        command.add_argument("partition", nargs="?", help="e.g. train (partitioned assets only)")
+    history.add_argument("--json", action="store_true")
+    rollback.add_argument(
+        "--to", required=True, help="a version id, or a unique prefix of it or of its data version"
+    )
+    gc = commands.add_parser(
+        "gc", help="delete what no kept version (nor the current one) names, listing every file"
+    )
+    gc.add_argument("datasets", nargs="*", help="dataset ids (default: every dataset)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     args = parser.parse_args(argv)
     if args.verbose and not quiet.verbose():
         os.environ[quiet.VERBOSE_ENV] = "1"
@@ -49,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         from mnist_assets.status import main as status_main
 
         return status_main([args.dataset, *(["--json"] if args.json else [])])
+
+    if args.command in ("history", "rollback", "gc"):
+        try:
+            return _versions_command(args)
+        except ValueError as error:
+            print(f"mnist-assets {args.command}: {error}", file=sys.stderr)
+            return 2
 
     import dagster as dg
 
@@ -75,6 +101,35 @@ def main(argv: list[str] | None = None) -> int:
             return _print_prepared(instance, defs, args.dataset, summary)
     print(json.dumps(summary.to_dict(), indent=2))
     return 1 if summary.failed or summary.blocked else 0
+
+
+def _versions_command(args) -> int:
+    import dagster as dg
+
+    from mnist_assets import defs, history
+
+    if args.command == "gc":
+        removed = history.collect(defs, args.datasets, dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        for entry in removed:
+            print(f"{verb} {entry.bytes:>12} B  {entry.path}  ({entry.why})")
+        print(f"{verb} {len(removed)} files, {sum(e.bytes for e in removed)} bytes in total")
+        return 0
+    where = history.target(defs, args.dataset, args.asset, args.partition)
+    with dg.DagsterInstance.get() as instance:
+        if args.command == "rollback":
+            print(json.dumps(history.rollback(instance, where, args.to), indent=2))
+            return 0
+        rows = history.history(instance, where)
+    if args.json:
+        print(json.dumps([row.to_dict() for row in rows], indent=2))
+        return 0
+    print(f"{'version':33} {'committed at':25} {'data version':17} {'current':7}  metrics")
+    for row in rows:
+        metrics = "  ".join(f"{k}={v}" for k, v in row.metrics.items())
+        current = "yes" if row.current else ""
+        print(f"{row.version:33} {row.committed_at:25} {row.data_version[:16]:17} {current:7}  {metrics}")
+    return 0
 
 
 def _print_prepared(instance, defs, dataset: str, summary) -> int:

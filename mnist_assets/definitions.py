@@ -7,6 +7,8 @@ Settings come from the environment, read here only:
 - ``MNIST_ASSETS_REFRESH_CRON``: when the daily_refresh schedule observes the sources (default 04:00 UTC);
 - ``MNIST_ASSETS_RETRY_BACKOFF``: seconds the sensor waits before retrying a partition whose last attempt
   failed and whose inputs did not change (default 300), doubled per failure in a row up to a day;
+- ``MNIST_ASSETS_KEEP_VERSIONS``: how many committed versions of each artifact partition stay for
+  ``mnist-assets rollback`` (default 3; the current one always stays too);
 - ``MNIST_ASSETS_EXECUTOR``: where steps run: ``in_process`` (default) or ``celery`` (Celery workers, see
   docs/deploy.md), which also needs ``MNIST_ASSETS_CELERY_BROKER``, the broker URL (e.g. Redis), read
   when a run starts.
@@ -23,6 +25,7 @@ from mnist_assets.assets import dataset_assets
 from mnist_assets.automation import DEFAULT_BACKOFF_SECONDS, DEFAULT_REFRESH_CRON, automation
 from mnist_assets.catalog import Dataset, load_catalog
 from mnist_assets.io_managers import io_managers
+from mnist_assets.versions import DEFAULT_KEEP
 
 DEFAULT_STORAGE = "data/artifacts"
 EXECUTORS = ("in_process", "celery")
@@ -75,6 +78,17 @@ def configured_retry_backoff() -> float:
     return seconds
 
 
+def configured_keep_versions() -> int:
+    """``MNIST_ASSETS_KEEP_VERSIONS``, or the default; refused unless a whole number of at least 1."""
+    text = os.environ.get("MNIST_ASSETS_KEEP_VERSIONS") or str(DEFAULT_KEEP)
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(
+            f"MNIST_ASSETS_KEEP_VERSIONS={text!r}: set it to how many versions of each artifact to keep "
+            "for rollback, a whole number of at least 1, e.g. 3"
+        )
+    return int(text)
+
+
 def build_definitions(
     datasets: Mapping[str, Dataset],
     storage: str,
@@ -82,8 +96,9 @@ def build_definitions(
     refresh_cron: str = DEFAULT_REFRESH_CRON,
     executor: dg.ExecutorDefinition = dg.in_process_executor,
     retry_backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+    keep_versions: int = DEFAULT_KEEP,
 ) -> dg.Definitions:
-    resources = io_managers(storage)
+    resources = io_managers(storage, keep_versions)
     assets = [a for dataset in datasets.values() for a in assets_factory(dataset)]
     return dg.Definitions(
         **automation(assets, resources, refresh_cron, retry_backoff_seconds),
@@ -98,4 +113,5 @@ defs = build_definitions(
     refresh_cron=os.environ.get("MNIST_ASSETS_REFRESH_CRON") or DEFAULT_REFRESH_CRON,
     executor=configured_executor(),
     retry_backoff_seconds=configured_retry_backoff(),
+    keep_versions=configured_keep_versions(),
 )

@@ -26,6 +26,11 @@ Large artifacts stream, so memory does not grow with the dataset: a download and
 written in chunks to a staged file (:meth:`ArtifactIOManager.staged`) and loaded memory-mapped; a shard
 set is committed one Parquet file at a time (:meth:`ShardSetIOManager.commit`). Those assets write
 through their IO manager while they compute and return a :class:`Stored` receipt.
+
+Storage faults (a full disk, a read-only filesystem, a vanished directory, an object-store error) reach
+the user as one sentence made in one place, :func:`storage_failure`: what was being written or read,
+where, the system's reason and what to do. On local disk a write that cannot fit is refused before its
+first byte (:func:`ensure_room`), and a commit that fails removes what it wrote before it raises.
 """
 
 from __future__ import annotations
@@ -38,26 +43,30 @@ import io
 import mmap
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 import dagster as dg
 import numpy as np
 from upath import UPath
 
-from mnist_assets import idx
+from mnist_assets import idx, versions
 from mnist_assets.manifest import CheckpointRecord, Manifest
 from mnist_assets.shards import EncodedShardSet, ShardSet, decode
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class StorageError(RuntimeError):
-    """A stored artifact is missing or does not match its record."""
+class StorageError(dg.Failure):
+    """A stored artifact is missing or does not match its record, or the storage refused a read or write.
+
+    A :class:`dagster.Failure`, so Dagster's event log and UI show its sentence itself rather than
+    "Error occurred while handling output" with the cause further down."""
 
 
 class CommitConflict(StorageError):
@@ -76,7 +85,13 @@ def _safe(name: str) -> str:
     return name
 
 
+def _safe_relative(name: str) -> str:
+    """A content file's path under its record's directory: every component a safe name."""
+    return "/".join(_safe(part) for part in name.split("/"))
+
+
 def write_atomic(path: UPath, data: bytes) -> None:
+    ensure_room(path, len(data))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -103,6 +118,104 @@ def _missing(path: UPath, what: str) -> str:
     return f"{what}: {path} is missing; materialize the asset (again) to rebuild it"
 
 
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT}
+    | {errno.ENOTDIR, errno.EIO}
+)
+"""Local OSErrors that are the storage's doing (any OSError is, on object storage)."""
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_WHAT_TO_DO = {
+    errno.EROFS: "remount that filesystem read-write or point MNIST_ASSETS_STORAGE at writable storage",
+    errno.EACCES: "let this user write there or point MNIST_ASSETS_STORAGE at storage it may write",
+    errno.ENOENT: "a directory on the way vanished (storage root deleted or unmounted?): restore it",
+    errno.EIO: "the device reported an I/O error: check the disk",
+}
+_WHAT_TO_DO[errno.EPERM] = _WHAT_TO_DO[errno.EACCES]
+_WHAT_TO_DO[errno.ENOTDIR] = _WHAT_TO_DO[errno.ENOENT]
+
+
+def storage_failure(
+    error: OSError, action: str, what: str, path: UPath, needed: int | None = None
+) -> StorageError:
+    """The one plain sentence for a storage fault: what was being written or read, where, the operating
+    system's reason, and what to do; for a full disk also the bytes needed (when known), the bytes
+    free and on which filesystem. The previous committed version always stays, so the sentence says so."""
+    reason = error.strerror or str(error)
+    if isinstance(error, NoRoom):  # refused up front: it knows the file and its size
+        needed, path = error.needed, error.path
+    if error.errno in _FULL:
+        todo = "free space there or point MNIST_ASSETS_STORAGE at a larger disk"
+        if _is_local(path):
+            reason += _space(path, needed)
+    elif _is_local(path):
+        todo = _WHAT_TO_DO.get(error.errno or 0, "check the storage")
+    else:
+        todo = "check the storage URL, its credentials and the service"
+    kept = " The previous version, if any, is kept." if action == "write" else ""
+    return StorageError(
+        f"{what}: could not {action} {path}: {reason}.{kept} What to do: {todo}, then refresh again."
+    )
+
+
+def _space(path: UPath, needed: int | None) -> str:
+    """`` (N bytes needed, M bytes free on the filesystem mounted at /mount)`` for a local path."""
+    mount = _existing(path)
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    wanted = "" if needed is None else f"{needed:,} bytes needed, "
+    return f" ({wanted}{_free(path):,} bytes free on the filesystem mounted at {mount})"
+
+
+def _existing(path: UPath) -> str:
+    """The nearest existing directory on the way to local ``path`` (which may not exist yet)."""
+    existing = os.path.abspath(path.path)  # file:// URLs too
+    while not os.path.exists(existing) and existing != os.path.dirname(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
+def _free(path: UPath) -> int:
+    return shutil.disk_usage(_existing(path)).free
+
+
+ROOM_MARGIN = 64 * 1024
+"""Besides 5 % of a write's size, what a local write must leave free (block rounding, file system
+metadata, and the other writers on that disk, such as the Dagster instance's database)."""
+
+
+class NoRoom(OSError):
+    """ENOSPC raised before writing: the write would (nearly) fill its disk; ``needed`` counts the
+    margin, so the sentence never says more bytes are free than were needed."""
+
+    def __init__(self, path: UPath, needed: int):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        self.path, self.needed = path, needed
+
+
+def ensure_room(path: UPath, needed: int | None) -> None:
+    """Refuse a local write of ``needed`` bytes up front when the filesystem cannot take it with the
+    margin: failing early beats half-writing a file and leaving the disk full for everyone else."""
+    if needed is not None and _is_local(path) and _free(path) < needed + needed // 20 + ROOM_MARGIN:
+        raise NoRoom(path, needed + needed // 20 + ROOM_MARGIN)
+
+
+@contextlib.contextmanager
+def plainly(action: str, what: str, path: UPath, needed: int | None = None) -> Iterator[None]:
+    """Storage faults inside the block become :func:`storage_failure`'s sentence about ``path``."""
+    try:
+        yield
+    except OSError as error:
+        if _is_local(path) and error.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_failure(error, action, what, path, needed) from error
+
+
+def _label(asset_key: dg.AssetKey, partition: str | None) -> str:
+    """``dataset/asset[partition]``, as people write it."""
+    return asset_key.to_user_string() + (f"[{partition}]" if partition else "")
+
+
 @dataclass(frozen=True)
 class Stored:
     """An asset's value that is already in storage: assets that stream large artifacts write them
@@ -119,10 +232,39 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     grace_seconds: float = 3600.0
     """On object storage, how long a file no record names any more is kept: a reader that opened the
     record it belonged to has this long to finish (see :class:`ObjectStore`)."""
+    keep_versions: int = versions.DEFAULT_KEEP
+    """How many committed versions of each artifact partition stay for rollback (see
+    :mod:`mnist_assets.versions`), besides the current one."""
+    record_kind: ClassVar[RecordKind | None] = None
+    """The record that commits a multi-file artifact; None for single-file artifacts."""
 
     def storage(self) -> Store:
         """How commits are made safe where ``root`` lives (chosen once, by its URL)."""
         return store_for(UPath(self.root), timedelta(seconds=self.grace_seconds))
+
+    def artifact(self, asset_key: dg.AssetKey, partition: str | None) -> versions.Artifact:
+        """One partition's current file (or record) and kept versions, as :mod:`versions` sees them."""
+        return self.artifact_at(self.location(asset_key, partition))
+
+    def new_version(self, record_path: UPath) -> Kept:
+        """The version a commit of this record is about to be kept as."""
+        return Kept(self.artifact_at(record_path), versions.new_id())
+
+    def artifact_at(self, current: UPath) -> versions.Artifact:
+        current, root = UPath(current), UPath(self.root)
+        relative = current.parent.path[len(root.path.rstrip("/")) + 1 :]
+        kept_dir = root / versions.VERSIONS / relative
+        if self.record_kind is None:
+            kept_dir = kept_dir / current.stem
+        directory = current.parent if self.record_kind else kept_dir
+        local = _is_local(root)
+        return versions.Artifact(
+            current=current,
+            kept_dir=kept_dir,
+            keep=max(self.keep_versions, 1),
+            record=self.record_kind,
+            lock=(lambda: _locked(directory, exclusive=True)) if local else contextlib.nullcontext,
+        )
 
     def asset_dir(self, asset_key: dg.AssetKey) -> UPath:
         return UPath(self.root).joinpath(*(_safe(part) for part in asset_key.path))
@@ -149,12 +291,26 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         return None
 
     @contextlib.contextmanager
-    def staged(self, asset_key: dg.AssetKey, partition: str | None) -> Iterator[StagedFile]:
+    def staged(
+        self, asset_key: dg.AssetKey, partition: str | None, expected_bytes: int | None = None
+    ) -> Iterator[StagedFile]:
         """The partition's file to write in chunks (``staged.file``), for single-file artifacts: it
         replaces the stored file only on ``staged.commit()``, and is removed if the block ends without
-        it (a refused or failed write keeps the previous artifact)."""
-        with self.storage().staged(self.location(asset_key, partition)) as staged:
-            yield staged
+        it (a refused or failed write keeps the previous artifact), and kept as a version when it is. With
+        ``expected_bytes``, a local disk without room for them refuses before the first byte
+        (:func:`ensure_room`)."""
+        artifact = self.artifact(asset_key, partition)
+        with plainly("write", _label(asset_key, partition), artifact.current):
+            ensure_room(artifact.current, expected_bytes)
+            with self.storage().staged(artifact.current) as staged:
+                publish = staged.publish
+
+                def publish_kept(temporary: UPath, path: UPath) -> None:
+                    kept = versions.keep_file(artifact, lambda: publish(temporary, path))
+                    staged.metadata["version"] = kept
+
+                staged.publish = publish_kept
+                yield staged
 
     # one value <-> storage, per partition (partition None for unpartitioned assets)
     def store(self, directory: UPath, partition: str | None, value: Any) -> dict[str, Any]:
@@ -163,21 +319,30 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     def fetch(self, directory: UPath, partition: str | None, what: str) -> Any:
         raise NotImplementedError
 
+    def write_file(self, directory: UPath, partition: str | None, data: bytes) -> dict[str, Any]:
+        """Replace a single-file artifact whole and keep it as a version; its metadata."""
+        path = self.record_path(directory, partition)
+        version = versions.keep_file(self.artifact_at(path), lambda: self.storage().write(path, data))
+        return {"path": dg.MetadataValue.path(str(path)), "bytes": len(data), "version": version}
+
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if isinstance(obj, Stored):
             context.add_output_metadata(obj.metadata)
             return
         partition = _safe(context.asset_partition_key) if context.has_asset_partitions else None
-        context.add_output_metadata(self.store(self.asset_dir(context.asset_key), partition, obj))
+        path = self.location(context.asset_key, partition)
+        with plainly("write", _label(context.asset_key, partition), path):
+            context.add_output_metadata(self.store(self.asset_dir(context.asset_key), partition, obj))
 
     def load_input(self, context: dg.InputContext) -> Any:
-        directory = self.asset_dir(context.asset_key)
-        what = context.asset_key.to_user_string()
         if not context.has_asset_partitions:
-            return self.fetch(directory, None, what)
-        return {
-            key: self.fetch(directory, _safe(key), f"{what}[{key}]") for key in context.asset_partition_keys
-        }
+            return self._load(context.asset_key, None)
+        return {key: self._load(context.asset_key, _safe(key)) for key in context.asset_partition_keys}
+
+    def _load(self, asset_key: dg.AssetKey, partition: str | None) -> Any:
+        what = _label(asset_key, partition)
+        with plainly("read", what, self.location(asset_key, partition)):
+            return self.fetch(self.asset_dir(asset_key), partition, what)
 
 
 class GzipIOManager(ArtifactIOManager):
@@ -190,9 +355,7 @@ class GzipIOManager(ArtifactIOManager):
         return directory / f"{partition or 'value'}.gz"
 
     def store(self, directory, partition, value: bytes):
-        path = self.record_path(directory, partition)
-        self.storage().write(path, value)
-        return {"path": dg.MetadataValue.path(str(path)), "bytes": len(value)}
+        return self.write_file(directory, partition, value)
 
     def fetch(self, directory, partition, what) -> bytes | mmap.mmap:
         path = self.record_path(directory, partition)
@@ -217,6 +380,8 @@ class StagedFile:
 
     def __init__(self, path: UPath, temporary: UPath, file: BinaryIO, publish: Publish):
         self.path, self.temporary, self.file, self.publish = path, temporary, file, publish
+        self.metadata: dict[str, Any] = {}
+        """Recorded with the receipt besides path and bytes (the version :meth:`publish` kept)."""
 
     def restart(self) -> BinaryIO:
         """The file emptied, to write again from the start (a download's next attempt)."""
@@ -228,7 +393,8 @@ class StagedFile:
         """Publish the written file in place (atomic); the receipt to return as the asset's value."""
         self.file.close()
         self.publish(self.temporary, self.path)
-        return Stored({"path": dg.MetadataValue.path(str(self.path)), "bytes": self.path.stat().st_size})
+        size = self.path.stat().st_size
+        return Stored({"path": dg.MetadataValue.path(str(self.path)), "bytes": size, **self.metadata})
 
 
 class NumpyIOManager(ArtifactIOManager):
@@ -247,9 +413,7 @@ class NumpyIOManager(ArtifactIOManager):
             raise StorageError("object arrays cannot be stored without pickle")
         sink = io.BytesIO()
         np.save(sink, value, allow_pickle=False)
-        path = self.record_path(directory, partition)
-        self.storage().write(path, sink.getvalue())
-        return {"path": dg.MetadataValue.path(str(path)), "bytes": sink.tell()}
+        return self.write_file(directory, partition, sink.getvalue())
 
     def fetch(self, directory, partition, what):
         path = self.record_path(directory, partition)
@@ -272,15 +436,25 @@ Put = Callable[[str, bytes], None]
 
 @dataclass(frozen=True)
 class RecordKind:
-    """A commit's record: its file name, and which content files a stored one names (what an object
-    store's garbage collection must keep for readers of the record being replaced)."""
+    """A commit's record: its file name, and which content files a stored one names, with their sha256
+    where it records one (what garbage collection must keep, and what a rollback verifies)."""
 
     name: str
-    names: Callable[[bytes], Iterable[str]]
+    digests: Callable[[bytes], Mapping[str, str | None]]
+
+    def names(self, data: bytes) -> Iterable[str]:
+        return self.digests(data).keys()
 
 
-_MANIFEST = RecordKind("_manifest.json", lambda data: [s.file for s in Manifest.from_json(data).shards])
-_CHECKPOINT = RecordKind("checkpoint.json", lambda data: [CheckpointRecord.model_validate_json(data).file])
+def _checkpoint_digests(data: bytes) -> dict[str, str | None]:
+    record = CheckpointRecord.model_validate_json(data)
+    return {record.file: record.sha256, **dict.fromkeys(record.logs)}
+
+
+_MANIFEST = RecordKind(
+    "_manifest.json", lambda data: {s.file: s.sha256 for s in Manifest.from_json(data).shards}
+)
+_CHECKPOINT = RecordKind("checkpoint.json", _checkpoint_digests)
 
 
 class Store(Protocol):
@@ -292,12 +466,23 @@ class Store(Protocol):
     def staged(self, path: UPath) -> contextlib.AbstractContextManager[StagedFile]:
         """A single-file artifact written in chunks, published only by ``StagedFile.commit``."""
 
-    def committing(self, directory: UPath, record: RecordKind) -> contextlib.AbstractContextManager[Put]:
+    def committing(
+        self, directory: UPath, record: RecordKind, kept: Kept | None = None
+    ) -> contextlib.AbstractContextManager[Put]:
         """A commit of content-addressed files: the caller ``put``s each file, then the record naming
-        them, last. If the block fails, the previous record and every file it names stay intact."""
+        them, last. If the block fails, the previous record and every file it names stay intact.
+        ``kept``: the record is also kept as that version, and files kept versions name stay."""
 
     def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
         """Held while a reader opens a record and its files."""
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A commit's version: the artifact as :mod:`versions` sees it and the id the commit gets."""
+
+    artifact: versions.Artifact
+    version: str
 
 
 def store_for(root: UPath, grace: timedelta) -> Store:
@@ -318,29 +503,52 @@ class LocalStore:
         try:
             yield staged
         finally:
-            staged.file.close()
+            with contextlib.suppress(OSError):  # flushing the rest fails again on a full disk: still remove
+                staged.file.close()
             if temporary.exists():
                 temporary.unlink()
 
     @contextlib.contextmanager
-    def committing(self, directory: UPath, record: RecordKind) -> Iterator[Put]:
-        """Under the directory's exclusive lock; afterwards files nothing wrote are dropped (and
-        temporary files of writers that died: under the lock, no live writer has any here)."""
+    def committing(self, directory: UPath, record: RecordKind, kept: Kept | None = None) -> Iterator[Put]:
+        """Under the directory's exclusive lock; afterwards files nothing wrote nor a kept version names
+        are dropped (and temporary files of writers that died: under the lock, no live writer has any)."""
         written: set[str] = set()
 
         def put(name: str, data: bytes) -> None:  # always rewritten: a same-named file may be damaged
-            write_atomic(directory / (name if name == record.name else _safe(name)), data)
+            write_atomic(directory / (name if name == record.name else _safe_relative(name)), data)
             written.add(name)
 
         with _locked(directory, exclusive=True):
-            yield put
-            for path in directory.iterdir():
-                orphan = path.name not in written and not path.name.startswith(".")
-                if orphan or (path.name.startswith(".") and path.name.endswith(".tmp")):
-                    path.unlink()
+            try:
+                yield put
+            except BaseException:
+                _drop_uncommitted(directory, record, kept)
+                raise
+            if kept is not None and record.name in written:
+                versions.keep_record(kept.artifact, (directory / record.name).read_bytes(), kept.version)
+            named = kept.artifact.named() if kept else set()
+            versions.delete_files(versions.unnamed(directory, written | named), directory)
 
     def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
         return _locked(directory, exclusive=False)
+
+
+def _drop_uncommitted(directory: UPath, record: RecordKind, kept: Kept | None) -> None:
+    """A failed local commit gives its space back before it raises: what it wrote that neither the record
+    in place nor a kept version names (a same-named file is the same content, so theirs stays), and
+    temporary files (under the commit's lock, no live writer has any)."""
+    with contextlib.suppress(OSError):  # e.g. the directory vanished: the cause is the error to report
+        in_place = kept.artifact.named() if kept else _names_in(directory / record.name, record)
+        named = {record.name} | in_place
+        versions.delete_files(versions.unnamed(directory, named), directory)
+
+
+def _names_in(path: UPath, record: RecordKind) -> set[str]:
+    """The content files a stored record names (none if it is absent or damaged)."""
+    try:
+        return set(record.names(path.read_bytes()))
+    except (FileNotFoundError, ValueError):
+        return set()
 
 
 @contextlib.contextmanager
@@ -387,7 +595,9 @@ class ObjectStore:
                 staged.file.close()
 
     @contextlib.contextmanager
-    def committing(self, directory: UPath, record: RecordKind) -> Iterator[Put]:
+    def committing(self, directory: UPath, record: RecordKind, kept: Kept | None = None) -> Iterator[Put]:
+        """A failed commit leaves the objects it put to :meth:`_collect`: without a lock, another writer
+        of the same version may have put the same names and be about to commit a record naming them."""
         fs, record_path = directory.fs, directory / record.name
         previous = _stored_record(record_path, record)  # the version this commit replaces
         written: set[str] = set()
@@ -396,12 +606,16 @@ class ObjectStore:
             if name == record.name:
                 _put_record(record_path, data, previous)
             else:
-                fs.pipe_file((directory / _safe(name)).path, data)
+                fs.pipe_file((directory / _safe_relative(name)).path, data)
             written.add(name)
 
         yield put
         if record.name in written:
-            self._collect(directory, record_path, written | (previous.names if previous else set()), previous)
+            named = written | (previous.names if previous else set())
+            if kept is not None:
+                versions.keep_record(kept.artifact, fs.cat_file(record_path.path), kept.version)
+                named |= kept.artifact.named()
+            self._collect(directory, record_path, named, previous)
 
     def _collect(
         self, directory: UPath, record_path: UPath, keep: set[str], previous: _StoredRecord | None
@@ -472,13 +686,15 @@ def _is_precondition_failure(error: OSError) -> bool:
 
 
 def _commit(
-    store: Store, directory: UPath, files: Mapping[str, bytes], record: RecordKind, data: bytes
-) -> None:
-    """Write content-addressed files, then the record naming them (see :meth:`Store.committing`)."""
-    with store.committing(directory, record) as put:
+    store: Store, directory: UPath, files: Mapping[str, bytes], record: RecordKind, data: bytes, kept: Kept
+) -> str:
+    """Write content-addressed files, then the record naming them (see :meth:`Store.committing`); the
+    version it is kept as."""
+    with store.committing(directory, record, kept) as put:
         for name, content in files.items():
             put(name, content)
         put(record.name, data)
+    return kept.version
 
 
 def _all_present(directory: UPath, sizes: Mapping[str, int | None]) -> bool:
@@ -492,25 +708,34 @@ def _all_present(directory: UPath, sizes: Mapping[str, int | None]) -> bool:
 class ShardSetIOManager(ArtifactIOManager):
     """Parquet shard sets under ``<split>/``, committed by ``_manifest.json``; verified on every load."""
 
+    record_kind = _MANIFEST
+
     def record_path(self, directory, partition):
         return directory / (partition or "all") / "_manifest.json"
 
     def store(self, directory, partition, value: EncodedShardSet):
         split_dir = directory / (partition or "all")
-        manifest = value.manifest
-        _commit(self.storage(), split_dir, value.files, _MANIFEST, manifest.to_json().encode())
-        return self._metadata(directory, partition, manifest)
+        manifest, kept = value.manifest, self.new_version(split_dir / _MANIFEST.name)
+        _commit(self.storage(), split_dir, value.files, _MANIFEST, manifest.to_json().encode(), kept)
+        return {**self._metadata(directory, partition, manifest), "version": kept.version}
 
     def commit(self, asset_key: dg.AssetKey, split: str, write: Callable[[Put], Manifest]) -> Stored:
         """Commit a shard set produced one file at a time: ``write(put)`` puts each Parquet file as it
         is encoded and returns the manifest naming them, which is written last. The split's directory is
         locked throughout, so a concurrent writer waits (one wins whole) and so does a reader opening
         the split; what was committed before stays readable until the manifest is replaced."""
-        directory = self.asset_dir(asset_key)
-        with self.storage().committing(directory / _safe(split), _MANIFEST) as put:
-            manifest = write(put)
-            put(_MANIFEST.name, manifest.to_json().encode())
-        return Stored(self._metadata(directory, split, manifest))
+        directory, what = self.asset_dir(asset_key), _label(asset_key, split)
+        split_dir = directory / _safe(split)
+        kept = self.new_version(split_dir / _MANIFEST.name)
+
+        def put_plainly(name: str, data: bytes) -> None:  # at the failing file: bytes needed, free now
+            with plainly("write", what, split_dir / name, needed=len(data)):
+                put(name, data)
+
+        with plainly("write", what, split_dir), self.storage().committing(split_dir, _MANIFEST, kept) as put:
+            manifest = write(put_plainly)
+            put_plainly(_MANIFEST.name, manifest.to_json().encode())
+        return Stored({**self._metadata(directory, split, manifest), "version": kept.version})
 
     def _metadata(self, directory: UPath, partition: str | None, manifest: Manifest) -> dict[str, Any]:
         return {
@@ -615,7 +840,11 @@ class StoredCheckpoint:
 
 
 class KerasIOManager(ArtifactIOManager):
-    """Keras checkpoints as ``model-<sha>.keras`` committed by ``checkpoint.json``."""
+    """Keras checkpoints as ``model-<sha>.keras`` committed by ``checkpoint.json``, with the training
+    run's TensorBoard logs under ``tensorboard/<the model's sha16>/`` named by the record, so a kept
+    version keeps its logs and ``tensorboard --logdir <checkpoint dir>/tensorboard`` shows every run."""
+
+    record_kind = _CHECKPOINT
 
     def record_path(self, directory, partition):
         return (directory if partition is None else directory / partition) / "checkpoint.json"
@@ -624,16 +853,21 @@ class KerasIOManager(ArtifactIOManager):
         keras_bytes = value.keras_bytes
         digest = idx.sha256(keras_bytes)
         name = f"model-{digest[:16]}.keras"
-        record = CheckpointRecord(**value.record, file=name, sha256=digest, bytes=len(keras_bytes))
-        target = directory if partition is None else directory / partition
-        _commit(
-            self.storage(),
-            target,
-            {name: keras_bytes},
-            _CHECKPOINT,
-            record.model_dump_json(indent=2).encode(),
+        logs_dir = f"tensorboard/{digest[:16]}"
+        logs = {
+            f"{logs_dir}/{_safe_relative(path)}": data for path, data in getattr(value, "logs", {}).items()
+        }
+        record = CheckpointRecord(
+            **value.record, file=name, sha256=digest, bytes=len(keras_bytes), logs=tuple(sorted(logs))
         )
-        return {"path": dg.MetadataValue.path(str(target / name)), "bytes": len(keras_bytes)}
+        target = directory if partition is None else directory / partition
+        data = record.model_dump_json(indent=2).encode()
+        kept = self.new_version(target / _CHECKPOINT.name)
+        _commit(self.storage(), target, {name: keras_bytes, **logs}, _CHECKPOINT, data, kept)
+        metadata = {"path": dg.MetadataValue.path(str(target / name)), "bytes": len(keras_bytes)}
+        if logs:
+            metadata["tensorboard"] = dg.MetadataValue.path(str(target / logs_dir))
+        return {**metadata, "version": kept.version}
 
     def exists(self, asset_key, partition):
         record_path = self.location(asset_key, partition)
@@ -659,29 +893,27 @@ class KerasIOManager(ArtifactIOManager):
         return StoredCheckpoint(keras_bytes, record, str(path))
 
 
-def io_managers(root: str) -> dict[str, ArtifactIOManager]:
+def io_managers(root: str, keep_versions: int = versions.DEFAULT_KEEP) -> dict[str, ArtifactIOManager]:
     """The resource map the definitions bind, one IO manager per artifact kind."""
     return {
-        "gzip_io_manager": GzipIOManager(root=root),
-        "npy_io_manager": NumpyIOManager(root=root),
-        "shards_io_manager": ShardSetIOManager(root=root),
-        "keras_io_manager": KerasIOManager(root=root),
-        "json_io_manager": JsonRecordIOManager(root=root),
+        "gzip_io_manager": GzipIOManager(root=root, keep_versions=keep_versions),
+        "npy_io_manager": NumpyIOManager(root=root, keep_versions=keep_versions),
+        "shards_io_manager": ShardSetIOManager(root=root, keep_versions=keep_versions),
+        "keras_io_manager": KerasIOManager(root=root, keep_versions=keep_versions),
+        "json_io_manager": JsonRecordIOManager(root=root, keep_versions=keep_versions),
     }
 
 
 class JsonRecordIOManager(ArtifactIOManager):
     """Small typed records (a pydantic model, e.g. best_model's choice) as ``record.json`` (or
-    ``<partition>.json``), replaced whole; loaded as the parsed JSON."""
+    ``<partition>.json``), replaced whole and kept as versions like any single file; loaded as the
+    parsed JSON."""
 
     def record_path(self, directory, partition):
         return directory / f"{partition or 'record'}.json"
 
     def store(self, directory, partition, value):
-        path = self.record_path(directory, partition)
-        data = value.model_dump_json(indent=2).encode()
-        self.storage().write(path, data)
-        return {"path": dg.MetadataValue.path(str(path)), "bytes": len(data)}
+        return self.write_file(directory, partition, value.model_dump_json(indent=2).encode())
 
     def fetch(self, directory, partition, what) -> Any:
         import json

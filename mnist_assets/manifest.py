@@ -94,3 +94,5 @@ class CheckpointRecord(BaseModel):
     config: dict[str, Any]
     shards_root_sha256: dict[str, str]
     """The shard sets it was trained on (their manifests' root hashes)."""
+    logs: tuple[str, ...] = ()
+    """The training run's TensorBoard files, relative to the record's directory (committed with it)."""

@@ -20,6 +20,7 @@ AREAS = (
     "Crashes and concurrency",
     "Nothing lost",
     "Security",
+    "Storage",
 )
 
 

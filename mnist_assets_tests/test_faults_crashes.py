@@ -108,7 +108,7 @@ KILL_POINTS = {
 )
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_sigkill_during_a_shard_set_write_keeps_the_previous_set(tmp_path, point):
-    store = ShardSetIOManager(root=str(tmp_path))
+    store = ShardSetIOManager(root=str(tmp_path), keep_versions=1)  # old sets not kept for rollback
     directory = store.asset_dir(SHARDS_KEY)
     good = synthetic_shard_set(1, 400)  # 3 shards: writes 1-3 are shards, 4 is the manifest
     store.store(directory, None, good)
@@ -142,7 +142,7 @@ def test_sigkill_during_a_shard_set_write_keeps_the_previous_set(tmp_path, point
 )
 @pytest.mark.parametrize("partial", [False, True], ids=["before-model-file", "mid-model-file"])
 def test_sigkill_during_a_checkpoint_save_keeps_the_last_good_one(tmp_path, partial):
-    store = KerasIOManager(root=str(tmp_path))
+    store = KerasIOManager(root=str(tmp_path), keep_versions=1)  # old models not kept for rollback
     directory = store.asset_dir(CHECKPOINT_KEY)
     store.store(directory, None, checkpoint_value(1))
 
@@ -215,7 +215,7 @@ def test_refresh_verify_finds_damaged_artifacts_and_rebuilds_only_them(project):
 WRITER = """
     from mnist_assets.io_managers import ShardSetIOManager
     from mnist_assets_tests.test_faults_crashes import *
-    store = ShardSetIOManager(root={root!r})
+    store = ShardSetIOManager(root={root!r}, keep_versions=1)  # only the winner's files stay
     value = synthetic_shard_set({seed}, {rows})
     for _ in range(15):
         store.store(store.asset_dir(SHARDS_KEY), None, value)

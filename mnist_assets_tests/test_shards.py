@@ -76,7 +76,7 @@ def test_stored_shards_open_in_pyarrow_pandas_duckdb_and_polars(encoded, tmp_pat
 
 
 def test_commit_replaces_a_shard_set_whole_and_removes_unreferenced_files(encoded, tmp_path, t10k_arrays):
-    store = ShardSetIOManager(root=str(tmp_path))
+    store = ShardSetIOManager(root=str(tmp_path), keep_versions=1)  # no old set kept for rollback
     directory = store.asset_dir(dg.AssetKey(["mini", "shards"]))
     store.store(directory, "train", encoded["train"])
     smaller = shards.encode(

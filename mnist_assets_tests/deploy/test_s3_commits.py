@@ -31,8 +31,8 @@ CLOCK_TICK = 1.1
 """S3 time stamps have one-second resolution: waiting this long makes an object strictly older."""
 
 
-def shard_store(root: str, grace_seconds: float = 0.0) -> ShardSetIOManager:
-    return ShardSetIOManager(root=root, grace_seconds=grace_seconds)
+def shard_store(root: str, grace_seconds: float = 0.0, keep_versions: int = 3) -> ShardSetIOManager:
+    return ShardSetIOManager(root=root, grace_seconds=grace_seconds, keep_versions=keep_versions)
 
 
 def version(arrays: dict, seed: int) -> shards.EncodedShardSet:
@@ -171,7 +171,7 @@ def test_a_writer_sigkilled_mid_upload_leaves_the_previous_version_loading_verif
     writer.send_signal(signal.SIGKILL)  # the next version's shards are up, its manifest never will be
     assert writer.wait(WAIT_SECONDS) == -signal.SIGKILL
 
-    store = shard_store(root)
+    store = shard_store(root, keep_versions=1)  # no older set kept for rollback: only the grace period
     assert loaded_manifest(store) == first.manifest
     orphans = set(dead.files) - set(first.files)
     assert orphans and orphans <= objects(root)
