@@ -46,7 +46,7 @@ def run(out: Path, epochs: int | None) -> dict:
         run_config = None
         if epochs is not None:
             run_config = {"ops": {"fashion_mnist__checkpoint": {"config": {"epochs": epochs}}}}
-        for names, partition in materialization_steps():
+        for names, partition in materialization_steps(dataset):
             started = time.perf_counter()
             dg.materialize(
                 assets,
@@ -58,7 +58,9 @@ def run(out: Path, epochs: int | None) -> dict:
             )
             stage = "+".join(names)
             stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - started
-        record = json.loads((Path(scratch) / dataset.id / "checkpoint" / "checkpoint.json").read_text())
+        record = json.loads(
+            (Path(scratch) / dataset.id / "checkpoint" / "bn_cnn" / "checkpoint.json").read_text()
+        )
     baseline = plain_script_ingest(dataset)
     ingest = stages["urls+raw_gzip+idx"] + stages["shards"]
     holdout = record["metrics"]["holdout"]["accuracy"]

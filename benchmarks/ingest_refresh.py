@@ -61,7 +61,7 @@ def refresh_ingest(dataset: str) -> dict:
         refresher = Refresher(
             defs, instance, [dataset], console_log_level="DEBUG" if quiet.verbose() else "INFO"
         )
-        refresher.keys = [k for k in refresher.keys if k.path[-1] != "checkpoint"]
+        refresher.keys = [k for k in refresher.keys if k.path[-1] not in ("checkpoint", "best_model")]
         summary = refresher.run(log=lambda m: print(m, file=sys.stderr))
     return summary.to_dict()
 

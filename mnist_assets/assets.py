@@ -1,12 +1,17 @@
-"""The asset graph of one dataset: urls → raw_gzip → idx → shards → checkpoint.
+"""The asset graph of one dataset: urls → raw_gzip → idx → shards → checkpoint[model] → best_model.
 
 Every dataset gets the same graph, built from its catalog entry, under its own key prefix and group.
-Each asset returns a content data version, so an identical result leaves downstream assets fresh, and
-carries a code version hashed from the code that computes it.
+Each layer's work is a module-level function over plain values (a dataset, a partition key, arrays, a
+store), callable in a test without Dagster; the ``*_asset`` factories below only wire it into Dagster
+(keys, partitions, checks, descriptions). Each asset returns a content data version, so an identical
+result leaves downstream assets fresh, and carries a code version hashed from the code that computes it
+(its body function and the helpers it ``uses``).
 """
 
 import contextlib
+import dataclasses
 import io
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -16,10 +21,19 @@ import pyarrow.parquet as pq
 import pydantic
 from pydantic import Field
 
-from mnist_assets import download, idx, loader, manifest, pictures, shards
+from mnist_assets import attempts, download, idx, loader, manifest, metadata, models, pictures, shards
+from mnist_assets.automation import OBSERVED_DAILY
 from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, redact_url
 from mnist_assets.io_managers import REPAIR, StorageError, Stored
+from mnist_assets.manifest import CheckpointRecord
+from mnist_assets.models import TrainConfig, TrainOverrides
+from mnist_assets.refresh import TOLERATES_FAILED_INPUTS
 from mnist_assets.versioning import code_version, json_version
+
+if TYPE_CHECKING:
+    from mnist_assets.training import TrainedModel
+
+__all__ = ["TrainConfig", "dataset_assets", "materialization_steps"]
 
 FILES = dg.StaticPartitionsDefinition(
     sorted(FILE_KEYS, key=lambda k: (k.startswith("test"), k.endswith("images")))
@@ -63,20 +77,6 @@ class ShardConfig(dg.Config):
         return shards.ShardOptions(self.seed, self.validation_fraction, self.rows_per_shard, self.compression)
 
 
-class TrainConfig(dg.Config):
-    epochs: int = 8
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
-    dense_units: int = 128
-    dropout: float = 0.4
-    batch_norm: bool = True
-    seed: int = 0
-    accuracy_floor: float = Field(
-        default=0.8, description="Blocking check: holdout accuracy below this fails the checkpoint."
-    )
-
-
 ConfigT = TypeVar("ConfigT", bound=dg.Config)
 
 
@@ -118,12 +118,12 @@ def url_entry(dataset: Dataset, file_key: str, mirrors: list[str]) -> dict:
     }
 
 
-def _expected_kind(key: str, dataset: Dataset) -> tuple[int, tuple[int, ...]]:
+def expected_kind(key: str, dataset: Dataset) -> tuple[int, tuple[int, ...]]:
     """(ndim, trailing shape) an IDX file of this partition must have."""
     return (3, dataset.image_shape) if key.endswith("images") else (1, ())
 
 
-def _read_back(store, asset_key: dg.AssetKey, split: str, what: str) -> tuple[manifest.Manifest, np.ndarray]:
+def read_back(store, asset_key: dg.AssetKey, split: str, what: str) -> tuple[manifest.Manifest, np.ndarray]:
     """The committed manifest of ``split`` and its ``source_index`` column, one shard at a time, each
     shard verified against its manifest sha256 (a damaged one fails the step)."""
     opened = store.open(asset_key, split)
@@ -139,7 +139,7 @@ def _read_back(store, asset_key: dg.AssetKey, split: str, what: str) -> tuple[ma
     return opened.manifest, np.concatenate(columns) if columns else np.empty(0, np.uint32)
 
 
-def _recorded_version(context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partition: str) -> str:
+def recorded_version(context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partition: str) -> str:
     """The data version the event log holds for an input partition: for idx, its payload sha256, the
     value Dagster records as this step's provenance (looked up, not hashed again from the array)."""
     records = context.instance.fetch_materializations(
@@ -150,7 +150,7 @@ def _recorded_version(context: dg.AssetExecutionContext, asset_key: dg.AssetKey,
     return tags.get("dagster/data_version", "unknown")
 
 
-def _split_check(split, source_rows, source_index, options) -> dg.AssetCheckResult:
+def split_check(split, source_rows, source_index, options) -> dg.AssetCheckResult:
     rows = np.sort(source_index)
     expected = shards.split_rows(split, source_rows, options)
     problems = []
@@ -174,7 +174,7 @@ def _split_check(split, source_rows, source_index, options) -> dg.AssetCheckResu
     )
 
 
-def _refuse_if_failed(checks: list[dg.AssetCheckResult], message: str):
+def refuse_if_failed(checks: list[dg.AssetCheckResult], message: str):
     """Blocking checks judged before anything is stored: a failure records the failed checks and
     stops the step, so the last good artifact stays in place and nothing downstream runs."""
     failed = [c for c in checks if not c.passed]
@@ -186,170 +186,232 @@ def _refuse_if_failed(checks: list[dg.AssetCheckResult], message: str):
 
 STORAGE = "the artifact storage (MNIST_ASSETS_STORAGE, default data/artifacts)"
 """How descriptions name where artifacts live; each materialization's ``path`` entry gives the file."""
-PLACES = {"metric": 4, "seconds": 2}
-"""Digits kept in metadata numbers: readable in the UI, still numbers so the Plots tab draws them."""
 
 
-def _picture(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
-    return dg.MetadataValue.md(pictures.markdown(png, alt))
+# --- the layers' work, over plain values -----------------------------------------------------------
 
 
-def _idx_pictures(store, asset_key: dg.AssetKey, file_key: str, dataset: Dataset) -> dict[str, Any]:
-    """An images partition's first examples, named by the stored labels partition when there is one
-    (the labels file is another partition, materialized in its own run: before it, rows are shown)."""
-    if not file_key.endswith("images"):
-        return {}
-    images = store.fetch(store.asset_dir(asset_key), file_key, f"{dataset.id}/idx[{file_key}]")
-    labels_key = file_key.replace("images", "labels")
-    labels = None
-    with contextlib.suppress(StorageError):  # absent or unreadable: the picture goes without names
-        labels = store.fetch(store.asset_dir(asset_key), labels_key, f"{dataset.id}/idx[{labels_key}]")
-    if labels is not None and len(labels) != len(images):
-        labels = None
-    named = "with their class names" if labels is not None else f"by row ({labels_key} not stored yet)"
-    png = pictures.sample_grid(images, labels, dataset.class_names)
-    return {"samples": _picture(png, f"{dataset.id} {file_key}: the first images {named}")}
+def observe_urls(dataset: Dataset, mirrors: list[str], log) -> dict[str, str]:
+    """Each file's data version: its candidate URLs, pins and what the first answering mirror says about
+    it now. A file no mirror answered for is left out, so its previous observation stands."""
+    entries = {k: url_entry(dataset, k, mirrors) for k in FILE_KEYS}
+
+    def look(k: str):
+        return download.fingerprint(dataset, dataset.file(k), entries[k]["urls"])
+
+    with ThreadPoolExecutor(len(FILE_KEYS)) as pool:
+        remote = dict(zip(FILE_KEYS, pool.map(look, FILE_KEYS), strict=True))
+    silent = [k for k, seen in remote.items() if seen is None]
+    if silent:
+        log.warning(
+            f"{dataset.id}: no mirror answered for {', '.join(silent)}; their previous observation "
+            f"stands (set {dataset.mirror_env_var} to a reachable mirror)"
+        )
+    return {k: json_version({**entries[k], "remote": remote[k]}) for k in FILE_KEYS if remote[k] is not None}
 
 
-def _split_pictures(split: str, images, labels, options: shards.ShardOptions, dataset: Dataset) -> dict:
-    """A split's first examples (its stored order) and its examples per class."""
-    rows = shards.split_rows(split, len(labels), options)
-    first = rows[: pictures.SAMPLE_COUNT]
-    counts = np.bincount(labels[rows], minlength=len(dataset.class_names))
-    samples = pictures.sample_grid(images[first], labels[first], dataset.class_names)
-    histogram = pictures.label_histogram(counts, dataset.class_names)
-    return {
-        "samples": _picture(samples, f"{dataset.id} {split}: the first examples with their class names"),
-        "label_histogram": _picture(histogram, f"{dataset.id} {split}: examples per class"),
-    }
+def fetch_raw_gzip(
+    dataset: Dataset, file_key: str, mirrors: list[str], staged, log
+) -> tuple[download.Fetched, Stored]:
+    """Stream the first mirror's copy whose content verifies into ``staged``, then commit it."""
+    urls = url_entry(dataset, file_key, mirrors)["urls"]
+    fetched = download.fetch_into(staged.restart, dataset, dataset.file(file_key), urls, log=log)
+    return fetched, staged.commit()
 
 
-def _shard_files(encoded: manifest.Manifest) -> dg.TableMetadataValue:
-    return dg.MetadataValue.table(
-        [dg.TableRecord({"file": s.file, "rows": s.rows, "bytes": s.bytes}) for s in encoded.shards],
-        schema=dg.TableSchema(
-            columns=[
-                dg.TableColumn("file", "string", description="Parquet file in the split's directory"),
-                dg.TableColumn("rows", "int"),
-                dg.TableColumn("bytes", "int"),
-            ]
+def parse_idx(dataset: Dataset, file_key: str, raw, sink) -> tuple[idx.Parsed, list[dg.AssetCheckResult]]:
+    """The gzipped IDX file ``raw`` written to ``sink`` as ``.npy``, and the blocking checks of what it
+    holds (judged by the caller before the file is kept)."""
+    file = dataset.file(file_key)
+    try:
+        parsed = idx.gunzip_to_npy(raw, sink, max_bytes=file.payload_size)
+    except idx.IdxError as error:
+        raise dg.Failure(
+            f"{dataset.id}: {file_key} ({file.filename}) is not a usable IDX file: {error}. "
+            "The previous idx array, if any, is kept. What to do: check the catalog pin and the "
+            f"mirror's copy ({dataset.mirror_env_var}), then materialize raw_gzip[{file_key}] again."
+        ) from None
+    ndim, trailing = expected_kind(file_key, dataset)
+    problems = []
+    if parsed.dtype != np.uint8 or len(parsed.shape) != ndim or parsed.shape[1:] != trailing:
+        problems.append(f"{file_key} must be uint8 with {ndim} dims, trailing shape {trailing}")
+    is_labels = file_key.endswith("labels")
+    top = int(parsed.maximum) if is_labels else 0
+    return parsed, [
+        dg.AssetCheckResult(
+            check_name="header_shape_dtype_agree",
+            passed=not problems,
+            metadata={
+                "shape": str(parsed.shape),
+                "dtype": str(parsed.dtype),
+                "problems": "; ".join(problems),
+            },
         ),
-    )
+        dg.AssetCheckResult(
+            check_name="labels_in_class_range",
+            passed=top < len(dataset.class_names),
+            metadata={"applies": "yes" if is_labels else "no (image file)", "max_label": top},
+        ),
+    ]
 
 
-def _history_table(history: dict[str, list[float]]) -> dg.TableMetadataValue:
-    """One row per epoch with every metric Keras recorded (train and ``val_`` validation), rounded."""
-    names = list(history)
-    return dg.MetadataValue.table(
-        [
-            dg.TableRecord(
-                {
-                    "epoch": epoch,
-                    **{n: round(v, PLACES["metric"]) for n, v in zip(names, values, strict=True)},
-                }
+def cut_split(
+    dataset: Dataset,
+    split: str,
+    arrays: dict[str, np.ndarray],
+    sources: dict[str, str],
+    options: shards.ShardOptions,
+    commit: Callable[[Callable[[Any], manifest.Manifest]], Stored],
+) -> tuple[Stored, manifest.Manifest]:
+    """Cut ``split`` from the idx arrays into Parquet shards, each committed through ``commit`` as soon
+    as it is encoded (the manifest last); the receipt and the manifest."""
+    images_key, labels_key = shards.SPLIT_SOURCES[split]
+    images, labels = arrays[images_key], arrays[labels_key]  # memory-mapped: read one shard at a time
+    written: list[manifest.Manifest] = []
+
+    def write(put):
+        written.append(
+            shards.write(dataset.id, split, images, labels, sources, dataset.class_names, options, put)
+        )
+        return written[0]
+
+    stored = commit(write)
+    return stored, written[0]
+
+
+def check_committed_split(
+    store,
+    asset_key: dg.AssetKey,
+    split: str,
+    encoded: manifest.Manifest,
+    source_rows: int,
+    options,
+    what: str,
+) -> list[dg.AssetCheckResult]:
+    """The checks of a committed split, read back from storage: checks see the stored files, not memory."""
+    committed, source_index = read_back(store, asset_key, split, what)
+    return [
+        dg.AssetCheckResult(
+            check_name="manifest_matches_files",
+            passed=committed.root_sha256 == encoded.root_sha256 and len(source_index) == encoded.rows,
+            metadata={"root_sha256": committed.root_sha256, "shards": len(committed.shards)},
+        ),
+        split_check(split, source_rows, source_index, options),
+    ]
+
+
+def train_checkpoint(dataset: Dataset, config: TrainConfig, store, log) -> "TrainedModel":
+    """A model trained on the committed train shards, validated on test each epoch, evaluated on every
+    split once; its record names the settings and the shard sets it was trained on."""
+    from mnist_assets import training  # TensorFlow loads only when a model is trained
+
+    with contextlib.ExitStack() as stack:
+        splits = {
+            split: stack.enter_context(
+                loader.open_split(
+                    store,
+                    dataset.id,
+                    split,
+                    batch_size=config.batch_size,
+                    # train reshuffled every epoch; test and holdout read in order
+                    seed=config.seed if split == "train" else None,
+                    epochs=None,
+                )
             )
-            for epoch, values in enumerate(zip(*history.values(), strict=True), start=1)
-        ],
-        schema=dg.TableSchema(
-            columns=[dg.TableColumn("epoch", "int"), *(dg.TableColumn(n, "float") for n in names)]
-        ),
+            for split in shards.SPLITS
+        }
+        model = training.train(splits, len(dataset.class_names), config, log=log)
+    record = {
+        **model.record,
+        "config": config.model_dump(),
+        "shards_root_sha256": {k: v.manifest.root_sha256 for k, v in splits.items()},
+    }
+    return dataclasses.replace(model, record=record)
+
+
+def floor_check(model: "TrainedModel", config: TrainConfig) -> dg.AssetCheckResult:
+    accuracy = model.record["metrics"]["holdout"]["accuracy"]
+    return dg.AssetCheckResult(
+        check_name="holdout_accuracy_above_floor",
+        passed=accuracy >= config.accuracy_floor,
+        metadata={
+            "holdout_accuracy": round(accuracy, metadata.PLACES["metric"]),
+            "floor": config.accuracy_floor,
+        },
     )
 
 
-def _checkpoint_metadata(model, dataset: Dataset) -> dict[str, Any]:
-    """Rounded metrics (``<split>_<metric>``), the epoch history as a table, and the pictures: training
-    curves, the holdout confusion matrix and the most confident holdout mistakes."""
-    record, holdout, names = model.record, model.holdout, dataset.class_names
-    metadata: dict[str, Any] = {
-        f"{split}_{name}": round(value, PLACES["metric"])
-        for split, metrics in record["metrics"].items()
-        for name, value in metrics.items()
-    }
-    metadata |= {
-        "epochs": record["epochs"],
-        "training_seconds": round(record["training_seconds"], PLACES["seconds"]),
-        "parameter_count": record["parameter_count"],
-        "history": _history_table(model.history),
-        "training_curves": _picture(
-            pictures.training_curves(model.history),
-            f"{dataset.id} checkpoint: loss and accuracy per epoch, train and validation",
-        ),
-    }
-    if holdout is not None:
-        matrix = pictures.confusion_matrix(holdout.confusion, names)
-        mistakes = pictures.confident_mistakes(
-            holdout.mistake_images,
-            holdout.mistake_labels,
-            holdout.mistake_predictions,
-            holdout.mistake_confidence,
-            names,
-        )
-        metadata |= {
-            "confusion_matrix": _picture(
-                matrix, f"{dataset.id} checkpoint: confusion matrix on holdout, true class by predicted class"
-            ),
-            "confident_mistakes": _picture(
-                mistakes, f"{dataset.id} checkpoint: the most confident holdout mistakes, true → predicted"
-            ),
-        }
-    return metadata
+def candidates(
+    names: list[str], store, checkpoint_key: dg.AssetKey, last_failure: Callable[[str], str | None]
+) -> tuple[dict[str, models.Entry], dict[str, str]]:
+    """Each configuration's stored checkpoint record (read, not the model), or why it cannot compete;
+    and each stored checkpoint's path. A configuration whose last attempt failed does not compete: its
+    stored checkpoint, if any, is not of what the catalog now asks for."""
+    entries: dict[str, models.Entry] = {}
+    paths: dict[str, str] = {}
+    for name in names:
+        if failure := last_failure(name):
+            entries[name] = f"not competing: {failure}"
+        elif not store.exists(checkpoint_key, name):
+            entries[name] = f"not competing: no checkpoint stored (materialize checkpoint[{name}])"
+        else:
+            location = store.location(checkpoint_key, name)
+            try:
+                record = CheckpointRecord.model_validate_json(location.read_bytes())
+            except (ValueError, OSError) as error:
+                entries[name] = f"not competing: {location} is unreadable ({error}); {REPAIR}"
+                continue
+            entries[name], paths[name] = record, str(location.parent / record.file)
+    return entries, paths
 
 
-def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
-    """The five assets of ``dataset``, keyed ``<dataset.id>/<name>`` and grouped by dataset."""
-    prefix, group = [dataset.id], dataset.id
+def choose_best(
+    dataset: Dataset, entries: dict[str, models.Entry], paths: dict[str, str]
+) -> models.BestModelRecord:
+    """The ranking, or a dg.Failure saying why there is no winner and what to do."""
+    try:
+        return models.rank(dataset.id, entries, paths)
+    except models.NoCandidate as error:
+        raise dg.Failure(
+            f"{error}. The previous best_model, if any, is kept. What to do: materialize the checkpoint "
+            "partitions (`mnist-assets refresh`) and fix the failures named."
+        ) from None
 
-    def key(name: str) -> dg.AssetKey:
-        return dg.AssetKey([dataset.id, name])
 
-    if TYPE_CHECKING:
-        # mypy cannot take a class made at runtime as an annotation; these subclasses only change the
-        # fields' defaults, so their bases type the same attributes
-        DatasetShardConfig: TypeAlias = ShardConfig
-        DatasetTrainConfig: TypeAlias = TrainConfig
-    else:  # the real classes: Dagster reads the config annotations below for the run config schema
-        DatasetShardConfig = with_defaults(
-            ShardConfig, dataset.shards, f"{dataset.id}_ShardConfig", f"{dataset.id}/shards"
-        )
-        DatasetTrainConfig = with_defaults(
-            TrainConfig, dataset.training, f"{dataset.id}_TrainConfig", f"{dataset.id}/training"
-        )
-    mirrors = dataset.resolve_mirrors()
+# --- wiring: one factory per asset ---------------------------------------------------------------
 
+
+def _key(dataset: Dataset, name: str) -> dg.AssetKey:
+    return dg.AssetKey([dataset.id, name])
+
+
+def urls_asset(dataset: Dataset, mirrors: list[str]) -> dg.SourceAsset:
     @dg.observable_source_asset(
-        key=key("urls"),
-        group_name=group,
+        key=_key(dataset, "urls"),
+        group_name=dataset.id,
         partitions_def=FILES,
         description=f"{dataset.title}: each file's candidate URLs, pinned checksums and what the first "
         "answering mirror says about it now (HEAD ETag / Last-Modified / Content-Length, or the payload "
         "sha256 of a local mirror). A change to any of these makes exactly that file's raw_gzip "
         "partition stale. The daily_refresh schedule observes it; `mnist-assets refresh` does too.",
         metadata={"mirrors": dg.MetadataValue.json([redact_url(m) for m in mirrors])},
+        tags={OBSERVED_DAILY: "true"},
     )
     def urls(context) -> dg.DataVersionsByPartition:
-        entries = {k: url_entry(dataset, k, mirrors) for k in FILE_KEYS}
+        return dg.DataVersionsByPartition(observe_urls(dataset, mirrors, context.log))
 
-        def look(k: str):
-            return download.fingerprint(dataset, dataset.file(k), entries[k]["urls"])
+    return urls
 
-        with ThreadPoolExecutor(len(FILE_KEYS)) as pool:
-            remote = dict(zip(FILE_KEYS, pool.map(look, FILE_KEYS), strict=True))
-        silent = [k for k, seen in remote.items() if seen is None]
-        if silent:
-            context.log.warning(
-                f"{dataset.id}: no mirror answered for {', '.join(silent)}; their previous observation "
-                f"stands (set {dataset.mirror_env_var} to a reachable mirror)"
-            )
-        return dg.DataVersionsByPartition(
-            {k: json_version({**entries[k], "remote": remote[k]}) for k in FILE_KEYS if remote[k] is not None}
-        )
+
+def raw_gzip_asset(dataset: Dataset, mirrors: list[str]) -> dg.AssetsDefinition:
+    key = _key(dataset, "raw_gzip")
 
     @versioned_asset(
-        uses=(download, url_entry),
-        key_prefix=prefix,
-        group_name=group,
+        uses=(download, url_entry, fetch_raw_gzip),
+        key=key,
+        group_name=dataset.id,
         partitions_def=FILES,
-        deps=[key("urls")],
+        deps=[_key(dataset, "urls")],
         io_manager_key="gzip_io_manager",
         required_resource_keys={"gzip_io_manager"},
         description=f"{dataset.title}: each source file as fetched, byte for byte, from the first mirror "
@@ -359,32 +421,42 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         kinds={"gzip"},
     )
     def raw_gzip(context: dg.AssetExecutionContext, config: FetchConfig) -> dg.Output[Stored]:
-        file = dataset.file(context.partition_key)
         chosen = dataset.resolve_mirrors(config.mirrors) if config.mirrors else mirrors
-        candidates = url_entry(dataset, file.key, chosen)["urls"]
         # streamed into storage and checked on the way; kept only once it verified
-        with context.resources.gzip_io_manager.staged(key("raw_gzip"), file.key) as staged:
-            fetched = download.fetch_into(staged.restart, dataset, file, candidates, log=context.log)
-            stored = staged.commit()
+        with context.resources.gzip_io_manager.staged(key, context.partition_key) as staged:
+            fetched, stored = fetch_raw_gzip(dataset, context.partition_key, chosen, staged, context.log)
         return dg.Output(
             stored,
             data_version=dg.DataVersion(fetched.payload_sha256),
             metadata={"url": fetched.url, "payload_sha256": fetched.payload_sha256},
         )
 
+    return raw_gzip
+
+
+def idx_asset(dataset: Dataset) -> dg.AssetsDefinition:
+    key = _key(dataset, "idx")
+
     @versioned_asset(
-        uses=(idx, _expected_kind, _refuse_if_failed, _idx_pictures, _picture, pictures),
-        name="idx",
-        key_prefix=prefix,
-        group_name=group,
+        uses=(
+            idx,
+            parse_idx,
+            expected_kind,
+            refuse_if_failed,
+            metadata.idx_pictures,
+            metadata.picture,
+            pictures,
+        ),
+        key=key,
+        group_name=dataset.id,
         partitions_def=FILES,
-        ins={"raw": dg.AssetIn(key("raw_gzip"))},
+        ins={"raw": dg.AssetIn(_key(dataset, "raw_gzip"))},
         io_manager_key="npy_io_manager",
         required_resource_keys={"npy_io_manager"},
         check_specs=[
             dg.AssetCheckSpec(
                 "header_shape_dtype_agree",
-                asset=key("idx"),
+                asset=key,
                 blocking=True,
                 description="The IDX header's dtype and shape are what the file's role needs: uint8 "
                 f"images (n, {', '.join(map(str, dataset.image_shape))}) or uint8 labels (n,). Judged "
@@ -392,7 +464,7 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
             ),
             dg.AssetCheckSpec(
                 "labels_in_class_range",
-                asset=key("idx"),
+                asset=key,
                 blocking=True,
                 description="Every label indexes the catalog's class_names (image files pass as not "
                 "applicable). Judged before the array is stored.",
@@ -405,44 +477,15 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     )
     def idx_arrays(context: dg.AssetExecutionContext, raw: dict[str, Any]):  # bytes or a read-only mmap
         file_key = context.partition_key
-        file = dataset.file(file_key)
+        store = context.resources.npy_io_manager
         # streamed into the stored .npy (memory does not grow with the file); checked before it is kept
-        with context.resources.npy_io_manager.staged(key("idx"), file_key, file.payload_size) as staged:
-            try:
-                parsed = idx.gunzip_to_npy(raw[file_key], staged.file, max_bytes=file.payload_size)
-            except idx.IdxError as error:
-                raise dg.Failure(
-                    f"{dataset.id}: {file_key} ({file.filename}) is not a usable IDX file: {error}. "
-                    "The previous idx array, if any, is kept. What to do: check the catalog pin and the "
-                    f"mirror's copy ({dataset.mirror_env_var}), then materialize raw_gzip[{file_key}] again."
-                ) from None
-            ndim, trailing = _expected_kind(file_key, dataset)
-            problems = []
-            if parsed.dtype != np.uint8 or len(parsed.shape) != ndim or parsed.shape[1:] != trailing:
-                problems.append(f"{file_key} must be uint8 with {ndim} dims, trailing shape {trailing}")
-            is_labels = file_key.endswith("labels")
-            top = int(parsed.maximum) if is_labels else 0
-            checks = [
-                dg.AssetCheckResult(
-                    check_name="header_shape_dtype_agree",
-                    passed=not problems,
-                    metadata={
-                        "shape": str(parsed.shape),
-                        "dtype": str(parsed.dtype),
-                        "problems": "; ".join(problems),
-                    },
-                ),
-                dg.AssetCheckResult(
-                    check_name="labels_in_class_range",
-                    passed=top < len(dataset.class_names),
-                    metadata={"applies": "yes" if is_labels else "no (image file)", "max_label": top},
-                ),
-            ]
-            yield from _refuse_if_failed(
+        with store.staged(key, file_key, dataset.file(file_key).payload_size) as staged:
+            parsed, checks = parse_idx(dataset, file_key, raw[file_key], staged.file)
+            yield from refuse_if_failed(
                 checks,
-                f"{dataset.id}: idx[{file_key}] ({file.filename}) was not stored; the previous array is "
-                "kept. What to do: fix the catalog entry (class_names, file pins) or the mirror, then "
-                "materialize again.",
+                f"{dataset.id}: idx[{file_key}] ({dataset.file(file_key).filename}) was not stored; the "
+                "previous array is kept. What to do: fix the catalog entry (class_names, file pins) or the "
+                "mirror, then materialize again.",
             )
             stored = staged.commit()
         yield dg.Output(
@@ -453,42 +496,57 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
                 "shape": str(parsed.shape),
                 "dtype": str(parsed.dtype),
                 "payload_sha256": parsed.payload_sha256,
-                **_idx_pictures(context.resources.npy_io_manager, key("idx"), file_key, dataset),
+                **metadata.idx_pictures(store, key, file_key, dataset),
             },
         )
         yield from checks
+
+    return idx_arrays
+
+
+def shards_asset(dataset: Dataset) -> dg.AssetsDefinition:
+    key = _key(dataset, "shards")
+    if TYPE_CHECKING:
+        # mypy cannot take a class made at runtime as an annotation; this subclass only changes the
+        # fields' defaults, so its base types the same attributes
+        DatasetShardConfig: TypeAlias = ShardConfig
+    else:  # the real class: Dagster reads the config annotation below for the run config schema
+        DatasetShardConfig = with_defaults(
+            ShardConfig, dataset.shards, f"{dataset.id}_ShardConfig", f"{dataset.id}/shards"
+        )
 
     @versioned_asset(
         uses=(
             shards,
             manifest,
-            _read_back,
-            _split_check,
-            _recorded_version,
-            _split_pictures,
-            _shard_files,
-            _picture,
+            cut_split,
+            check_committed_split,
+            read_back,
+            split_check,
+            recorded_version,
+            metadata.split_pictures,
+            metadata.shard_files,
+            metadata.picture,
             pictures,
             DatasetShardConfig().model_dump(),
         ),
-        name="shards",
-        key_prefix=prefix,
-        group_name=group,
+        key=key,
+        group_name=dataset.id,
         partitions_def=SPLITS,
-        ins={"arrays": dg.AssetIn(key("idx"), partition_mapping=FILES_TO_SPLITS)},
+        ins={"arrays": dg.AssetIn(_key(dataset, "idx"), partition_mapping=FILES_TO_SPLITS)},
         io_manager_key="shards_io_manager",
         required_resource_keys={"shards_io_manager"},
         check_specs=[
             dg.AssetCheckSpec(
                 "manifest_matches_files",
-                asset=key("shards"),
+                asset=key,
                 blocking=True,
                 description="The committed manifest, read back from storage, names the shards just "
                 "written (same root hash) and every shard matches its sha256.",
             ),
             dg.AssetCheckSpec(
                 "split_sizes_and_disjointness",
-                asset=key("shards"),
+                asset=key,
                 blocking=True,
                 description="The stored rows are exactly this split of the seeded permutation: no row "
                 "twice, train and test disjoint and together the whole official train file.",
@@ -504,24 +562,15 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     def shard_sets(
         context: dg.AssetExecutionContext, config: DatasetShardConfig, arrays: dict[str, np.ndarray]
     ):
-        split = context.partition_key
+        split, options = context.partition_key, config.options()
         images_key, labels_key = shards.SPLIT_SOURCES[split]
-        images, labels = arrays[images_key], arrays[labels_key]  # memory-mapped: read one shard at a time
-        sources = {k: _recorded_version(context, key("idx"), k) for k in (images_key, labels_key)}
+        sources = {k: recorded_version(context, _key(dataset, "idx"), k) for k in (images_key, labels_key)}
         store = context.resources.shards_io_manager
-        written: list[manifest.Manifest] = []
 
-        def write(put):
-            written.append(
-                shards.write(
-                    dataset.id, split, images, labels, sources, dataset.class_names, config.options(), put
-                )
-            )
-            return written[0]
+        def commit(write):
+            return store.commit(key, split, write)
 
-        # each Parquet file is committed as soon as it is encoded, the manifest last
-        stored = store.commit(context.assets_def.key, split, write)
-        encoded = written[0]
+        stored, encoded = cut_split(dataset, split, arrays, sources, options, commit)
         yield dg.Output(
             stored,
             data_version=dg.DataVersion(encoded.root_sha256),
@@ -532,105 +581,159 @@ def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
                     ]
                 ),
                 "dagster/row_count": encoded.rows,
-                "shard_files": _shard_files(encoded),
-                **_split_pictures(split, images, labels, config.options(), dataset),
+                "shard_files": metadata.shard_files(encoded),
+                **metadata.split_pictures(split, arrays[images_key], arrays[labels_key], options, dataset),
             },
         )
-        # read back what was committed: checks see the stored files, not our memory
-        committed, source_index = _read_back(
-            store, context.assets_def.key, split, f"{dataset.id}/shards[{split}]"
-        )
-        yield dg.AssetCheckResult(
-            check_name="manifest_matches_files",
-            passed=committed.root_sha256 == encoded.root_sha256 and len(source_index) == encoded.rows,
-            metadata={"root_sha256": committed.root_sha256, "shards": len(committed.shards)},
-        )
-        yield _split_check(split, len(labels), source_index, config.options())
+        source_rows, what = len(arrays[labels_key]), f"{dataset.id}/shards[{split}]"
+        yield from check_committed_split(store, key, split, encoded, source_rows, options, what)
+
+    return shard_sets
+
+
+def model_configs_asset(dataset: Dataset, configs: dict[str, TrainConfig]) -> dg.SourceAsset:
+    @dg.observable_source_asset(
+        key=_key(dataset, "model_configs"),
+        group_name=dataset.id,
+        partitions_def=dg.StaticPartitionsDefinition(list(configs)),
+        description=f"{dataset.title}: each named training configuration of the catalog entry (`models`, "
+        "on top of `training`, on top of TrainConfig's defaults), resolved. A change to one makes exactly "
+        "its checkpoint partition stale; a new one is a new partition, built alone.",
+        metadata={"configs": dg.MetadataValue.json({n: c.model_dump() for n, c in configs.items()})},
+    )
+    def model_configs(context) -> dg.DataVersionsByPartition:
+        return dg.DataVersionsByPartition({n: models.config_version(c) for n, c in configs.items()})
+
+    return model_configs
+
+
+def checkpoint_asset(dataset: Dataset, configs: dict[str, TrainConfig]) -> dg.AssetsDefinition:
+    key = _key(dataset, "checkpoint")
 
     @versioned_asset(
+        # code only: each configuration's settings reach it as model_configs' data version per partition
         uses=(
             "mnist_assets.training",
             loader,
-            _refuse_if_failed,
-            _checkpoint_metadata,
-            _history_table,
-            _picture,
+            train_checkpoint,
+            floor_check,
+            models.with_overrides,
+            refuse_if_failed,
+            metadata.checkpoint_metadata,
+            metadata.history_table,
+            metadata.picture,
             pictures,
-            DatasetTrainConfig().model_dump(),
         ),
-        key_prefix=prefix,
-        group_name=group,
-        deps=[key("shards")],  # read by streaming loaders over the committed shards, not loaded whole
+        key=key,
+        group_name=dataset.id,
+        partitions_def=dg.StaticPartitionsDefinition(list(configs)),
+        deps=[
+            # every split, read by streaming loaders over the committed shards, not loaded whole
+            dg.AssetDep(_key(dataset, "shards"), partition_mapping=dg.AllPartitionMapping()),
+            _key(dataset, "model_configs"),
+        ],
         io_manager_key="keras_io_manager",
         required_resource_keys={"shards_io_manager"},
         check_specs=[
             dg.AssetCheckSpec(
                 "holdout_accuracy_above_floor",
-                asset=key("checkpoint"),
+                asset=key,
                 blocking=True,
-                description="Holdout accuracy of the trained model is at least the run's accuracy_floor; "
-                "below it the model is not stored and the last good checkpoint stays.",
+                description="Holdout accuracy of the trained model is at least the configuration's "
+                "accuracy_floor; below it the model is not stored and the last good checkpoint stays.",
             )
         ],
-        description=f"{dataset.title}: a tf.keras CNN trained on the train shards, validated on test "
-        "each epoch, evaluated once on holdout (metrics, epoch history, training curves, holdout "
-        "confusion matrix and most confident mistakes in the metadata). Stored as "
-        f"`{dataset.id}/checkpoint/model-<sha256>.keras` in {STORAGE}, committed by `checkpoint.json` "
-        "(metrics, config and the shard root hashes it was trained on).",
+        description=f"{dataset.title}: one tf.keras CNN per training configuration (the partition, a "
+        "name in the catalog's `models`), trained on the train shards, validated on test each epoch, "
+        "evaluated once on holdout (metrics, epoch history, training curves, holdout confusion matrix and "
+        "most confident mistakes in the metadata). Stored as "
+        f"`{dataset.id}/checkpoint/<model>/model-<sha256>.keras` in {STORAGE}, committed by "
+        "`checkpoint.json` (metrics, config and the shard root hashes it was trained on).",
         kinds={"tensorflow", "keras"},
     )
-    def checkpoint(context: dg.AssetExecutionContext, config: DatasetTrainConfig):
-        from mnist_assets import training  # TensorFlow loads only when a model is trained
-
-        store = context.resources.shards_io_manager
-        with contextlib.ExitStack() as stack:
-            splits = {
-                split: stack.enter_context(
-                    loader.open_split(
-                        store,
-                        dataset.id,
-                        split,
-                        batch_size=config.batch_size,
-                        # train reshuffled every epoch; test and holdout read in order
-                        seed=config.seed if split == "train" else None,
-                        epochs=None,
-                    )
-                )
-                for split in shards.SPLITS
-            }
-            model = training.train(splits, len(dataset.class_names), config, log=context.log)
-        record = {
-            **model.record,
-            "config": config.model_dump(),
-            "shards_root_sha256": {k: v.manifest.root_sha256 for k, v in splits.items()},
-        }
-        model = training.TrainedModel(model.keras_bytes, record, model.history, model.holdout)
-        accuracy = record["metrics"]["holdout"]["accuracy"]
-        floor = dg.AssetCheckResult(
-            check_name="holdout_accuracy_above_floor",
-            passed=accuracy >= config.accuracy_floor,
-            metadata={
-                "holdout_accuracy": round(accuracy, PLACES["metric"]),
-                "floor": config.accuracy_floor,
-            },
-        )
-        yield from _refuse_if_failed(
+    def checkpoint(context: dg.AssetExecutionContext, config: TrainOverrides):
+        name = context.partition_key
+        resolved = models.with_overrides(configs[name], config)
+        model = train_checkpoint(dataset, resolved, context.resources.shards_io_manager, context.log)
+        floor = floor_check(model, resolved)
+        accuracy = model.record["metrics"]["holdout"]["accuracy"]
+        yield from refuse_if_failed(
             [floor],
-            f"{dataset.id}: the trained model reached holdout accuracy {accuracy:.4f}, below the floor "
-            f"{config.accuracy_floor}; it was not stored and the last good checkpoint is kept. What to do: "
-            "train longer (epochs), change the model settings, or lower accuracy_floor in the run config.",
+            f"{dataset.id}: checkpoint[{name}] reached holdout accuracy {accuracy:.4f}, below the floor "
+            f"{resolved.accuracy_floor}; it was not stored and the last good checkpoint is kept. What to "
+            f"do: train longer (epochs), change the settings of models/{name} in the catalog, or lower "
+            "accuracy_floor in the run config.",
         )
         yield dg.Output(
             model,
             data_version=dg.DataVersion(idx.sha256(model.keras_bytes)),
-            metadata=_checkpoint_metadata(model, dataset),
+            metadata={"model": name, **metadata.checkpoint_metadata(model, dataset, name)},
         )
         yield floor
 
-    return [urls, raw_gzip, idx_arrays, shard_sets, checkpoint]
+    return checkpoint
 
 
-def materialization_steps() -> list[tuple[tuple[str, ...], str | None]]:
+def best_model_asset(dataset: Dataset) -> dg.AssetsDefinition:
+    checkpoint_key = _key(dataset, "checkpoint")
+
+    @versioned_asset(
+        uses=("mnist_assets.models", candidates, choose_best, metadata.ranking_table),
+        key=_key(dataset, "best_model"),
+        group_name=dataset.id,
+        deps=[dg.AssetDep(checkpoint_key, partition_mapping=dg.AllPartitionMapping())],
+        io_manager_key="json_io_manager",
+        required_resource_keys={"keras_io_manager"},
+        # one configuration failing must not keep the others from being promoted
+        tags={TOLERATES_FAILED_INPUTS: "true"},
+        description=f"{dataset.title}: which configuration's checkpoint is promoted: the highest "
+        "validation accuracy (the test split; ties: fewer parameters, then name). Holdout accuracy is "
+        "reported, never used to choose. A configuration never built or whose last attempt failed is "
+        f"listed as not competing, with the reason. Stored as `{dataset.id}/best_model/record.json` in "
+        f'{STORAGE}; load the winner with `mnist_assets.load_model("{dataset.id}")`. Its data version '
+        "changes only when the winner or its checkpoint does.",
+        kinds={"json"},
+    )
+    def best_model(context: dg.AssetExecutionContext) -> dg.Output[models.BestModelRecord]:
+        def failure_of(name: str) -> str | None:
+            failure = attempts.last_failure(context.instance, checkpoint_key, name)
+            return failure.describe() if failure else None
+
+        store = context.resources.keras_io_manager
+        entries, paths = candidates(dataset.model_names, store, checkpoint_key, failure_of)
+        record = choose_best(dataset, entries, paths)
+        winner = record.ranking[0]
+        return dg.Output(
+            record,
+            data_version=dg.DataVersion(record.data_version),
+            metadata={
+                "winner": record.winner,
+                "validation_accuracy": round(winner.validation_accuracy, metadata.PLACES["metric"]),
+                "holdout_accuracy": round(winner.metrics["holdout"]["accuracy"], metadata.PLACES["metric"]),
+                "checkpoint_path": dg.MetadataValue.path(record.checkpoint_file),
+                "ranking": metadata.ranking_table(record),
+                "chosen_by": record.chosen_by,
+            },
+        )
+
+    return best_model
+
+
+def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition | dg.SourceAsset]:
+    """The assets of ``dataset``, keyed ``<dataset.id>/<name>`` and grouped by dataset."""
+    mirrors, configs = dataset.resolve_mirrors(), models.training_configs(dataset)
+    return [
+        urls_asset(dataset, mirrors),
+        raw_gzip_asset(dataset, mirrors),
+        idx_asset(dataset),
+        shards_asset(dataset),
+        model_configs_asset(dataset, configs),
+        checkpoint_asset(dataset, configs),
+        best_model_asset(dataset),
+    ]
+
+
+def materialization_steps(dataset: Dataset) -> list[tuple[tuple[str, ...], str | None]]:
     """(asset names, partition) runs that build a dataset's whole graph, upstream first.
 
     One run per partition, because a run's data version applies to every partition it writes;
@@ -639,5 +742,6 @@ def materialization_steps() -> list[tuple[tuple[str, ...], str | None]]:
     return [
         *((("raw_gzip", "idx"), key) for key in FILES.get_partition_keys()),
         *((("shards",), split) for split in shards.SPLITS),
-        (("checkpoint",), None),
+        *((("checkpoint",), name) for name in dataset.model_names),
+        (("best_model",), None),
     ]

@@ -27,6 +27,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 
+DEFAULT_MODEL = "cnn"
+"""The one training configuration of a dataset whose catalog entry lists no ``models``."""
+
+
 class CatalogError(ValueError):
     """The catalog or a mirror override is malformed."""
 
@@ -79,6 +83,24 @@ class Dataset(_Entry):
     """Overrides of the shard settings' defaults (seed, rows_per_shard, ...) for this dataset."""
     training: dict[str, Any] = pydantic.Field(default_factory=dict)
     """Overrides of the training settings' defaults (epochs, ...) for this dataset."""
+    models: dict[str, dict[str, Any]] = pydantic.Field(default_factory=dict)
+    """Named training configurations, each overrides on top of ``training``; none listed means one,
+    :data:`DEFAULT_MODEL`. Each is a partition of the checkpoint (``mnist_assets.models``)."""
+
+    @pydantic.field_validator("models")
+    @classmethod
+    def _model_names(cls, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name in models:
+            if not _DATASET_ID.match(name):
+                raise ValueError(
+                    f"model name {name!r} must be lowercase letters, digits and '_' (starting with a letter)"
+                )
+        return models
+
+    @property
+    def model_names(self) -> list[str]:
+        """The training configurations' names, in catalog order: the checkpoint's partitions."""
+        return list(self.models) or [DEFAULT_MODEL]
 
     @pydantic.model_validator(mode="before")
     @classmethod

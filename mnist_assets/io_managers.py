@@ -900,4 +900,26 @@ def io_managers(root: str, keep_versions: int = versions.DEFAULT_KEEP) -> dict[s
         "npy_io_manager": NumpyIOManager(root=root, keep_versions=keep_versions),
         "shards_io_manager": ShardSetIOManager(root=root, keep_versions=keep_versions),
         "keras_io_manager": KerasIOManager(root=root, keep_versions=keep_versions),
+        "json_io_manager": JsonRecordIOManager(root=root, keep_versions=keep_versions),
     }
+
+
+class JsonRecordIOManager(ArtifactIOManager):
+    """Small typed records (a pydantic model, e.g. best_model's choice) as ``record.json`` (or
+    ``<partition>.json``), replaced whole and kept as versions like any single file; loaded as the
+    parsed JSON."""
+
+    def record_path(self, directory, partition):
+        return directory / f"{partition or 'record'}.json"
+
+    def store(self, directory, partition, value):
+        return self.write_file(directory, partition, value.model_dump_json(indent=2).encode())
+
+    def fetch(self, directory, partition, what) -> Any:
+        import json
+
+        path = self.record_path(directory, partition)
+        try:
+            return json.loads(_read(path, what))
+        except ValueError as error:
+            raise StorageError(f"{what}: {path} is not valid JSON ({error}); {REPAIR}") from error

@@ -192,3 +192,28 @@ def load(
     return open_split(
         store, dataset, split, batch_size=batch_size, seed=seed, epochs=epochs, drop_remainder=drop_remainder
     )
+
+
+def load_model(dataset: str, model: str = "best", *, storage: str | None = None):
+    """The ``keras.Model`` of ``dataset``'s checkpoint ``model`` (a configuration name), or of the one
+    ``best_model`` promoted (``"best"``), verified against its recorded sha256. Imports TensorFlow."""
+    from mnist_assets import training
+    from mnist_assets.definitions import configured_storage
+    from mnist_assets.io_managers import JsonRecordIOManager, KerasIOManager
+
+    root = storage or configured_storage()
+    keras_store = KerasIOManager(root=root)
+    expected = None
+    if model == "best":
+        best = JsonRecordIOManager(root=root)
+        key = dg.AssetKey([dataset, "best_model"])
+        record = best.fetch(best.asset_dir(key), None, f"{dataset}/best_model")
+        model, expected = record["winner"], record["checkpoint_sha256"]
+    key = dg.AssetKey([dataset, "checkpoint"])
+    stored = keras_store.fetch(keras_store.asset_dir(key), model, f"{dataset}/checkpoint[{model}]")
+    if expected is not None and stored.record.sha256 != expected:
+        raise StorageError(
+            f"{dataset}/best_model promotes checkpoint[{model}] {expected[:16]}, but {stored.location} is "
+            f"{stored.record.sha256[:16]}: materialize {dataset}/best_model again to rank the new checkpoint"
+        )
+    return training.load_model(stored.keras_bytes)

@@ -29,6 +29,8 @@ from mnist_assets.dagster_private import observe_sources, reconstructable_asset_
 from mnist_assets.progress import Lines
 
 Partition = tuple[dg.AssetKey, str | None]
+TOLERATES_FAILED_INPUTS = "mnist_assets/tolerates_failed_inputs"
+"""Tag of an asset that chooses among its inputs (best_model): one failed input does not block it."""
 
 
 @dataclass
@@ -168,7 +170,7 @@ class Refresher:
                     step.last_failure = failure.describe()
                     log(f"{step.label}: {step.last_failure}")
                 roots = set().union(*(failed_roots.get(p, set()) for p in parents))
-                if roots:
+                if roots and self.blocked(key, parents, failed_roots):
                     step.blocked_by = sorted(roots)
                     step.error = f"not run: its input {', '.join(step.blocked_by)} failed in this refresh"
                     summary.blocked.append(step)
@@ -201,6 +203,13 @@ class Refresher:
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.artifacts = self.artifacts()
         return summary
+
+    def blocked(self, key: dg.AssetKey, parents: list[Partition], failed_roots: dict) -> bool:
+        """Whether an input failing in this refresh keeps ``key`` from running: any failed input does,
+        unless the asset chooses among its inputs (:data:`TOLERATES_FAILED_INPUTS`) and one is left."""
+        if TOLERATES_FAILED_INPUTS not in self.graph.get(key).tags:
+            return True
+        return all(parent in failed_roots for parent in parents)
 
     def companions(self, judge, key: dg.AssetKey, partition: str | None, verify: bool) -> list[Step]:
         """The same-partition descendants built only from ``key[partition]`` (directly or through each
@@ -271,11 +280,13 @@ class Refresher:
         return steps
 
     def observe(self) -> None:
-        """Record the sources' current data versions (catalog entries, remote files) first."""
-        if self.sources:
-            observe_sources(
-                [self.defs.resolve_assets_def(k) for k in self.sources], self.instance, self.run_config
-            )
+        """Record the sources' current data versions (catalog entries, remote files) first; one
+        observation per partitions definition (Dagster observes only alike sources together)."""
+        groups: dict[object, list[dg.AssetKey]] = {}
+        for key in self.sources:
+            groups.setdefault(self.graph.get(key).partitions_def, []).append(key)
+        for keys in groups.values():
+            observe_sources([self.defs.resolve_assets_def(k) for k in keys], self.instance, self.run_config)
 
     def parents(self, key: dg.AssetKey, partition: str | None) -> list[Partition]:
         """The upstream partitions this partition is built from."""

@@ -21,7 +21,7 @@ def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_i
     graph = defs.resolve_asset_graph()
     keys = sorted(
         (k for k in graph.get_all_asset_keys() if k.path[0] == dataset_id and graph.get(k).is_materializable),
-        key=lambda k: ["urls", "raw_gzip", "idx", "shards", "checkpoint"].index(k.path[-1]),
+        key=lambda k: ["raw_gzip", "idx", "shards", "checkpoint", "best_model"].index(k.path[-1]),
     )
     if not keys:
         raise SystemExit(f"unknown dataset {dataset_id!r}")

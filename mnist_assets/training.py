@@ -22,6 +22,7 @@ from mnist_assets.quiet import tensorflow_import
 with tensorflow_import():
     import keras
     import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
 
 
 class Hyperparameters(Protocol):
@@ -118,18 +119,21 @@ def train(
     steps_per_epoch = _batches_per_epoch(train_split)
     model = build_model(train_split.image_shape, num_classes, params, steps_per_epoch)
 
-    started = time.perf_counter()
-    history = model.fit(
-        batches_from(train_split, channel_axis=True),
-        validation_data=batches_from(test_split, channel_axis=True),
-        epochs=params.epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_steps=_batches_per_epoch(test_split),
-        shuffle=False,  # the train loader shuffles, seeded, across and within shards
-        verbose=0,
-        callbacks=[] if log is None else [ProgressLog(log, params.epochs, steps_per_epoch)],
-    )
-    training_seconds = time.perf_counter() - started
+    progress = [] if log is None else [ProgressLog(log, params.epochs, steps_per_epoch)]
+    with tempfile.TemporaryDirectory(prefix="mnist-assets-tensorboard-") as logs_dir:
+        started = time.perf_counter()
+        history = model.fit(
+            batches_from(train_split, channel_axis=True),
+            validation_data=batches_from(test_split, channel_axis=True),
+            epochs=params.epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_steps=_batches_per_epoch(test_split),
+            shuffle=False,  # the train loader shuffles, seeded, across and within shards
+            verbose=0,
+            callbacks=[*progress, TensorBoardScalars(logs_dir)],
+        )
+        training_seconds = time.perf_counter() - started
+        logs = files_under(logs_dir)
     metrics = {name: evaluate(model, split) for name, split in splits.items()}
     holdout = predict_holdout(model, splits["holdout"], num_classes)
     with tempfile.TemporaryDirectory() as scratch:
@@ -144,7 +148,47 @@ def train(
         "parameter_count": int(model.count_params()),
     }
     history_lists = {k: [float(x) for x in v] for k, v in history.history.items()}
-    return TrainedModel(keras_bytes, record, history_lists, holdout)
+    return TrainedModel(keras_bytes, record, history_lists, holdout, logs)
+
+
+class TensorBoardScalars(keras.callbacks.Callback):
+    """Each epoch's metrics as TensorBoard scalars: ``train/`` (loss, accuracy) and ``validation/``
+    (the ``val_`` ones), the layout ``keras.callbacks.TensorBoard`` writes, so ``tensorboard --logdir``
+    shows every run. Written with TensorFlow's own summary ops: Keras's callback needs the
+    ``tensorboard`` package, which only viewing the logs does. Per epoch only (no graph, histograms or
+    profiler): they would cost seconds a run."""
+
+    def __init__(self, logs_dir: str):
+        super().__init__()
+        self.writers = {
+            run: tf.summary.create_file_writer(os.path.join(logs_dir, run)) for run in ("train", "validation")
+        }
+        scalar = summary_pb2.SummaryMetadata(data_class=summary_pb2.DATA_CLASS_SCALAR)
+        scalar.plugin_data.plugin_name = "scalars"
+        self.metadata = scalar.SerializeToString()
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            run = "validation" if name.startswith("val_") else "train"
+            with self.writers[run].as_default():
+                tf.summary.write(
+                    f"epoch_{name.removeprefix('val_')}", float(value), step=epoch, metadata=self.metadata
+                )
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()
+
+
+def files_under(directory: str) -> dict[str, bytes]:
+    """Every file below ``directory`` by its ``/``-separated relative path."""
+    found = {}
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(parent, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, directory).replace(os.sep, "/")] = handle.read()
+    return found
 
 
 class ProgressLog(keras.callbacks.Callback):

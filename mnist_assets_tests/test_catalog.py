@@ -79,7 +79,11 @@ def test_credentials_never_leave_a_url_shown_to_people():
         (
             lambda d: d["datasets"]["mnist"].update(trainng={"epochs": 2}),
             "mnist/trainng: unknown key 'trainng'; allowed keys: class_names, files, homepage, image_shape, "
-            "mirrors, shards, title, training",
+            "mirrors, models, shards, title, training",
+        ),
+        (
+            lambda d: d["datasets"]["mnist"]["models"].update({"Big CNN": {}}),
+            r"mnist/models: model name 'Big CNN' must be lowercase letters",
         ),
         (
             lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(payload_sha=""),
@@ -103,9 +107,17 @@ def test_a_misspelled_training_or_shard_setting_is_refused_with_the_allowed_keys
 
     document = json.loads(DEFAULT_CATALOG.read_text())
     document["datasets"]["mnist"]["training"] = {"epoch": 2}
-    with pytest.raises(CatalogError, match=r"mnist/training: unknown key 'epoch'; allowed keys: .*epochs"):
+    with pytest.raises(
+        CatalogError, match=r"mnist/training/epoch: unknown key 'epoch'; allowed keys: .*epochs"
+    ):
         build_definitions(parse_catalog(document), "unused")
     document["datasets"]["mnist"]["training"] = {}
+    document["datasets"]["mnist"]["models"]["small_cnn"] = {"filters": [8]}
+    with pytest.raises(
+        CatalogError, match=r"mnist/models/small_cnn/filters: unknown key 'filters'; .*conv_filters"
+    ):
+        build_definitions(parse_catalog(document), "unused")
+    document["datasets"]["mnist"]["models"]["small_cnn"] = {}
     document["datasets"]["mnist"]["shards"] = {"rows_per_shards": 10}
     with pytest.raises(CatalogError, match=r"mnist/shards: unknown key 'rows_per_shards'; .*rows_per_shard"):
         build_definitions(parse_catalog(document), "unused")

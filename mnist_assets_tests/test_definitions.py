@@ -16,7 +16,7 @@ def test_definitions_are_loadable_with_both_dataset_groups_and_their_partitions(
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     for dataset in ("mnist", "fashion_mnist"):
-        for name in ("raw_gzip", "idx", "shards", "checkpoint"):
+        for name in ("raw_gzip", "idx", "shards", "checkpoint", "best_model"):
             node = graph.get(dg.AssetKey([dataset, name]))
             assert node.group_name == dataset and node.code_version
         assert graph.get(dg.AssetKey([dataset, "urls"])).is_observable
@@ -24,6 +24,14 @@ def test_definitions_are_loadable_with_both_dataset_groups_and_their_partitions(
         assert raw.get_partition_keys() == ["train-labels", "train-images", "test-labels", "test-images"]
         shards = graph.get(dg.AssetKey([dataset, "shards"])).partitions_def
         assert shards.get_partition_keys() == ["train", "test", "holdout"]
+        checkpoint = graph.get(dg.AssetKey([dataset, "checkpoint"])).partitions_def
+        assert checkpoint.get_partition_keys() == ["small_cnn", "bn_cnn"]
+        configs = graph.get(dg.AssetKey([dataset, "model_configs"]))
+        assert configs.is_observable and configs.partitions_def.get_partition_keys() == [
+            "small_cnn",
+            "bn_cnn",
+        ]
+        assert graph.get(dg.AssetKey([dataset, "best_model"])).partitions_def is None
 
 
 def test_loading_the_definitions_does_not_import_tensorflow():

@@ -190,7 +190,7 @@ def test_a_flipped_bit_in_a_stored_checkpoint_is_detected_on_load(tmp_path):
 )
 def test_refresh_verify_finds_damaged_artifacts_and_rebuilds_only_them(project):
     shard = next((project.storage / "mini_mnist/shards/test").glob("part-*.parquet"))
-    model = next((project.storage / "mini_mnist/checkpoint").glob("model-*.keras"))
+    model = next((project.storage / "mini_mnist/checkpoint/cnn").glob("model-*.keras"))
     for path in (shard, model):
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0x04
@@ -200,13 +200,14 @@ def test_refresh_verify_finds_damaged_artifacts_and_rebuilds_only_them(project):
     assert delta == Counter()
     summary, delta = project.refresh(verify=True)
 
-    assert delta == Counter({("shards", "test"): 1, ("checkpoint", None): 1})
+    # a new .keras file (Keras records when it saved it), so the choice is made again
+    assert delta == Counter({("shards", "test"): 1, ("checkpoint", "cnn"): 1, ("best_model", None): 1})
     causes = {(s.asset, s.partition): s.causes[0] for s in summary.ran}
     assert (
         "damaged" in causes[("mini_mnist/shards", "test")]
         and shard.name in causes[("mini_mnist/shards", "test")]
     )
-    assert "does not match its recorded sha256" in causes[("mini_mnist/checkpoint", None)]
+    assert "does not match its recorded sha256" in causes[("mini_mnist/checkpoint", "cnn")]
     _, delta = project.refresh(verify=True)
     assert delta == Counter()
 
@@ -325,21 +326,21 @@ def kill_a_refresh_mid_checkpoint(project) -> str:
 )
 def test_a_refresh_killed_while_saving_the_checkpoint_is_repaired_by_the_next_one(project):
 
-    directory = project.storage / "mini_mnist/checkpoint"
+    directory = project.storage / "mini_mnist/checkpoint/cnn"
     good = (directory / "checkpoint.json").read_bytes()
     kill_a_refresh_mid_checkpoint(project)
     assert (directory / "checkpoint.json").read_bytes() == good
     assert any(p.name.endswith(".dying.tmp") for p in directory.iterdir())
     store = KerasIOManager(root=str(project.storage))
     assert (
-        store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), None, "c").record.epochs == 3
+        store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), "cnn", "c").record.epochs == 3
     )
 
     summary, delta = project.refresh()
 
-    assert delta == Counter({("checkpoint", None): 1})
-    assert summary.ran[0].causes == ["has a new code version"]
-    repaired = store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), None, "c")
+    assert delta == Counter({("checkpoint", "cnn"): 1, ("best_model", None): 1})
+    assert summary.ran[0].causes == ["has a new dependency data version (mini_mnist/model_configs[cnn])"]
+    repaired = store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), "cnn", "c")
     assert repaired.record.epochs == 2
     assert not any(p.name.endswith(".tmp") for p in directory.iterdir())
 

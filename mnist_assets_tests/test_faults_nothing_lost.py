@@ -5,7 +5,6 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 import dagster as dg
-import numpy as np
 
 from mnist_assets.io_managers import KerasIOManager
 from mnist_assets_tests.conftest import MINI_FILENAMES, write_idx_gz
@@ -55,20 +54,20 @@ def test_a_failed_blocking_check_keeps_bad_labels_from_storage_and_downstream(pr
     "The last good checkpoint (still loads and verifies)",
 )
 def test_a_below_floor_model_never_replaces_the_last_good_checkpoint(project):
-    record = project.storage / "mini_mnist/checkpoint/checkpoint.json"
+    record = project.storage / "mini_mnist/checkpoint/cnn/checkpoint.json"
     good = record.read_bytes()
     project.dataset["training"]["accuracy_floor"] = 0.9999
 
     summary, delta = project.refresh()
 
     assert delta == Counter()
-    assert [(s.asset, s.partition) for s in summary.failed] == [("mini_mnist/checkpoint", None)]
+    assert [(s.asset, s.partition) for s in summary.failed] == [("mini_mnist/checkpoint", "cnn")]
     assert "below the floor 0.9999" in summary.failed[0].error
     assert "last good checkpoint is kept" in summary.failed[0].error
     assert _latest_check_passed(project.instance, "holdout_accuracy_above_floor") is False
     assert record.read_bytes() == good
     store = KerasIOManager(root=str(project.storage))
-    kept = store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), None, "checkpoint")
+    kept = store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), "cnn", "checkpoint")
     assert kept.record.metrics["holdout"]["accuracy"] >= 0.5
 
 
@@ -79,17 +78,21 @@ def test_a_below_floor_model_never_replaces_the_last_good_checkpoint(project):
     "The last good checkpoint",
 )
 def test_a_training_run_that_raises_keeps_the_last_good_checkpoint(project):
-    directory = project.storage / "mini_mnist/checkpoint"
-    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    directory = project.storage / "mini_mnist/checkpoint/cnn"
+
+    def files() -> dict[str, bytes]:  # the model, its record and its TensorBoard logs
+        return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+    before = files()
+    assert any(name.startswith("tensorboard/") for name in before), sorted(before)
     project.dataset["training"]["batch_size"] = 0
 
     summary, delta = project.refresh()
 
     assert delta == Counter()
-    assert [(s.asset, s.partition) for s in summary.failed] == [("mini_mnist/checkpoint", None)]
+    assert [(s.asset, s.partition) for s in summary.failed] == [("mini_mnist/checkpoint", "cnn")]
     assert summary.failed[0].error
-    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
-    np.testing.assert_equal(sorted(before), sorted(p.name for p in directory.iterdir()))
+    assert files() == before
 
 
 @scenario(
@@ -119,10 +122,14 @@ def test_a_failed_file_blocks_what_is_built_from_it_in_the_same_refresh(empty_pr
     assert blocked == {
         ("mini_mnist/idx", "test-images"): [failed],
         ("mini_mnist/shards", "holdout"): [failed],
-        ("mini_mnist/checkpoint", None): [failed],
+        ("mini_mnist/checkpoint", "cnn"): [failed],
+        ("mini_mnist/best_model", None): [failed],  # its only candidate is blocked
     }
     assert len(summary["ran"]) == 3 + 3 + 2
-    assert f"BLOCKED mini_mnist/checkpoint: not run: its input {failed} failed in this refresh" in cli.stderr
+    assert (
+        f"BLOCKED mini_mnist/checkpoint[cnn]: not run: its input {failed} failed in this refresh"
+        in cli.stderr
+    )
     failed_line = next(line for line in cli.stderr.splitlines() if line.startswith(f"FAILED {failed}: "))
     assert "mini_mnist: could not fetch test-images" in failed_line
     assert "DagsterExecution" not in cli.stdout and "STEP_START" not in cli.stderr

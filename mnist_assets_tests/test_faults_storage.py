@@ -162,7 +162,7 @@ def test_a_full_disk_during_refresh_is_reported_plainly_and_repaired_after_space
         assert first.returncode == 1, first.stderr
         summary = json.loads(first.stdout)
         assert [(s["asset"], s["partition"]) for s in summary["failed"]] == [("mini_mnist/shards", "train")]
-        assert [s["asset"] for s in summary["blocked"]] == ["mini_mnist/checkpoint"]
+        assert [s["asset"] for s in summary["blocked"]] == ["mini_mnist/checkpoint", "mini_mnist/best_model"]
         error = summary["failed"][0]["error"]
         full = FULL.search(error)
         assert full and Path(full["mount"]) == storage, error
@@ -189,9 +189,11 @@ def test_a_full_disk_during_refresh_is_reported_plainly_and_repaired_after_space
         summary = json.loads(second.stdout)
         assert [(s["asset"], s["partition"]) for s in summary["ran"]] == [("mini_mnist/shards", "train")]
         assert [s["asset"] for s in summary["failed"]] == ["mini_mnist/checkpoint"]
+        assert [s["asset"] for s in summary["blocked"]] == ["mini_mnist/best_model"]  # its only candidate
         error = summary["failed"][0]["error"]  # written by the IO manager's handle_output, not the body
         assert re.match(
-            rf"mini_mnist/checkpoint: could not write {re.escape(str(storage))}/mini_mnist/checkpoint/model-",
+            rf"mini_mnist/checkpoint\[cnn\]: could not write "
+            rf"{re.escape(str(storage))}/mini_mnist/checkpoint/cnn/model-",
             error,
         )
         assert FULL.search(error) and "DagsterExecution" not in error, error
@@ -199,14 +201,14 @@ def test_a_full_disk_during_refresh_is_reported_plainly_and_repaired_after_space
         # a StorageError itself, not DagsterExecutionHandleOutputError with the sentence in its cause
         assert [e.step_failure_data.error.cls_name for e in checkpoint] == ["StorageError"]
         assert checkpoint[0].step_failure_data.user_failure_data.description == error
-        assert not list(storage.glob("mini_mnist/checkpoint/*.keras")) and not list(storage.rglob(".*.tmp"))
+        assert not list(storage.glob("mini_mnist/checkpoint/*/*.keras")) and not list(storage.rglob(".*.tmp"))
 
         remount(storage, f"size={raw + arrays + 4 * 1024 * 1024}")
         third = project.cli("refresh", "mini_mnist")
 
         assert third.returncode == 0, third.stderr
         ran = [(s["asset"], s["partition"]) for s in json.loads(third.stdout)["ran"]]
-        assert ran == [("mini_mnist/checkpoint", None)]
+        assert ran == [("mini_mnist/checkpoint", "cnn"), ("mini_mnist/best_model", None)]
         verified = project.cli("refresh", "mini_mnist", "--verify")  # every byte of every artifact
         assert verified.returncode == 0 and json.loads(verified.stdout)["ran"] == [], verified.stderr
 
@@ -242,6 +244,7 @@ def test_a_read_only_storage_says_so_for_each_write(empty_project):
             "mini_mnist/idx",
             "mini_mnist/shards",
             "mini_mnist/checkpoint",
+            "mini_mnist/best_model",
         }
         assert list(storage.iterdir()) == []
 

@@ -55,7 +55,7 @@ def built(mini_mirror, http_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
     checks = []
     with dg.instance_for_test() as instance:
-        for names, partition in materialization_steps():
+        for names, partition in materialization_steps(dataset):
             result = materialize(dataset, root, instance, names, partition)
             checks += result.get_asset_check_evaluations()
         yield {"dataset": dataset, "root": root, "instance": instance, "checks": checks, "url": url}
@@ -77,8 +77,8 @@ def test_every_asset_and_partition_lands_in_storage(built, mini_mirror):
         for s in ("train", "test", "holdout")
     }
     assert rows == {"train": MINI_TRAIN - MINI_TRAIN // 10, "test": MINI_TRAIN // 10, "holdout": MINI_TEST}
-    record = json.loads((base / "checkpoint" / "checkpoint.json").read_text())
-    assert (base / "checkpoint" / record["file"]).exists()
+    record = json.loads((base / "checkpoint" / "cnn" / "checkpoint.json").read_text())
+    assert (base / "checkpoint" / "cnn" / record["file"]).exists()
 
 
 def test_every_check_ran_and_passed(built):
@@ -112,8 +112,8 @@ def test_every_asset_has_a_code_version_and_a_content_data_version(built, mini_m
         latest_data_version(instance, dg.AssetKey(["mini_mnist", "shards"]), "holdout")
         == manifest["root_sha256"]
     )
-    record = json.loads((built["root"] / "mini_mnist/checkpoint/checkpoint.json").read_text())
-    assert latest_data_version(instance, dg.AssetKey(["mini_mnist", "checkpoint"])) == record["sha256"]
+    record = json.loads((built["root"] / "mini_mnist/checkpoint/cnn/checkpoint.json").read_text())
+    assert latest_data_version(instance, dg.AssetKey(["mini_mnist", "checkpoint"]), "cnn") == record["sha256"]
 
 
 def test_checkpoint_metrics_reproduce_with_plain_keras_on_the_holdout_shards(built):
@@ -121,8 +121,8 @@ def test_checkpoint_metrics_reproduce_with_plain_keras_on_the_holdout_shards(bui
     import pyarrow.parquet as pq
 
     base = built["root"] / "mini_mnist"
-    record = json.loads((base / "checkpoint" / "checkpoint.json").read_text())
-    model = keras.saving.load_model(base / "checkpoint" / record["file"])
+    record = json.loads((base / "checkpoint" / "cnn" / "checkpoint.json").read_text())
+    model = keras.saving.load_model(base / "checkpoint" / "cnn" / record["file"])
     table = pq.read_table(base / "shards" / "holdout", columns=["image", "label"])
     images = np.frombuffer(b"".join(table.column("image").to_pylist()), np.uint8).reshape(-1, 28, 28, 1)
     loss, accuracy = model.evaluate(images, table.column("label").to_numpy(), verbose=0)
@@ -158,7 +158,7 @@ def picture_markdown(metadata, key: str) -> tuple[str, bytes]:
 def test_checkpoint_metadata_carries_pictures_and_the_history_table(built):
     key = dg.AssetKey(["mini_mnist", "checkpoint"])
     metadata = latest_materialization(built["instance"], key).metadata
-    record = json.loads((built["root"] / "mini_mnist/checkpoint/checkpoint.json").read_text())
+    record = json.loads((built["root"] / "mini_mnist/checkpoint/cnn/checkpoint.json").read_text())
     alts = {
         k: picture_markdown(metadata, k)[0]
         for k in ("training_curves", "confusion_matrix", "confident_mistakes")
@@ -226,8 +226,8 @@ def test_holdout_predictions_agree_with_the_recorded_metrics_and_plain_keras(bui
     from mnist_assets.io_managers import ShardSetIOManager
 
     base = built["root"] / "mini_mnist"
-    record = json.loads((base / "checkpoint" / "checkpoint.json").read_text())
-    model = training.load_model((base / "checkpoint" / record["file"]).read_bytes())
+    record = json.loads((base / "checkpoint" / "cnn" / "checkpoint.json").read_text())
+    model = training.load_model((base / "checkpoint" / "cnn" / record["file"]).read_bytes())
     store = ShardSetIOManager(root=str(built["root"]))
     with loader.open_split(store, "mini_mnist", "holdout", batch_size=64) as holdout:
         predicted = training.predict_holdout(model, holdout, 10, keep=5)
@@ -282,7 +282,7 @@ def test_status_lists_every_partition_with_its_artifact(built):
 
     defs = build_definitions({"mini_mnist": built["dataset"]}, str(built["root"]))
     rows = dataset_status(built["instance"], defs, "mini_mnist")
-    assert len(rows) == 4 + 4 + 3 + 1
+    assert len(rows) == 4 + 4 + 3 + 1 + 1  # files twice, splits, checkpoint[cnn], best_model
     assert all(r["materialized"] and r["data_version"] and r["code_version"] for r in rows)
     assert all(Path(r["path"]).exists() for r in rows)
 

@@ -18,22 +18,29 @@ from mnist_assets_tests.conftest import MINI_FILENAMES, write_idx_gz
 def test_a_second_refresh_with_nothing_changed_computes_nothing(project):
     summary, delta = project.refresh()
     assert delta == Counter()
-    assert summary.ran == [] and summary.fresh == 12
-    assert set(summary.artifacts) == {f"mini_mnist/{a}" for a in ("raw_gzip", "idx", "shards", "checkpoint")}
+    assert summary.ran == [] and summary.fresh == 13
+    assets = ("raw_gzip", "idx", "shards", "checkpoint", "best_model")
+    assert set(summary.artifacts) == {f"mini_mnist/{a}" for a in assets}
 
 
-def test_a_training_config_change_recomputes_only_the_checkpoint(project):
+def test_a_training_config_change_recomputes_only_the_checkpoint_and_the_choice(project):
     project.dataset["training"]["epochs"] = 2
     summary, delta = project.refresh()
-    assert delta == Counter({("checkpoint", None): 1})
-    assert summary.ran[0].causes == ["has a new code version"]
+    assert delta == Counter({("checkpoint", "cnn"): 1, ("best_model", None): 1})
+    assert summary.ran[0].causes == ["has a new dependency data version (mini_mnist/model_configs[cnn])"]
 
 
 def test_a_shard_setting_change_recomputes_the_shards_and_the_checkpoint(project):
     project.dataset["shards"] = {"rows_per_shard": 700}
     _, delta = project.refresh()
     assert delta == Counter(
-        {("shards", "train"): 1, ("shards", "test"): 1, ("shards", "holdout"): 1, ("checkpoint", None): 1}
+        {
+            ("shards", "train"): 1,
+            ("shards", "test"): 1,
+            ("shards", "holdout"): 1,
+            ("checkpoint", "cnn"): 1,
+            ("best_model", None): 1,
+        }
     )
 
 
@@ -49,7 +56,8 @@ def test_new_bytes_for_one_file_recompute_only_what_is_built_from_it(project):
             ("idx", "train-labels"): 1,
             ("shards", "train"): 1,
             ("shards", "test"): 1,
-            ("checkpoint", None): 1,
+            ("checkpoint", "cnn"): 1,
+            ("best_model", None): 1,
         }
     )
     assert summary.ran[0].causes == ["has a new dependency data version (mini_mnist/urls[train-labels])"]
@@ -86,8 +94,8 @@ def test_changed_compute_code_recomputes_that_asset_and_downstream_only(project,
     """Load a copy of the assets module whose shards code differs, as an edit would."""
     text = Path(mnist_assets.assets.__file__).read_text()
     edited = text.replace(
-        "        split = context.partition_key\n",
-        "        split = context.partition_key  # edited: a new comment is enough\n",
+        "        split, options = context.partition_key, config.options()\n",
+        "        split, options = context.partition_key, config.options()  # edited: a comment is enough\n",
         1,
     )
     assert edited != text
@@ -128,7 +136,7 @@ def test_dry_run_prints_the_plan_with_causes_and_changes_nothing(project):
         ("mini_mnist/shards", "train"),
         ("mini_mnist/shards", "test"),
         ("mini_mnist/shards", "holdout"),
-        ("mini_mnist/checkpoint", None),
+        ("mini_mnist/checkpoint", "cnn"),
     ]
     assert json.loads(json.dumps(summary.to_dict()))["dry_run"] is True
 
@@ -137,14 +145,14 @@ def test_a_cold_refresh_builds_each_file_and_its_array_in_one_run(empty_project)
     """Both must be built whatever the download yields, so they share a run (each run has a fixed cost);
     a partition that might stay fresh is still judged after its input (the tests above)."""
     summary, delta = empty_project.refresh()
-    assert not summary.failed and not summary.blocked and len(summary.ran) == 12
+    assert not summary.failed and not summary.blocked and len(summary.ran) == 13
     assert all(step.seconds is not None and step.seconds > 0 for step in summary.ran)
     run_of: dict[tuple[str, str | None], str] = {}
-    for asset in ("raw_gzip", "idx", "shards", "checkpoint"):
+    for asset in ("raw_gzip", "idx", "shards", "checkpoint", "best_model"):
         key = dg.AssetKey(["mini_mnist", asset])
         for record in empty_project.instance.fetch_materializations(key, limit=100).records:
             run_of[(asset, record.partition_key)] = record.run_id
-    assert len(run_of) == 12 and sum(delta.values()) == 12
+    assert len(run_of) == 13 and sum(delta.values()) == 13
     for file_key in MINI_FILENAMES:
         assert run_of[("raw_gzip", file_key)] == run_of[("idx", file_key)]
-    assert len(set(run_of.values())) == 4 + 3 + 1  # files, splits, checkpoint
+    assert len(set(run_of.values())) == 4 + 3 + 1 + 1  # files, splits, checkpoint[cnn], best_model

@@ -158,16 +158,16 @@ def test_observations_that_answer_the_same_are_not_a_change(project, http_server
     assert clock.now.timestamp() < next_retry(project, "test-images")
 
 
-def test_a_failed_partition_is_retried_at_once_when_its_code_version_changes(project):
+def test_a_failed_partition_is_retried_at_once_when_its_settings_change(project):
     clock = Clock(project)
-    project.dataset["training"]["dropout"] = (
-        1.5  # a catalog setting (the checkpoint's code version) Keras refuses
-    )
-    assert clock.tick() == {"checkpoint": {None}}
-    assert clock.launch({"checkpoint": {None}}) == [False]
+    project.dataset["training"]["dropout"] = 1.5  # a catalog setting Keras refuses
+    project.refresh(dry_run=True)  # observes model_configs, as refresh or Observe in the UI does
+    assert clock.tick() == {"checkpoint": {"cnn"}}
+    assert clock.launch({"checkpoint": {"cnn"}}) == [False]
     assert clock.tick() == {}  # backing off
-    project.dataset["training"]["dropout"] = 0.25  # fixed: a new code version since the failed attempt
-    assert clock.tick(minutes=0) == {"checkpoint": {None}}
+    project.dataset["training"]["dropout"] = 0.25  # fixed: a new observation since the failed attempt
+    project.refresh(dry_run=True)
+    assert clock.tick(minutes=0) == {"checkpoint": {"cnn"}}
 
 
 def test_refresh_tries_a_backing_off_partition_on_demand_and_names_its_last_failure(empty_project):
@@ -191,7 +191,7 @@ def test_refresh_tries_a_backing_off_partition_on_demand_and_names_its_last_fail
     "The last good checkpoint",
 )
 def test_a_sigkilled_run_is_marked_failed_and_its_partition_retried_by_the_next_tick(project):
-    directory = project.storage / "mini_mnist/checkpoint"
+    directory = project.storage / "mini_mnist/checkpoint/cnn"
     good = (directory / "checkpoint.json").read_bytes()
     clock = Clock(project)
     assert clock.tick() == {}
@@ -204,11 +204,13 @@ def test_a_sigkilled_run_is_marked_failed_and_its_partition_retried_by_the_next_
 
     record = project.instance.get_run_record_by_id(run_id)
     assert record is not None and record.dagster_run.status == dg.DagsterRunStatus.FAILURE
-    failure = attempts.last_failure(project.instance, dg.AssetKey(["mini_mnist", "checkpoint"]), None)
+    failure = attempts.last_failure(project.instance, dg.AssetKey(["mini_mnist", "checkpoint"]), "cnn")
     assert failure is not None and failure.process_gone and "disappeared" in failure.message
     assert (directory / "checkpoint.json").read_bytes() == good
-    assert clock.tick() == {"checkpoint": {None}}  # a vanished process is retried at once, the first time
-    assert all(clock.launch({"checkpoint": {None}}))
+    assert clock.tick() == {"checkpoint": {"cnn"}}  # a vanished process is retried at once, the first time
+    assert all(clock.launch({"checkpoint": {"cnn"}}))
+    assert clock.tick() == {"best_model": {None}}  # its candidate was retrained
+    assert all(clock.launch({"best_model": {None}}))
     assert clock.tick() == {}
 
 
@@ -217,9 +219,12 @@ def test_the_next_refresh_marks_a_sigkilled_run_failed_and_retries_its_partition
     summary, delta = project.refresh()
     record = project.instance.get_run_record_by_id(run_id)
     assert record is not None and record.dagster_run.status == dg.DagsterRunStatus.FAILURE
-    assert [(s.asset, s.error) for s in summary.ran] == [("mini_mnist/checkpoint", None)]
+    assert [(s.asset, s.error) for s in summary.ran] == [
+        ("mini_mnist/checkpoint", None),
+        ("mini_mnist/best_model", None),
+    ]
     assert summary.ran[0].last_failure and "disappeared" in summary.ran[0].last_failure
-    assert delta == {("checkpoint", None): 1}
+    assert delta == {("checkpoint", "cnn"): 1, ("best_model", None): 1}
 
 
 def test_the_retry_backoff_comes_from_the_environment(mini_catalog):

@@ -147,9 +147,16 @@ def open_lineage(page: Page, url: str, asset_names: set[str]) -> None:
 
 
 def materialize_checkpoint(page: Page, url: str) -> str:
-    """Select the checkpoint in the graph, materialize it, open the run the toast names; its id."""
+    """Select the checkpoint in the graph, materialize its partition ``cnn`` (the mini catalog's one model
+    configuration, picked in the launch dialog), open the run the toast names; its id."""
     page.locator("svg foreignObject").get_by_text("checkpoint", exact=True).click()
-    page.get_by_role("button", name=re.compile(r"Materialize selected$")).click()
+    page.get_by_role("button", name=re.compile(r"Materialize selected…$")).click()  # … : asks partitions
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Select a partition or create one").click()
+    page.keyboard.type("cnn")  # the picker's filter: one partition matches
+    page.get_by_text("Select all (1)", exact=True).click()
+    page.keyboard.press("Escape")  # closes the picker, not the dialog
+    dialog.get_by_role("button", name="Launch 1 run", exact=True).click()
     toast = page.get_by_role("region", name=re.compile("Notifications"))
     run_path = toast.get_by_role("link", name="View").get_attribute("href") or ""
     assert re.fullmatch(r"/runs/[0-9a-f-]{36}", run_path), f"the launch toast links to {run_path!r}"

@@ -201,33 +201,34 @@ def _plan(project) -> list[str]:
 def test_rollback_restores_verified_versions_and_refresh_does_exactly_what_staleness_says(project):
     defs = project.defs()
     shards = history.target(defs, "mini_mnist", "shards", "train")
-    checkpoint = history.target(defs, "mini_mnist", "checkpoint", None)
+    checkpoint = history.target(defs, "mini_mnist", "checkpoint", "cnn")
     [s1] = history.history(project.instance, shards)
     [c1] = history.history(project.instance, checkpoint)
     assert s1.current and s1.data_version != history.UNKNOWN and s1.metrics["rows"] > 0
     assert {"test_accuracy", "holdout_accuracy", "parameter_count"} <= set(c1.metrics)
 
     _materialize(project, "shards", "train", {"rows_per_shard": 700})  # other files, other data version
-    assert _ran(project) == ["mini_mnist/checkpoint"]  # what reads it, and not more
+    # what reads it, and not more (the choice among checkpoints reads the new one)
+    assert _ran(project) == ["mini_mnist/checkpoint[cnn]", "mini_mnist/best_model"]
     s2, old_s1 = history.history(project.instance, shards)
     assert old_s1.version == s1.version and s2.data_version != s1.data_version and s2.current
 
     # the checkpoint trained on S1, back while S2 is current: stale, truly
     history.rollback(project.instance, checkpoint, c1.version[:-4])
-    assert _plan(project) == ["mini_mnist/checkpoint"]
+    assert _plan(project) == ["mini_mnist/checkpoint[cnn]", "mini_mnist/best_model"]
     # S1 back (by a prefix of its data version): the checkpoint is trained on the current shards again
     done = history.rollback(project.instance, shards, s1.data_version[:10])
     assert done["version"] == s1.version and done["rolled_back_from"] == s2.version
-    assert _plan(project) == []
+    assert _plan(project) == ["mini_mnist/best_model"]  # it ranked the checkpoint rolled away from
     with loader.load("mini_mnist", "train", storage=str(project.storage)) as loaded:
         assert loaded.shard_set.manifest.root_sha256 == _root(project, s1.version)
     keras = KerasIOManager(root=str(project.storage))
-    stored = keras.fetch(keras.asset_dir(checkpoint.key), None, "mini_mnist/checkpoint")
+    stored = keras.fetch(keras.asset_dir(checkpoint.key), "cnn", "mini_mnist/checkpoint[cnn]")
     assert stored.record.shards_root_sha256["train"] == _root(project, s1.version)
 
     # S2 back: the checkpoint reads it, so it retrains; nothing else does
     history.rollback(project.instance, shards, s2.version)
-    assert _ran(project) == ["mini_mnist/checkpoint"]
+    assert _ran(project) == ["mini_mnist/checkpoint[cnn]", "mini_mnist/best_model"]
     rows = history.history(project.instance, shards)
     assert [(r.version, r.current) for r in rows] == [(s2.version, True), (s1.version, False)]
 
@@ -239,10 +240,12 @@ def _root(project, version: str) -> str:
 
 def test_cli_history_lists_versions_whose_events_are_gone_and_gc_dry_run_matches_gc(project):
     keras = KerasIOManager(root=str(project.storage), keep_versions=1)
-    artifact = keras.artifact(dg.AssetKey(["mini_mnist", "checkpoint"]), None)
+    artifact = keras.artifact(dg.AssetKey(["mini_mnist", "checkpoint"]), "cnn")
     [only] = artifact.versions()
 
-    listed = project.cli("history", "mini_mnist", "checkpoint", "--json")  # the CLI's own, empty instance
+    listed = project.cli(
+        "history", "mini_mnist", "checkpoint", "cnn", "--json"
+    )  # the CLI's own, empty instance
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout) == [
         {
@@ -253,11 +256,11 @@ def test_cli_history_lists_versions_whose_events_are_gone_and_gc_dry_run_matches
             "metrics": {},
         }
     ]
-    refused = project.cli("rollback", "mini_mnist", "checkpoint", "--to", only[:8])
+    refused = project.cli("rollback", "mini_mnist", "checkpoint", "cnn", "--to", only[:8])
     assert refused.returncode == 2
     assert "no materialization left in the event log" in refused.stderr and only in refused.stderr
 
-    stray = project.storage / "mini_mnist/checkpoint/model-00000000000000ff.keras"
+    stray = project.storage / "mini_mnist/checkpoint/cnn/model-00000000000000ff.keras"
     stray.write_bytes(b"x" * 1234)
     dry = project.cli("gc", "mini_mnist", "--dry-run")
     assert dry.returncode == 0, dry.stderr

@@ -32,4 +32,12 @@ config='{}'
 if [ -n "$epochs" ]; then
   config="{\"ops\": {\"${dataset}__checkpoint\": {\"config\": {\"epochs\": $epochs}}}}"
 fi
-"$dagster" asset materialize -m mnist_assets --select "$dataset/checkpoint" --config-json "$config"
+# the catalog's model configurations, the checkpoint's partitions
+python="$(dirname "$(command -v "$dagster")")/python"  # the interpreter Dagster's CLI runs in
+models=$("$python" -c 'import os, sys
+from mnist_assets.catalog import load_catalog
+print(" ".join(load_catalog(os.environ.get("MNIST_ASSETS_CATALOG") or None)[sys.argv[1]].model_names))' "$dataset")
+for model in $models; do
+  "$dagster" asset materialize -m mnist_assets --select "$dataset/model_configs,$dataset/checkpoint" --partition "$model" --config-json "$config"
+done
+"$dagster" asset materialize -m mnist_assets --select "$dataset/best_model"

@@ -18,7 +18,7 @@ from upath import UPath
 
 pytestmark = pytest.mark.deploy
 
-ASSET_PARTITIONS = 4 + 4 + 3 + 1
+ASSET_PARTITIONS = 4 + 4 + 3 + 1 + 1
 REFRESH_SECONDS = 900
 
 
@@ -69,7 +69,7 @@ def test_the_small_graph_runs_on_postgres_with_every_step_in_a_celery_worker(dep
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         starts = events(instance, dg.DagsterEventType.STEP_START)
         step_keys = {entry.step_key for entry in starts}
-        assert len(step_keys) == 4  # raw_gzip, idx, shards, checkpoint: each run in the workers
+        assert len(step_keys) == 5  # raw_gzip, idx, shards, checkpoint, best_model: each in the workers
         # every step ran in a process other than the refresh (which orchestrated) and this test
         assert {entry.dagster_event.pid for entry in starts}.isdisjoint({refresh.pid, os.getpid()})
         workers = celery_workers_by_step(instance)
@@ -105,7 +105,7 @@ def kill_when_training(deployment, refresh: subprocess.Popen) -> int:
 def test_a_worker_killed_mid_training_fails_clearly_keeps_the_last_checkpoint_then_refresh_repairs_it(
     deployment,
 ):
-    checkpoint = deployment.storage / "mini_mnist" / "checkpoint"
+    checkpoint = deployment.storage / "mini_mnist" / "checkpoint" / "cnn"
     before = files_under(checkpoint)
     assert before, "the first test built a checkpoint"
     deployment.training["epochs"] = 30  # stale, and long enough to be killed mid-training
@@ -127,7 +127,7 @@ def test_a_worker_killed_mid_training_fails_clearly_keeps_the_last_checkpoint_th
     deployment.write_catalog()
     code, summary, err = finish(deployment.refresh())
     assert code == 0, err[-4000:]
-    assert [step["asset"] for step in summary["ran"]] == ["mini_mnist/checkpoint"]
+    assert [step["asset"] for step in summary["ran"]] == ["mini_mnist/checkpoint", "mini_mnist/best_model"]
     assert files_under(checkpoint) != before
 
     code, summary, err = finish(deployment.refresh("--verify"))

@@ -24,7 +24,8 @@ ARTIFACTS = {
     "gzip_io_manager": ("raw_gzip", ("train-images", "train-labels", "test-images", "test-labels")),
     "npy_io_manager": ("idx", ("train-images", "train-labels", "test-images", "test-labels")),
     "shards_io_manager": ("shards", SPLITS),
-    "keras_io_manager": ("checkpoint", (None,)),
+    "keras_io_manager": ("checkpoint", ("cnn",)),
+    "json_io_manager": ("best_model", (None,)),
 }
 
 
@@ -70,7 +71,7 @@ def damaged(storage: str) -> list[str]:
 def test_the_mini_graph_refreshes_on_s3_and_verify_rebuilds_a_damaged_object(project):
     storage = project["storage"]
     first = refresh(project)
-    assert not first["failed"] and len(first["ran"]) == 12
+    assert not first["failed"] and len(first["ran"]) == 13
     assert damaged(storage) == []
     assert not UPath(storage).joinpath("mini_mnist", "shards", "train").joinpath(".lock").exists()
 
