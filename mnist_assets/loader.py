@@ -216,4 +216,4 @@ def load_model(dataset: str, model: str = "best", *, storage: str | None = None)
             f"{dataset}/best_model promotes checkpoint[{model}] {expected[:16]}, but {stored.location} is "
             f"{stored.record.sha256[:16]}: materialize {dataset}/best_model again to rank the new checkpoint"
         )
-    return training.load_model(stored.keras_bytes)
+    return training.model_from_bytes(stored.keras_bytes)

@@ -253,7 +253,7 @@ def _most_confident(kept: Mistakes, found: Mistakes, keep: int) -> Mistakes:
     return images, true, predicted, confidence
 
 
-def load_model(keras_bytes: bytes) -> keras.Model:
+def model_from_bytes(keras_bytes: bytes) -> keras.Model:
     """A model from ``.keras`` bytes (Keras needs a file name, so via a private temporary file)."""
     with tempfile.TemporaryDirectory() as scratch:
         path = os.path.join(scratch, "model.keras")

@@ -227,7 +227,7 @@ def test_holdout_predictions_agree_with_the_recorded_metrics_and_plain_keras(bui
 
     base = built["root"] / "mini_mnist"
     record = json.loads((base / "checkpoint" / "cnn" / "checkpoint.json").read_text())
-    model = training.load_model((base / "checkpoint" / "cnn" / record["file"]).read_bytes())
+    model = training.model_from_bytes((base / "checkpoint" / "cnn" / record["file"]).read_bytes())
     store = ShardSetIOManager(root=str(built["root"]))
     with loader.open_split(store, "mini_mnist", "holdout", batch_size=64) as holdout:
         predicted = training.predict_holdout(model, holdout, 10, keep=5)
