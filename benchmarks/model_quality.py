@@ -140,10 +140,11 @@ def goal_line(results: list[dict]) -> str:
     return f"goal ({target}): " + (f"met by {', '.join(sorted(winners))}" if winners else "NOT met")
 
 
-def lines(results: list[dict]) -> list[str]:
+def lines(results: list[dict], catalog: Path | None) -> list[str]:
     out = [
         f"Model quality, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs "
         "(`make bench-models`; seconds are training only, on a machine others may share: see the load).",
+        *([f"Configurations from the catalog {catalog}, not the packaged one."] if catalog else []),
         "",
         "| dataset | configuration | parameters | training s | epochs | test acc | holdout acc "
         "| load 1/5/15 min | settings |",
@@ -182,7 +183,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown dataset {unknown[0]!r}; the catalog lists {', '.join(catalog)}")
     results = [measure(catalog[d], args.catalog) for d in args.dataset or [GOAL["dataset"]]]
-    report.write(args.out, "model_quality", {"goal": GOAL, "results": results}, lines(results))
+    document = {"goal": GOAL, "catalog": str(args.catalog or "packaged"), "results": results}
+    report.write(args.out, "model_quality", document, lines(results, args.catalog))
 
 
 if __name__ == "__main__":
