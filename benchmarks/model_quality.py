@@ -37,11 +37,9 @@ COLUMNS = ("parameter_count", "training_seconds", "epochs", "test_accuracy", "ho
 
 def configurations(dataset: Dataset) -> dict[str, dict]:
     """Each configuration's settings, by name, as the checkpoint partitions are named."""
-    from mnist_assets import assets
+    from mnist_assets.models import training_configs
 
-    if not hasattr(assets, "training_configs"):  # before named configurations: the dataset's one
-        return {"default": assets.TrainConfig(**dataset.training).model_dump()}
-    return {name: config.model_dump() for name, config in assets.training_configs(dataset).items()}
+    return {name: config.model_dump() for name, config in training_configs(dataset).items()}
 
 
 def prepare(dataset: Dataset, scratch: Path, catalog: Path | None) -> dict:
