@@ -25,12 +25,10 @@ def test_definitions_are_loadable_with_both_dataset_groups_and_their_partitions(
         shards = graph.get(dg.AssetKey([dataset, "shards"])).partitions_def
         assert shards.get_partition_keys() == ["train", "test", "holdout"]
         checkpoint = graph.get(dg.AssetKey([dataset, "checkpoint"])).partitions_def
-        assert checkpoint.get_partition_keys() == ["small_cnn", "bn_cnn"]
+        assert checkpoint.get_partition_keys() == ["cnn", "small_cnn", "bn_cnn"]
         configs = graph.get(dg.AssetKey([dataset, "model_configs"]))
-        assert configs.is_observable and configs.partitions_def.get_partition_keys() == [
-            "small_cnn",
-            "bn_cnn",
-        ]
+        assert configs.is_observable
+        assert configs.partitions_def.get_partition_keys() == ["cnn", "small_cnn", "bn_cnn"]
         assert graph.get(dg.AssetKey([dataset, "best_model"])).partitions_def is None
 
 
