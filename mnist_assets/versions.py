@@ -310,8 +310,11 @@ def _replace(path: UPath, data: bytes) -> None:
         path.fs.pipe_file(path.path, data)
         return
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary.path, path.path)
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary.path, path.path)
+    finally:  # a full disk must not keep the half-written copy (issue 16)
+        temporary.unlink(missing_ok=True)
 
 
 def _is_local(path: UPath) -> bool:
