@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import pydantic
 
@@ -45,6 +45,40 @@ class _Entry(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
 
+_NOT_IN_A_NAME = re.compile(r"[/\\%?#\x00-\x1f\x7f-\x9f]")
+"""Path separators, the start of a percent-encoding, a URL's query or fragment, control characters."""
+
+
+def name_problem(filename: str) -> str | None:
+    """Why ``filename`` is not a plain file name of the mirror's directory, or None when it is one.
+
+    A name is joined to a mirror: to a directory's path, to a file:// or an HTTP URL, which clients and
+    servers percent-decode (some more than once, ``%252E`` -> ``%2E`` -> ``.``). A name holding none of
+    ``/ \\ % ? #`` nor a control character, and not starting with ``.``, means the same file in all of
+    them: no decoding can change it, so it cannot climb out of the mirror (``..``, ``%2E%2E%2F``),
+    name another directory, or end the path early.
+    """
+    if not filename:
+        return "filename is empty; give the file's own name in the mirror (e.g. train-images-idx3-ubyte.gz)"
+    found = _NOT_IN_A_NAME.search(filename)
+    if found is None and not filename.startswith("."):
+        return None
+    why = f"it contains {found.group()!r}" if found else "it starts with '.'"
+    if (decoded := _percent_decoded(filename)) != filename:
+        why += f" and decodes to {decoded!r}"
+    return (
+        f"filename {filename!r} is not a plain file name: {why}; give the file's own name in the mirror "
+        "(no / \\ % ? #, control characters or leading '.')"
+    )
+
+
+def _percent_decoded(text: str) -> str:
+    """``text`` percent-decoded until nothing changes (what a chain of decoders would make of it)."""
+    while (decoded := unquote(text)) != text:
+        text = decoded
+    return text
+
+
 class SourceFile(_Entry):
     """One gzip file of a dataset and the content it must decompress to."""
 
@@ -58,8 +92,8 @@ class SourceFile(_Entry):
     @pydantic.field_validator("filename")
     @classmethod
     def _plain_name(cls, filename: str) -> str:
-        if not filename or "/" in filename or filename.startswith("."):
-            raise ValueError(f"filename {filename!r} must be a plain file name")
+        if problem := name_problem(filename):
+            raise ValueError(problem)
         return filename
 
     @pydantic.model_validator(mode="after")
@@ -145,8 +179,16 @@ class Dataset(_Entry):
         return {key: [m + f.filename for m in mirrors] for key, f in self.files.items()}
 
 
+LOCAL_HOSTS = ("", "localhost")
+"""The hosts a file:// URL may name: it is read on this machine, so another host cannot be meant."""
+
+
 def normalize_mirror(mirror: str, dataset_id: str) -> str:
-    """A mirror as a base URL ending in '/'; a local directory becomes a file:// URL."""
+    """A mirror as a base URL ending in '/'; a local directory becomes a file:// URL.
+
+    Every mirror passes here, from the catalog, ``MNIST_ASSETS_MIRROR_<DATASET>`` or run config. A
+    file:// URL naming another host is refused: it would be read from this machine's same path, the
+    host ignored without a word."""
     mirror = mirror.strip()
     scheme = urlsplit(mirror).scheme.lower()
     if not scheme or (len(scheme) == 1 and os.name == "nt"):
@@ -157,7 +199,26 @@ def normalize_mirror(mirror: str, dataset_id: str) -> str:
             f"{dataset_id}: mirror {redact_url(mirror)!r} uses scheme {scheme!r}; "
             f"only {', '.join(ALLOWED_SCHEMES)} are allowed"
         )
+    if scheme == "file":
+        _check_local(mirror, dataset_id)
     return mirror if mirror.endswith("/") else mirror + "/"
+
+
+def _check_local(mirror: str, dataset_id: str) -> None:
+    """A file:// mirror names a directory of this machine: no other host, and nothing after the path
+    (a ``#`` or ``?`` would cut the directory's path short, so another directory would be read)."""
+    parts = urlsplit(mirror)
+    if parts.netloc.lower() not in LOCAL_HOSTS:
+        raise CatalogError(
+            f"{dataset_id}: mirror {redact_url(mirror)!r} names host {parts.hostname!r}, but a file:// "
+            f"mirror is read on this machine only: write file://{parts.path} (or the directory's path) "
+            "for a local copy, or an http(s):// URL for that server"
+        )
+    if parts.query or parts.fragment:
+        raise CatalogError(
+            f"{dataset_id}: mirror {redact_url(mirror)!r} has a '?' or '#' after its path; write the "
+            "directory's path (a local directory's name is percent-encoded for you)"
+        )
 
 
 def redact_url(url: str) -> str:

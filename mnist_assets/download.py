@@ -23,10 +23,19 @@ from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
+import dagster as dg
 import requests
 
 from mnist_assets import idx
-from mnist_assets.catalog import ALLOWED_SCHEMES, Dataset, SourceFile, redact_text, redact_url
+from mnist_assets.catalog import (
+    ALLOWED_SCHEMES,
+    LOCAL_HOSTS,
+    Dataset,
+    SourceFile,
+    name_problem,
+    redact_text,
+    redact_url,
+)
 
 CHUNK = 1 << 20
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -41,16 +50,29 @@ class Log(Protocol):
     def warning(self, message: str, /) -> None: ...
 
 
-class DownloadError(RuntimeError):
-    """No mirror produced a file with the pinned content."""
+class DownloadError(dg.Failure):
+    """No mirror produced a file with the pinned content, or the file's name is not a plain name.
+
+    A :class:`dagster.Failure`, so the step failure, and the refresh summary read from it, carry this
+    sentence itself rather than ``mnist_assets.download.DownloadError: ...``."""
+
+
+class PinMismatch(idx.IdxError):
+    """A whole file whose content is not what the catalog pins; ``pin`` is the catalog key it contradicts
+    (the pin, newly written, is as likely to be wrong as the mirror)."""
+
+    def __init__(self, pin: str, reason: str):
+        super().__init__(reason)
+        self.pin = pin
 
 
 class _MirrorFailed(Exception):
-    """One URL failed; ``retry`` says whether asking the same URL again may help."""
+    """One URL failed; ``retry`` says whether asking the same URL again may help; ``pin`` is the catalog
+    key its content contradicts, if that was the failure."""
 
-    def __init__(self, reason: str, retry: bool):
+    def __init__(self, reason: str, retry: bool, pin: str | None = None):
         super().__init__(reason)
-        self.retry = retry
+        self.retry, self.pin = retry, pin
 
 
 @dataclass(frozen=True)
@@ -93,8 +115,14 @@ class _Content:
     def update(self, chunk: bytes) -> None:
         if self.gzip_md5 is not None:
             self.gzip_md5.update(chunk)
-        for inflated in self.inflater.feed(chunk):
-            self.payload.update(inflated)
+        try:
+            for inflated in self.inflater.feed(chunk):
+                self.payload.update(inflated)
+        except idx.IdxError:
+            if self.inflater.size > self.file.payload_size:  # a whole payload, or a bomb: both too long
+                pinned = f"payload_size {self.file.payload_size}"
+                raise PinMismatch("payload_size", f"payload is more than the pinned {pinned} bytes") from None
+            raise
 
     def payload_digest(self) -> str:
         """The payload sha256 once the whole file went in (whatever it is; see :meth:`verified`)."""
@@ -102,17 +130,28 @@ class _Content:
         return self.payload.hexdigest()
 
     def verified(self) -> str:
-        """The payload sha256 if the file holds the pinned content; raises IdxError otherwise."""
+        """The payload sha256 if the file holds the pinned content; raises IdxError otherwise (a
+        :class:`PinMismatch` for a whole file that is not the pinned one). The found digest is shown
+        whole, so a wrong pin can be corrected from the message; the pin only as far as it identifies."""
         digest, file = self.payload_digest(), self.file
         if self.inflater.size != file.payload_size:
-            raise idx.IdxError(f"payload is {self.inflater.size} bytes, expected {file.payload_size}")
-        if file.payload_sha256 is not None and digest != file.payload_sha256:
-            raise idx.IdxError(f"payload sha256 {digest} does not match the pinned {file.payload_sha256}")
-        if self.gzip_md5 is not None and self.gzip_md5.hexdigest() != file.gzip_md5:
-            raise idx.IdxError(
-                f"gzip md5 {self.gzip_md5.hexdigest()} does not match the pinned {file.gzip_md5}"
+            raise PinMismatch(
+                "payload_size",
+                f"payload is {self.inflater.size} bytes ≠ pinned payload_size {file.payload_size}",
             )
+        if file.payload_sha256 is not None and digest != file.payload_sha256:
+            raise PinMismatch(
+                "payload_sha256",
+                f"payload sha256 {digest} ≠ pinned payload_sha256 {_short(file.payload_sha256)}",
+            )
+        if self.gzip_md5 is not None and (md5 := self.gzip_md5.hexdigest()) != file.gzip_md5:
+            raise PinMismatch("gzip_md5", f"gzip md5 {md5} ≠ pinned gzip_md5 {_short(file.gzip_md5 or '')}")
         return digest
+
+
+def _short(digest: str) -> str:
+    """A pinned digest as people compare it: its first and last characters."""
+    return f"{digest[:8]}…{digest[-4:]}"
 
 
 def verify(gzip_bytes: bytes, file: SourceFile) -> str:
@@ -198,13 +237,33 @@ def _max_gzip_bytes(file: SourceFile) -> int:
     return file.payload_size + file.payload_size // 100 + (1 << 16)
 
 
-def _local_path(url: str) -> Path:
-    return Path(url2pathname(urlsplit(url).path))
+def _local_path(url: str, filename: str) -> Path:
+    """The mirror file a file:// URL names: the mirror's directory, decoded from the URL, joined with
+    the plain ``filename`` (never decoded: only the directory's part of the URL was encoded), resolved
+    with every symlink, and refused unless it stays inside that directory. Refused before anything is
+    opened, so a path outside the mirror is neither read nor probed."""
+    mirror, slash, name = url.rpartition("/")
+    parts = urlsplit(mirror + slash)
+    if name != filename:
+        raise _MirrorFailed(f"the URL does not end with /{filename}", retry=False)
+    if parts.netloc.lower() not in LOCAL_HOSTS:
+        raise _MirrorFailed(
+            f"names host {parts.hostname!r}; file:// is read on this machine only", retry=False
+        )
+    if parts.query or parts.fragment:
+        raise _MirrorFailed("has a '?' or '#' before the file name", retry=False)
+    directory = Path(url2pathname(parts.path)).resolve()
+    path = (directory / filename).resolve()
+    if not path.is_relative_to(directory):
+        raise _MirrorFailed(
+            "is a symlink that leads out of the mirror directory; copy the file into the mirror", retry=False
+        )
+    return path
 
 
-def _read_file_url(url: str, receiver: _Receiver) -> None:
+def _read_local(path: Path, receiver: _Receiver) -> None:
     try:
-        source = _local_path(url).open("rb")
+        source = path.open("rb")
     except FileNotFoundError:
         raise _MirrorFailed("no such file", retry=False) from None
     except OSError as error:
@@ -274,7 +333,9 @@ def fetch_into(
     ``restart()`` gives the (empty) file to write each attempt to; when this returns, the last one
     holds the verified gzip. The payload is inflated and hashed as the bytes arrive, so memory stays a
     chunk or two whatever the size. Every failure is kept for the error message."""
+    _refuse_unplain(dataset, file)
     failures: list[str] = []
+    pins: dict[str, None] = {}  # the pins some mirror's content contradicted, in order
     limit = _max_gzip_bytes(file)
     with requests.Session() as session:
         session.max_redirects = policy.max_redirects
@@ -289,16 +350,19 @@ def fetch_into(
                         raise _MirrorFailed(f"scheme {scheme!r} is not allowed", retry=False)
                     try:
                         if scheme == "file":
-                            _read_file_url(url, receiver)
+                            _read_local(_local_path(url, file.filename), receiver)
                         else:
                             _read_http_url(session, url, receiver, policy)
                         digest = receiver.content.verified()
                     except idx.IdxError as error:
-                        raise _MirrorFailed(f"content rejected: {error}", retry=False) from None
+                        pin = error.pin if isinstance(error, PinMismatch) else None
+                        raise _MirrorFailed(f"content rejected: {error}", retry=False, pin=pin) from None
                     progress.done()
                     return Fetched(digest, shown, receiver.received)
                 except _MirrorFailed as failure:
                     failures.append(f"{shown} (attempt {attempt}): {failure}")
+                    if failure.pin is not None:
+                        pins[failure.pin] = None
                     if log is not None:
                         log.warning(f"{dataset.id}/{file.key}: {shown}: {failure}")
                     if not failure.retry or attempt == policy.attempts:
@@ -307,9 +371,30 @@ def fetch_into(
     tried = "\n  - ".join(failures) or "(no mirrors configured)"
     raise DownloadError(
         f"{dataset.id}: could not fetch {file.key} ({file.filename}) from any mirror:\n  - {tried}\n"
-        f"What to do: point {dataset.mirror_env_var} at a directory or HTTP(S) mirror that holds "
-        f"{file.filename} (comma-separated list), or pass mirrors in the raw_gzip asset's run config."
+        f"What to do: {_what_to_do(dataset, file, list(pins))}"
     )
+
+
+def _what_to_do(dataset: Dataset, file: SourceFile, pins: list[str]) -> str:
+    """The advice after every mirror failed. A content that contradicts a pin is as likely a pin just
+    written wrong (a new catalog entry) as a mirror serving other bytes: both are named."""
+    elsewhere = (
+        f"point {dataset.mirror_env_var} at a directory or HTTP(S) mirror that holds {file.filename} "
+        "(comma-separated list), or pass mirrors in the raw_gzip asset's run config."
+    )
+    if not pins:
+        return elsewhere
+    return (
+        f"if you added or edited this entry, fix {' and '.join(pins)} of {dataset.id}/files/{file.key} "
+        f"in the catalog entry; if the pin is right, the mirror serves other bytes: {elsewhere}"
+    )
+
+
+def _refuse_unplain(dataset: Dataset, file: SourceFile) -> None:
+    """The catalog refuses a name that is not a plain file name; this refuses it again for a file entry
+    made without the catalog (``model_copy`` skips validation), before any mirror is asked."""
+    if problem := name_problem(file.filename):
+        raise DownloadError(f"{dataset.id}/files/{file.key}: {problem}. Nothing was read.")
 
 
 def fetch(
@@ -341,6 +426,7 @@ def fingerprint(
     costs less than guessing from its mtime). ``None`` when no mirror answers: the previous observation
     then stands, so an unreachable mirror never looks like a change.
     """
+    _refuse_unplain(dataset, file)
     limit = _max_gzip_bytes(file)
     with requests.Session() as session:
         session.max_redirects = policy.max_redirects
@@ -350,7 +436,10 @@ def fingerprint(
                 continue
             try:
                 if scheme == "file":
-                    return {"url": redact_url(url), **_local_state(url, file, limit)}
+                    return {
+                        "url": redact_url(url),
+                        **_local_state(_local_path(url, file.filename), file, limit),
+                    }
                 response = session.head(
                     url, allow_redirects=True, timeout=(policy.connect_timeout, policy.read_timeout)
                 )
@@ -363,15 +452,15 @@ def fingerprint(
     return None
 
 
-def _local_state(url: str, file: SourceFile, limit: int) -> dict[str, str]:
+def _local_state(path: Path, file: SourceFile, limit: int) -> dict[str, str]:
     """A local mirror file's payload sha256, streamed; a damaged file is a state too (its gzip sha256
     and why it is unreadable): the download will say why."""
-    receiver = _Receiver(file, None, limit, _Progress(None, url, every=0))
+    receiver = _Receiver(file, None, limit, _Progress(None, str(path), every=0))
     try:
-        _read_file_url(url, receiver)
+        _read_local(path, receiver)
         return {"payload_sha256": receiver.content.payload_digest()}
     except idx.IdxError as error:
-        with _local_path(url).open("rb") as source:
+        with path.open("rb") as source:
             return {
                 "gzip_sha256": hashlib.file_digest(source, "sha256").hexdigest(),
                 "unreadable": str(error),

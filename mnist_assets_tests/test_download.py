@@ -17,6 +17,7 @@ from mnist_assets.assets import dataset_assets
 from mnist_assets.catalog import load_catalog, parse_catalog
 from mnist_assets.io_managers import GzipIOManager, io_managers
 from mnist_assets_tests.conftest import MINI_FILENAMES, REAL_MNIST, mini_catalog_document, real_mnist_file
+from mnist_assets_tests.faults import scenario
 
 FAST = download.FetchPolicy(connect_timeout=2, read_timeout=5, attempts=2, backoff_seconds=0.01)
 
@@ -278,5 +279,85 @@ def test_a_decompression_bomb_is_refused_while_it_streams_in_flat_memory(mnist, 
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert f"content rejected: decompresses to more than the {1 << 20} bytes expected" in str(refused.value)
+    assert f"content rejected: payload is more than the pinned payload_size {1 << 20} bytes" in str(
+        refused.value
+    )
     assert peak < 16 * 2**20
+
+
+def _wrong_sha256(pins: dict) -> dict:
+    return {**pins, "payload_sha256": hashlib.sha256(b"another file").hexdigest()}
+
+
+def _by_gzip_md5(pins: dict) -> dict:
+    return {k: v for k, v in pins.items() if k != "payload_sha256"} | {
+        "gzip_md5": hashlib.md5(b"x").hexdigest()
+    }
+
+
+@scenario(
+    "Files",
+    "A catalog entry whose pin is wrong (payload_sha256, payload_size too small or too large, gzip_md5): "
+    "the likeliest mistake in a freshly added entry",
+    "The download fails naming the dataset, the file key, the found value against the pin, and says: "
+    "if you added or edited this entry, fix that key; if the pin is right, the mirror serves other bytes",
+    "Nothing is stored",
+)
+@pytest.mark.parametrize(
+    "wrong, pin, found",
+    [
+        (
+            _wrong_sha256,
+            "payload_sha256",
+            r"payload sha256 (?P<digest>[0-9a-f]{64}) ≠ pinned payload_sha256 ",
+        ),
+        (
+            lambda p: {**p, "payload_size": p["payload_size"] - 1},
+            "payload_size",
+            "payload is more than the pinned",
+        ),
+        (
+            lambda p: {**p, "payload_size": p["payload_size"] + 1},
+            "payload_size",
+            r"payload is \d+ bytes ≠ pinned",
+        ),
+        (_by_gzip_md5, "gzip_md5", r"gzip md5 [0-9a-f]{32} ≠ pinned gzip_md5 9dd4e461…"),
+    ],
+    ids=["payload_sha256", "payload_size-small", "payload_size-large", "gzip_md5"],
+)
+def test_a_wrong_pin_is_named_with_what_was_found_and_both_ways_to_fix_it(mini_mirror, wrong, pin, found):
+    document = mini_catalog_document(mini_mirror, [str(mini_mirror["directory"])])
+    files = document["datasets"]["mini_mnist"]["files"]
+    files["test-labels"] = wrong(files["test-labels"])
+    dataset = parse_catalog(document)["mini_mnist"]  # a valid entry: only the pin's value is wrong
+    urls = dataset.file_urls(dataset.resolve_mirrors())["test-labels"]
+    with pytest.raises(download.DownloadError) as refused:
+        download.fetch(dataset, dataset.file("test-labels"), urls, FAST)
+    message = str(refused.value)
+    assert message.startswith("mini_mnist: could not fetch test-labels (t10k-labels-idx1-ubyte.gz)")
+    assert re.search(rf"\(attempt 1\): content rejected: {found}", message), message
+    assert (
+        f"What to do: if you added or edited this entry, fix {pin} of mini_mnist/files/test-labels in the "
+        "catalog entry; if the pin is right, the mirror serves other bytes: point MNIST_ASSETS_MIRROR_"
+    ) in message
+    if digest := re.search(found, message).groupdict().get("digest"):  # whole: the pin can be fixed from it
+        assert digest == mini_mirror["files"]["test-labels"]["payload_sha256"]
+
+
+def test_a_download_failure_reaches_the_refresh_summary_as_its_sentence_without_a_class_path(empty_project):
+    files = empty_project.dataset["files"]
+    files["train-labels"] = _wrong_sha256(files["train-labels"])
+    summary, _ = empty_project.refresh()
+    (failed,) = summary.failed
+    assert (failed.asset, failed.partition) == ("mini_mnist/raw_gzip", "train-labels")
+    assert failed.error.startswith("mini_mnist: could not fetch train-labels (train-labels-idx1-ubyte.gz)")
+    assert "fix payload_sha256 of mini_mnist/files/train-labels" in failed.error
+    assert "DownloadError" not in failed.error
+    # Dagster records it as a failure raised on purpose: the sentence is the step failure's description
+    (run,) = [r for r in empty_project.instance.get_runs() if "train-labels" in str(r.tags.values())]
+    (event,) = [
+        e.dagster_event
+        for e in empty_project.instance.all_logs(run.run_id)
+        if e.dagster_event is not None and e.dagster_event.is_step_failure
+    ]
+    assert event.step_failure_data.user_failure_data.description == failed.error

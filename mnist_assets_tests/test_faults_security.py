@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from mnist_assets import download
-from mnist_assets.catalog import CatalogError, load_catalog
-from mnist_assets_tests.conftest import REPO
+from mnist_assets import download, idx
+from mnist_assets.catalog import CatalogError, load_catalog, parse_catalog
+from mnist_assets_tests.conftest import REPO, mini_catalog_document, write_idx_gz
 from mnist_assets_tests.faults import scenario
 
 PACKAGE = REPO / "mnist_assets"
@@ -88,7 +90,6 @@ def test_no_load_path_in_the_package_can_unpickle():
 )
 @pytest.mark.parametrize("name", ["..", "../../etc", "a/b", ".hidden", "", "x" * 200])
 def test_names_cannot_leave_the_storage_root(tmp_path, name):
-    from mnist_assets.catalog import parse_catalog
     from mnist_assets.io_managers import NumpyIOManager, StorageError
 
     store = NumpyIOManager(root=str(tmp_path / "root"))
@@ -152,3 +153,199 @@ def test_credentials_in_mirror_urls_never_reach_the_event_log_or_metadata(projec
         p.read_bytes() for p in project.storage.rglob("*") if p.is_file() and p.suffix in (".json", ".md")
     ]
     assert not any(secret.encode() in data for data in stored)
+
+
+# --- file names are names: nothing outside the mirror is read, hashed or probed ---------------------
+
+DECOY = "%2E%2E%2Foutside%2Ftrain-labels-idx1-ubyte.gz"
+"""The exploit of issue 21: a percent-encoded ``../outside/`` in a catalog file name."""
+ETC_PASSWD = "%2E%2E%2F" * 12 + "etc%2Fpasswd"
+
+
+@pytest.fixture
+def beside(tmp_path, mini_mirror):
+    """A directory mirror of the mini dataset and, beside it, ``outside/`` holding a decoy labels file
+    (the real labels reversed) whose pins are its own: the catalog entry the exploit would write."""
+    mirror, outside = tmp_path / "mirror", tmp_path / "outside"
+    shutil.copytree(mini_mirror["directory"], mirror)
+    outside.mkdir()
+    labels = mini_mirror["arrays"]["train-labels"][::-1].copy()
+    pins = {
+        "payload_sha256": write_idx_gz(outside / "train-labels-idx1-ubyte.gz", labels),
+        "payload_size": len(idx.encode(labels)),
+    }
+    document = mini_catalog_document(mini_mirror, [str(mirror)])
+    dataset = parse_catalog(document)["mini_mnist"]
+    return {"mirror": mirror, "outside": outside, "pins": pins, "document": document, "dataset": dataset}
+
+
+def _unchecked(dataset, key: str, **fields):
+    """A file entry made without the catalog's validation (``model_copy`` skips it): what the download
+    must refuse by itself, whoever builds its arguments."""
+    return dataset.file(key).model_copy(update=fields)
+
+
+@scenario(
+    "Security",
+    "A catalog file name with a percent-encoded `../` (`%2E%2E%2Foutside%2F...`) on a directory mirror, "
+    "with a decoy file beside the mirror (the exploit of issue 21)",
+    "The catalog refuses the entry naming the dataset, the file key and what the name decodes to; "
+    "a download given such a name refuses it before reading",
+    "Nothing outside the mirror is read",
+)
+def test_a_percent_encoded_parent_in_a_file_name_cannot_fetch_a_decoy_beside_the_mirror(beside):
+    files = beside["document"]["datasets"]["mini_mnist"]["files"]
+    files["train-labels"] = {"filename": DECOY, **beside["pins"]}
+    with pytest.raises(CatalogError) as refused:
+        parse_catalog(beside["document"])
+    assert str(refused.value).startswith("mini_mnist/files/train-labels/filename: ")
+    assert "'../outside/train-labels-idx1-ubyte.gz'" in str(refused.value)
+
+    dataset = beside["dataset"]
+    hostile = _unchecked(dataset, "train-labels", filename=DECOY, **beside["pins"])
+    urls = dataset.file_urls(dataset.resolve_mirrors())["train-labels"]
+    assert urls == [beside["mirror"].as_uri() + "/train-labels-idx1-ubyte.gz"]
+    with pytest.raises(download.DownloadError, match="not a plain file name"):
+        download.fetch(dataset, hostile, [beside["mirror"].as_uri() + "/" + DECOY])
+
+
+@scenario(
+    "Security",
+    "A file name that climbs to `/etc/passwd`, or to a path that does not exist, given to the local "
+    "mirror's fingerprint (the `urls` observation)",
+    "Both refused alike before any file is opened: no hash, no 'no such file' to tell them apart",
+    "Nothing outside the mirror is hashed or probed",
+)
+@pytest.mark.parametrize("target", [ETC_PASSWD, ETC_PASSWD.replace("passwd", "no-such-file")])
+def test_fingerprint_never_hashes_or_probes_a_path_outside_the_mirror(beside, target):
+    dataset = beside["dataset"]
+    hostile = _unchecked(dataset, "train-labels", filename=target)
+    url = beside["mirror"].as_uri() + "/" + target
+    with pytest.raises(download.DownloadError, match="not a plain file name") as refused:
+        download.fingerprint(dataset, hostile, [url])
+    assert "sha256" not in str(refused.value) and "no such file" not in str(refused.value)
+
+
+HOSTILE_NAMES = {
+    "encoded parent": "%2E%2E%2Fx.gz",
+    "encoded twice": "%252E%252E%252Fx.gz",
+    "encoded three times": "%25252E%25252E%25252Fx.gz",
+    "mixed case encoding": "%2e%2E%2fx.gz",
+    "encoded slash only": "..%2Fx.gz",
+    "encoded dots only": "%2E%2E/x.gz",
+    "encoded backslash": "..%5Cx.gz",
+    "parent": "..",
+    "dot": ".",
+    "dotfile": ".x.gz",
+    "slash": "a/x.gz",
+    "absolute": "/etc/passwd",
+    "backslash": "..\\x.gz",
+    "NUL": "x.gz\x00.txt",
+    "encoded NUL": "x.gz%00",
+    "newline": "x\n.gz",
+    "DEL": "x\x7f.gz",
+    "C1 control": "x\x85.gz",
+    "query": "x.gz?y",
+    "fragment": "x.gz#y",
+    "empty": "",
+}
+
+
+@scenario(
+    "Security",
+    "A catalog file name that is not a plain name after any decoding: percent-encoded once or nested "
+    "(`%252E`), `..`, a leading `.`, `/`, `\\`, NUL or another control character, `?`, `#`, empty",
+    "The catalog refuses it naming the dataset and file key (and what the name decodes to); the download "
+    "and the fingerprint refuse it too, given it without the catalog, before reading a byte or sending "
+    "a request",
+    "Nothing outside the mirror is read, hashed or requested",
+)
+@pytest.mark.parametrize("name", HOSTILE_NAMES.values(), ids=HOSTILE_NAMES.keys())
+def test_a_file_name_that_is_not_plain_is_refused_everywhere_before_any_read(beside, http_server, name):
+    files = beside["document"]["datasets"]["mini_mnist"]["files"]
+    files["test-labels"] = {**files["test-labels"], "filename": name}
+    with pytest.raises(CatalogError, match=r"^mini_mnist/files/test-labels/filename: .*(plain|empty)"):
+        parse_catalog(beside["document"])
+
+    dataset = beside["dataset"]
+    hostile = _unchecked(dataset, "test-labels", filename=name)
+    prefix = f"hostile-{beside['mirror'].parent.name}"
+    mirrors = [beside["mirror"].as_uri() + "/", http_server.mount(prefix, beside["mirror"])]
+    urls = [mirror + name for mirror in mirrors]
+    with pytest.raises(download.DownloadError, match=r"^mini_mnist/files/test-labels: .*Nothing was read"):
+        download.fetch(dataset, hostile, urls)
+    with pytest.raises(download.DownloadError, match=r"^mini_mnist/files/test-labels: .*Nothing was read"):
+        download.fingerprint(dataset, hostile, urls)
+    # an HTTP server decodes %2E%2E%2F into ../ itself: the refusal above is what keeps such a path from
+    # ever being requested
+    assert [path for path in http_server.requests if path.startswith(f"/{prefix}/")] == []
+
+
+@scenario(
+    "Security",
+    "A symlink in a directory mirror that leads out of it (to a decoy beside the mirror), and one that "
+    "stays inside",
+    "The one leading out is refused (`leads out of the mirror directory`), by the download and the "
+    "fingerprint alike; the one inside is read",
+    "Nothing outside the mirror is read or hashed",
+)
+def test_a_symlink_leading_out_of_the_mirror_is_refused_and_one_inside_is_followed(beside):
+    dataset, mirror = beside["dataset"], beside["mirror"]
+    name = "train-labels-idx1-ubyte.gz"
+    (mirror / name).unlink()
+    (mirror / name).symlink_to(beside["outside"] / name)
+    decoy = _unchecked(dataset, "train-labels", **beside["pins"])  # pins of the decoy: only the path stops it
+    url = mirror.as_uri() + "/" + name
+    with pytest.raises(download.DownloadError, match="leads out of the mirror directory"):
+        download.fetch(dataset, decoy, [url])
+    assert download.fingerprint(dataset, decoy, [url]) is None  # as if the mirror did not answer
+
+    (mirror / "inside").mkdir()
+    (mirror / "inside" / name).symlink_to(mirror / "t10k-labels-idx1-ubyte.gz")
+    (mirror / name).unlink()
+    (mirror / name).symlink_to(Path("inside") / name)  # a chain of two links, both inside
+    pinned = _unchecked(dataset, "test-labels", filename=name)  # the test labels' pins, under this name
+    assert download.fetch(dataset, pinned, [url]).payload_sha256 == pinned.payload_sha256
+    assert download.fingerprint(dataset, pinned, [url])["payload_sha256"] == pinned.payload_sha256
+
+
+HOSTED = "file://files.example.com/srv/mirror/"
+
+
+@scenario(
+    "Security",
+    "A `file://` mirror naming a host (`file://files.example.com/srv/mirror/`), in the catalog, in "
+    "`MNIST_ASSETS_MIRROR_<DATASET>` or in run config; or with a `?`/`#` cutting its path short",
+    "Refused naming the dataset, the mirror and the host, saying to write `file:///srv/mirror/` or an "
+    "http(s) URL; `file://localhost/...` is read as local",
+    "Nothing is read from this machine's `/srv/mirror/` in the host's stead",
+)
+@pytest.mark.parametrize("where", ["catalog", "environment", "run config", "download"])
+def test_a_file_mirror_naming_another_host_is_refused_wherever_it_is_given(beside, where):
+    dataset = beside["dataset"]
+    expected = rf"^mini_mnist: mirror '{HOSTED}' names host 'files.example.com'.* write file:///srv/mirror/"
+    if where == "catalog":
+        beside["document"]["datasets"]["mini_mnist"]["mirrors"] = [HOSTED]
+        with pytest.raises(CatalogError, match=expected):
+            parse_catalog(beside["document"])
+    elif where == "environment":
+        with pytest.raises(CatalogError, match=expected):
+            dataset.resolve_mirrors(environ={dataset.mirror_env_var: f"{beside['mirror']},{HOSTED}"})
+    elif where == "run config":
+        with pytest.raises(CatalogError, match=expected):
+            dataset.resolve_mirrors([HOSTED])
+    else:  # a URL made without the catalog
+        file = dataset.file("test-labels")
+        with pytest.raises(download.DownloadError, match="names host 'files.example.com'"):
+            download.fetch(dataset, file, [HOSTED + file.filename])
+        assert download.fingerprint(dataset, file, [HOSTED + file.filename]) is None
+
+
+def test_a_file_mirror_on_localhost_is_local_and_a_cut_short_path_is_refused(beside):
+    dataset, mirror = beside["dataset"], beside["mirror"]
+    (local,) = dataset.resolve_mirrors([f"file://localhost{mirror}"])
+    file = dataset.file("test-labels")
+    assert download.fetch(dataset, file, [local + file.filename]).payload_sha256 == file.payload_sha256
+    for cut in (f"file://{mirror}#1/", f"file://{mirror}?x/"):
+        with pytest.raises(CatalogError, match=r"^mini_mnist: mirror .* has a '\?' or '#' after its path"):
+            dataset.resolve_mirrors([cut])
