@@ -86,7 +86,7 @@ def test_new_bytes_that_break_the_pin_fail_clearly_and_keep_the_last_good_file(p
     ]
     error = summary.failed[0].error
     assert "mini_mnist: could not fetch train-labels" in error and project.url in error
-    assert "does not match the pinned" in error and "MNIST_ASSETS_MIRROR_MINI_MNIST" in error
+    assert "≠ pinned payload_sha256" in error and "MNIST_ASSETS_MIRROR_MINI_MNIST" in error
     assert stored.read_bytes() == good
 
 
