@@ -8,7 +8,7 @@ and save the ``.keras`` file with its sha256. Prints one JSON document (seconds 
 
     python benchmarks/plain_pipeline.py --mirror http://127.0.0.1:8000/ --out /tmp/plain [--ingest-only]
 
-It imports the project's helpers (``idx``, ``shards.split_rows``, ``training.build_model``) but not the
+It imports the project's helpers (``idx``, ``shards.split_order``, ``training.build_model``) but not the
 package itself: ``mnist_assets/__init__.py`` loads the Dagster definitions, which this script is the
 comparison against, so the package is registered as a bare namespace and only those modules load.
 """
@@ -46,7 +46,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from mnist_assets import idx  # noqa: E402
-from mnist_assets.shards import ShardOptions, split_rows  # noqa: E402
+from mnist_assets.shards import ShardOptions, split_order  # noqa: E402
 
 FILES = ("train-images", "train-labels", "test-images", "test-labels")
 SPLITS = {"train": "train", "test": "train", "holdout": "test"}  # split -> the official file it is cut from
@@ -87,7 +87,7 @@ def ingest(mirror: str, catalog: dict, out: Path, rows_per_shard: int, seconds: 
     splits = {}
     for split, source in SPLITS.items():
         images, labels = arrays[f"{source}-images"], arrays[f"{source}-labels"]
-        rows = split_rows(split, len(labels), options)
+        rows = split_order(split, len(labels), options)
         split_images, split_labels = images[rows], labels[rows]
         splits[split] = (split_images, split_labels)
         directory = out / split

@@ -758,7 +758,7 @@ def figure_1_section(f1: dict) -> list[str]:
         "",
         "Candidate: `mnist-assets refresh fashion_mnist` as a subprocess, the catalog entry saying "
         '`"training": {"epochs": 1}`. Baseline: `benchmarks/plain_pipeline.py` as a subprocess: the four '
-        "files over HTTP, `idx.parse_gzip` with the pinned payload sha256 checked, `shards.split_rows`, "
+        "files over HTTP, `idx.parse_gzip` with the pinned payload sha256 checked, `shards.split_order`, "
         "zstd Parquet of 10,000 rows per shard with the sha256 of each, then `training.build_model` "
         "trained 1 epoch from in-memory arrays (validated on test), every split evaluated, the `.keras` "
         "file saved and hashed. Whole-process wall time on both sides.",

@@ -44,7 +44,7 @@ def idx_pictures(store, asset_key: dg.AssetKey, file_key: str, dataset: Dataset)
 
 def split_pictures(split: str, images, labels, options: shards.ShardOptions, dataset: Dataset) -> dict:
     """A split's first examples (its stored order) and its examples per class."""
-    rows = shards.split_rows(split, len(labels), options)
+    rows = shards.split_order(split, len(labels), options)
     first = rows[: pictures.SAMPLE_COUNT]
     counts = np.bincount(labels[rows], minlength=len(dataset.class_names))
     samples = pictures.sample_grid(images[first], labels[first], dataset.class_names)

@@ -1,7 +1,8 @@
 """Train/test/holdout splits as Parquet shard sets.
 
 holdout is the official test file; test (validation) is a seeded fraction of the official train file;
-train is the rest. Each row keeps its ``source_index`` so it traces back to the IDX file. Images are
+train is the rest; both are stored in seeded random order (:func:`split_order`). Each row keeps its
+``source_index`` so it traces back to the IDX file. Images are
 stored as 784 raw bytes (``fixed_size_binary``), which DuckDB, polars and pandas read unaided.
 """
 
@@ -69,27 +70,48 @@ class ShardSet:
         return to_numpy(self.table, self.manifest.image_shape)
 
 
-def split_rows(split: str, source_rows: int, options: ShardOptions) -> np.ndarray:
-    """The sorted source indices of a split; train and test partition the official train file."""
+def split_order(split: str, source_rows: int, options: ShardOptions) -> np.ndarray:
+    """The source rows of a split in the order they are stored.
+
+    train and test are the two parts of one permutation of the official train file seeded by the
+    shard seed (its first ``validation_fraction`` is test), kept in that permuted order: every shard
+    is then a uniform sample of its split whatever order the file was published in (many are sorted
+    by class), so even an unshuffled read gives mixed batches. holdout is the official test file row
+    for row, in its own order: it is only evaluated, and stays comparable with published results."""
     if split == "holdout":
         return np.arange(source_rows, dtype=np.uint32)
     permutation = np.random.default_rng(options.seed).permutation(source_rows)
     n_test = round(source_rows * options.validation_fraction)
-    chosen = (permutation[:n_test] if split == "test" else permutation[n_test:]).astype(np.uint32)
-    chosen.sort()  # in place, as uint32: a 100x split is 5.4M rows
-    return chosen
+    return (permutation[:n_test] if split == "test" else permutation[n_test:]).astype(np.uint32)
+
+
+def split_rows(split: str, source_rows: int, options: ShardOptions) -> np.ndarray:
+    """The source rows of a split, sorted (what the split's checks compare the stored rows with)."""
+    rows = split_order(split, source_rows, options)
+    rows.sort()  # in place, as uint32: a 100x split is 5.4M rows
+    return rows
+
+
+def gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]``, read in ascending row order and put back in the order asked for: a
+    memory-mapped file is then read forward (the kernel's read-ahead serves it), not in the order of
+    a permutation that jumps across the whole file."""
+    ascending = np.argsort(rows, kind="stable")
+    taken = np.empty((len(rows), *array.shape[1:]), array.dtype)
+    taken[ascending] = array[rows[ascending]]
+    return taken
 
 
 def to_table(images: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> pa.Table:
     pixels = int(np.prod(images.shape[1:]))
-    flat = np.ascontiguousarray(images[rows], dtype=np.uint8).reshape(-1)
+    flat = np.ascontiguousarray(gather(images, rows), dtype=np.uint8).reshape(-1)
     image_column = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(pixels), len(rows), [None, pa.py_buffer(flat)]
     )
     return pa.table(
         {
             "image": image_column,
-            "label": pa.array(labels[rows].astype(np.uint8)),
+            "label": pa.array(gather(labels, rows).astype(np.uint8)),
             "source_index": pa.array(rows.astype(np.uint32)),
         }
     )
@@ -116,7 +138,7 @@ def write(
             f"{dataset_id}/{split}: expected uint8 images (n, h, w) and n labels, got images "
             f"{images.dtype}{images.shape} and labels {labels.dtype}{labels.shape}"
         )
-    rows = split_rows(split, len(labels), options)
+    rows = split_order(split, len(labels), options)
     compression = None if options.compression == "none" else options.compression
     entries = []
     for number, start in enumerate(range(0, max(len(rows), 1), options.rows_per_shard)):

@@ -35,7 +35,7 @@ def store_split(root, images, labels, options=OPTIONS):
 def stored(tmp_path, t10k_arrays):
     images, labels = t10k_arrays[0][:2000], t10k_arrays[1][:2000]
     encoded = store_split(tmp_path, images, labels)
-    rows = shards.split_rows("train", 2000, OPTIONS)
+    rows = shards.split_order("train", 2000, OPTIONS)
     assert len(encoded.manifest.shards) == 6
     return {"root": str(tmp_path), "images": images[rows], "labels": labels[rows]}
 
@@ -77,6 +77,19 @@ def test_shuffling_mixes_across_shards_not_only_within_them(stored):
     loader = load("mini", "train", batch_size=300, seed=11, storage=stored["root"])
     order = [loader.shard_order(epoch).tolist() for epoch in range(4)]
     assert sorted(order[0]) == list(range(6)) and len({tuple(o) for o in order}) > 1
+
+
+def mean_classes_per_batch(loader) -> float:
+    return float(np.mean([len(np.unique(labels)) for _, labels in loader]))
+
+
+@pytest.mark.parametrize("seed", [None, 1])
+def test_batches_of_a_class_sorted_file_hold_nearly_every_class(tmp_path, t10k_arrays, seed):
+    order = np.argsort(t10k_arrays[1][:2000], kind="stable")  # the same examples, class by class
+    store_split(tmp_path, t10k_arrays[0][:2000][order], t10k_arrays[1][:2000][order])
+    loader = load("mini", "train", batch_size=64, seed=seed, drop_remainder=True, storage=str(tmp_path))
+    # a uniform draw of 64 from 10 classes of about 200 each holds 9.99 classes on average
+    assert mean_classes_per_batch(loader) >= 9.5
 
 
 def test_batches_have_the_documented_shapes_and_the_remainder_comes_last(stored):

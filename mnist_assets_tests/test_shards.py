@@ -1,5 +1,6 @@
 import hashlib
 import io
+import json
 
 import dagster as dg
 import duckdb
@@ -9,9 +10,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from mnist_assets import shards
+from mnist_assets import idx, shards
 from mnist_assets.io_managers import ShardSetIOManager, StorageError
 from mnist_assets.manifest import Manifest
+from mnist_assets_tests.conftest import MINI_FILENAMES, TINY_TRAINING, write_idx_gz
 from mnist_assets_tests.faults import scenario
 
 OPTIONS = shards.ShardOptions(seed=7, validation_fraction=0.1, rows_per_shard=300)
@@ -43,6 +45,33 @@ def test_the_seed_decides_the_split():
     assert np.array_equal(a, shards.split_rows("test", 1000, OPTIONS))
     other = shards.ShardOptions(seed=8, validation_fraction=0.1, rows_per_shard=300)
     assert not np.array_equal(a, shards.split_rows("test", 1000, other))
+
+
+def test_train_and_test_are_stored_in_the_seeds_order_and_holdout_in_the_files():
+    for split in ("train", "test"):
+        order = shards.split_order(split, 1000, OPTIONS)
+        assert np.array_equal(order, shards.split_order(split, 1000, OPTIONS))
+        assert np.array_equal(np.sort(order), shards.split_rows(split, 1000, OPTIONS))
+        assert np.any(np.diff(order.astype(np.int64)) < 0)  # not sorted: a permutation of the split
+    assert np.array_equal(shards.split_order("holdout", 1000, OPTIONS), np.arange(1000))
+
+
+def sorted_by_class(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same examples, stored class by class (as many datasets are published)."""
+    order = np.argsort(labels, kind="stable")
+    return images[order], labels[order]
+
+
+def test_every_train_shard_of_a_class_sorted_file_holds_every_class_near_its_share(t10k_arrays):
+    images, labels = sorted_by_class(t10k_arrays[0][:2000], t10k_arrays[1][:2000])
+    encoded = shards.encode("mini", "train", images, labels, SOURCES, tuple("0123456789"), OPTIONS)
+    table = shards.decode(encoded.manifest, encoded.files)
+    share = np.bincount(table.column("label").to_numpy(), minlength=10) / table.num_rows
+    for start in range(0, table.num_rows, OPTIONS.rows_per_shard):
+        shard_labels = table.column("label").to_numpy()[start : start + OPTIONS.rows_per_shard]
+        counts = np.bincount(shard_labels, minlength=10)
+        # a uniform sample of 300: each class within about 3 standard deviations of its share
+        assert np.all(np.abs(counts - share * len(shard_labels)) <= 20), counts
 
 
 def test_manifest_records_shards_hashes_seed_and_sources(encoded):
@@ -125,7 +154,7 @@ def test_shards_written_one_at_a_time_are_the_bytes_of_the_whole_split_sliced(t1
     split as one table and slicing it gave before shards were written one at a time."""
     images, labels = t10k_arrays[0][:2000], t10k_arrays[1][:2000]
     for split in ("train", "test"):
-        table = shards.to_table(images, labels, shards.split_rows(split, len(labels), OPTIONS))
+        table = shards.to_table(images, labels, shards.split_order(split, len(labels), OPTIONS))
         expected = []
         for start in range(0, table.num_rows, OPTIONS.rows_per_shard):
             sink = io.BytesIO()
@@ -133,3 +162,29 @@ def test_shards_written_one_at_a_time_are_the_bytes_of_the_whole_split_sliced(t1
             expected.append(hashlib.sha256(sink.getvalue()).hexdigest())
         written = shards.encode("mini", split, images, labels, SOURCES, tuple("0123456789"), OPTIONS)
         assert [s.sha256 for s in written.manifest.shards] == expected
+
+
+def publish_sorted_by_class(project) -> None:
+    """Rewrite the project's train files as a valid IDX pair stored class by class (the same images,
+    only their order changed) and pin the catalog to them."""
+    images, labels = sorted_by_class(project.arrays["train-images"], project.arrays["train-labels"])
+    for key, array in (("train-images", images), ("train-labels", labels)):
+        entry = project.dataset["files"][key]
+        entry["payload_sha256"] = write_idx_gz(project.mirror / MINI_FILENAMES[key], array)
+        entry["payload_size"] = len(idx.encode(array))
+
+
+@scenario(
+    "Files",
+    "A train file published sorted by class (valid IDX, the same images, only the order changed)",
+    "Nothing: train is stored in the shard seed's random order, so every shard and batch mixes the "
+    "classes and training reaches its floor",
+    "Every example, traced to its source row",
+)
+def test_a_class_sorted_train_file_trains_to_its_floor(empty_project):
+    publish_sorted_by_class(empty_project)
+    empty_project.dataset["shards"] = {"rows_per_shard": 300}  # 6 train shards, not one
+    summary, _ = empty_project.refresh()
+    assert not summary.failed, [(s.asset, s.partition, s.error) for s in summary.failed]
+    record = json.loads((empty_project.storage / "mini_mnist/checkpoint/cnn/checkpoint.json").read_text())
+    assert record["metrics"]["holdout"]["accuracy"] >= TINY_TRAINING["accuracy_floor"]
