@@ -181,7 +181,10 @@ def refuse_if_failed(checks: list[dg.AssetCheckResult], message: str):
     if failed:
         yield from failed
         names = ", ".join(c.check_name or "unnamed check" for c in failed)  # ours are all named
-        raise dg.Failure(f"{message} Failed checks: {names}.", metadata={"failed_checks": names})
+        # a check that can say what is wrong in the user's terms (a "problem" entry) leads the message
+        problems = [str(c.metadata["problem"].value) for c in failed if "problem" in c.metadata]
+        lead = "".join(f"{p}. " for p in problems)
+        raise dg.Failure(f"{lead}{message} Failed checks: {names}.", metadata={"failed_checks": names})
 
 
 STORAGE = "the artifact storage (MNIST_ASSETS_STORAGE, default data/artifacts)"
@@ -231,28 +234,50 @@ def parse_idx(dataset: Dataset, file_key: str, raw, sink) -> tuple[idx.Parsed, l
             "The previous idx array, if any, is kept. What to do: check the catalog pin and the "
             f"mirror's copy ({dataset.mirror_env_var}), then materialize raw_gzip[{file_key}] again."
         ) from None
-    ndim, trailing = expected_kind(file_key, dataset)
-    problems = []
-    if parsed.dtype != np.uint8 or len(parsed.shape) != ndim or parsed.shape[1:] != trailing:
-        problems.append(f"{file_key} must be uint8 with {ndim} dims, trailing shape {trailing}")
+    shape_problem = header_problem(dataset, file_key, parsed)
     is_labels = file_key.endswith("labels")
     top = int(parsed.maximum) if is_labels else 0
+    names = len(dataset.class_names)
+    label_problem = f"{dataset.id}/class_names: labels reach {top}, class_names has {names} names"
     return parsed, [
         dg.AssetCheckResult(
             check_name="header_shape_dtype_agree",
-            passed=not problems,
+            passed=shape_problem is None,
             metadata={
                 "shape": str(parsed.shape),
                 "dtype": str(parsed.dtype),
-                "problems": "; ".join(problems),
+                **({"problem": shape_problem} if shape_problem else {}),
             },
         ),
         dg.AssetCheckResult(
             check_name="labels_in_class_range",
-            passed=top < len(dataset.class_names),
-            metadata={"applies": "yes" if is_labels else "no (image file)", "max_label": top},
+            passed=top < names,
+            metadata={
+                "applies": "yes" if is_labels else "no (image file)",
+                "max_label": top,
+                **({"problem": label_problem} if top >= names else {}),
+            },
         ),
     ]
+
+
+def header_problem(dataset: Dataset, file_key: str, parsed: idx.Parsed) -> str | None:
+    """What is wrong with the IDX header for this file's role, in catalog terms, or None. A wrong
+    ``image_shape`` is the likeliest cause in a freshly added entry, so that case names the key."""
+    ndim, trailing = expected_kind(file_key, dataset)
+    if parsed.dtype == np.uint8 and len(parsed.shape) == ndim and parsed.shape[1:] == trailing:
+        return None
+    if parsed.dtype == np.uint8 and ndim == 3 and len(parsed.shape) == 3:
+        h, w = parsed.shape[1:]
+        return (
+            f"{dataset.id}/image_shape: the catalog says {list(trailing)}, {file_key} holds {h}×{w} "
+            f'images: set "image_shape": [{h}, {w}]'
+        )
+    role = f"uint8 images (n, {', '.join(map(str, trailing))})" if ndim == 3 else "uint8 labels (n,)"
+    return (
+        f"{dataset.id}/files/{file_key}: the file holds {parsed.dtype} of shape {tuple(parsed.shape)}, "
+        f"{role} expected: check the file's pins and its mirror"
+    )
 
 
 def cut_split(
@@ -441,6 +466,7 @@ def idx_asset(dataset: Dataset) -> dg.AssetsDefinition:
         uses=(
             idx,
             parse_idx,
+            header_problem,
             expected_kind,
             refuse_if_failed,
             metadata.idx_pictures,

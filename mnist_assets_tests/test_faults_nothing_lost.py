@@ -22,7 +22,8 @@ def _latest_check_passed(instance, name: str) -> bool:
 @scenario(
     "Nothing lost",
     "A pinned labels file with a label outside the class range",
-    "idx fails naming the check; the failed check shows in the UI; shards do not run",
+    "idx fails with `mini_mnist/class_names: labels reach 12, class_names has 10 names` and the check; "
+    "the failed check shows in the UI; shards do not run",
     "The previous idx array and every shard set",
 )
 def test_a_failed_blocking_check_keeps_bad_labels_from_storage_and_downstream(project):
@@ -41,6 +42,7 @@ def test_a_failed_blocking_check_keeps_bad_labels_from_storage_and_downstream(pr
     error = summary.failed[0].error
     assert "mini_mnist: idx[train-labels]" in error and MINI_FILENAMES["train-labels"] in error
     assert "labels_in_class_range" in error and "previous array is kept" in error
+    assert "mini_mnist/class_names: labels reach 12, class_names has 10 names." in error
     assert _latest_check_passed(project.instance, "labels_in_class_range") is False
     assert stored.read_bytes() == good
     assert {p: p.read_bytes() for p in manifests} == manifests

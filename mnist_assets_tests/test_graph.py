@@ -301,5 +301,11 @@ def test_the_image_shape_comes_from_the_catalog(mini_mirror, http_server, tmp_pa
         check = next(
             e for e in result.get_asset_check_evaluations() if e.check_name == "header_shape_dtype_agree"
         )
-        assert not check.passed and "(14, 14)" in check.metadata["problems"].value
+        sentence = (
+            "mini_mnist/image_shape: the catalog says [14, 14], test-images holds 28×28 images: "
+            'set "image_shape": [28, 28]'
+        )
+        assert not check.passed and check.metadata["problem"].value == sentence
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        assert sentence in failure.step_failure_data.error.message
     assert not (tmp_path / "mini_mnist/idx/test-images.npy").exists()
