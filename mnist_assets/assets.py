@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pydantic
 from pydantic import Field
 
-from mnist_assets import attempts, download, idx, loader, manifest, metadata, models, pictures, shards
+from mnist_assets import attempts, download, idx, leases, loader, manifest, metadata, models, pictures, shards
 from mnist_assets.automation import OBSERVED_DAILY
 from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, redact_url
 from mnist_assets.io_managers import REPAIR, StorageError, Stored
@@ -98,10 +98,14 @@ def with_defaults(base: type[ConfigT], overrides: dict, name: str, where: str) -
 
 def versioned_asset(uses: tuple = (), **kwargs):
     """``dg.asset`` whose code version hashes the function's own source plus what it ``uses``
-    (modules, helpers, settings dicts): editing any of them makes the asset stale."""
+    (modules, helpers, settings dicts): editing any of them makes the asset stale. Its step runs under
+    the partition's lease (:func:`leases.shared_step`): work another process is doing is waited for
+    and reused, not repeated; the asset's IO manager says where the lease lives."""
 
     def wrap(fn):
-        return dg.asset(code_version=code_version(fn, *uses), **kwargs)(fn)
+        store = kwargs["io_manager_key"]
+        settings = {**kwargs, "required_resource_keys": {*kwargs.get("required_resource_keys", ()), store}}
+        return dg.asset(code_version=code_version(fn, *uses), **settings)(leases.shared_step(fn, store))
 
     return wrap
 

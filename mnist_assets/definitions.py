@@ -9,6 +9,9 @@ Settings come from the environment, read here only:
   failed and whose inputs did not change (default 300), doubled per failure in a row up to a day;
 - ``MNIST_ASSETS_KEEP_VERSIONS``: how many committed versions of each artifact partition stay for
   ``mnist-assets rollback`` (default 3; the current one always stays too);
+- ``MNIST_ASSETS_LEASE_SECONDS``: how long a partition's lease lasts unless its holder renews it (default
+  30): another process waits while a live holder builds the partition, and takes a crashed holder's
+  lease over once it expired (see :mod:`mnist_assets.leases`);
 - ``MNIST_ASSETS_EXECUTOR``: where steps run: ``in_process`` (default) or ``celery`` (Celery workers, see
   docs/deploy.md), which also needs ``MNIST_ASSETS_CELERY_BROKER``, the broker URL (e.g. Redis), read
   when a run starts.
@@ -24,7 +27,7 @@ import dagster as dg
 from mnist_assets.assets import dataset_assets
 from mnist_assets.automation import DEFAULT_BACKOFF_SECONDS, DEFAULT_REFRESH_CRON, automation
 from mnist_assets.catalog import Dataset, load_catalog
-from mnist_assets.io_managers import io_managers
+from mnist_assets.io_managers import DEFAULT_LEASE_SECONDS, io_managers
 from mnist_assets.versions import DEFAULT_KEEP
 
 DEFAULT_STORAGE = "data/artifacts"
@@ -64,18 +67,26 @@ def configured_executor(name: str | None = None) -> dg.ExecutorDefinition:
     return celery_executor.configured({"broker": broker, "backend": broker}, name="celery")
 
 
-def configured_retry_backoff() -> float:
-    """``MNIST_ASSETS_RETRY_BACKOFF`` seconds, or the default; refused unless a positive number."""
-    text = os.environ.get("MNIST_ASSETS_RETRY_BACKOFF") or str(DEFAULT_BACKOFF_SECONDS)
+def _positive_seconds(variable: str, default: float) -> float:
+    """``variable``'s seconds, or ``default``; refused unless a positive number."""
+    text = os.environ.get(variable) or str(default)
     try:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
-    if not seconds > 0:
-        raise ValueError(
-            f"MNIST_ASSETS_RETRY_BACKOFF={text!r}: set it to a positive number of seconds, e.g. 300"
-        )
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{variable}={text!r}: set it to a positive number of seconds, e.g. {default:g}")
     return seconds
+
+
+def configured_retry_backoff() -> float:
+    """``MNIST_ASSETS_RETRY_BACKOFF`` seconds, or the default; refused unless a positive number."""
+    return _positive_seconds("MNIST_ASSETS_RETRY_BACKOFF", DEFAULT_BACKOFF_SECONDS)
+
+
+def configured_lease_seconds() -> float:
+    """``MNIST_ASSETS_LEASE_SECONDS``, or the default; refused unless a positive number."""
+    return _positive_seconds("MNIST_ASSETS_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
 
 
 def configured_keep_versions() -> int:
@@ -97,8 +108,9 @@ def build_definitions(
     executor: dg.ExecutorDefinition = dg.in_process_executor,
     retry_backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
     keep_versions: int = DEFAULT_KEEP,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> dg.Definitions:
-    resources = io_managers(storage, keep_versions)
+    resources = io_managers(storage, keep_versions, lease_seconds)
     assets = [a for dataset in datasets.values() for a in assets_factory(dataset)]
     return dg.Definitions(
         **automation(assets, resources, refresh_cron, retry_backoff_seconds),
@@ -114,4 +126,5 @@ defs = build_definitions(
     executor=configured_executor(),
     retry_backoff_seconds=configured_retry_backoff(),
     keep_versions=configured_keep_versions(),
+    lease_seconds=configured_lease_seconds(),
 )

@@ -103,7 +103,7 @@ def write_atomic(path: UPath, data: bytes) -> None:
         raise
 
 
-def _is_local(path: UPath) -> bool:
+def is_local(path: UPath) -> bool:
     return path.protocol in ("", "file", "local")
 
 
@@ -146,9 +146,9 @@ def storage_failure(
         needed, path = error.needed, error.path
     if error.errno in _FULL:
         todo = "free space there or point MNIST_ASSETS_STORAGE at a larger disk"
-        if _is_local(path):
+        if is_local(path):
             reason += _space(path, needed)
-    elif _is_local(path):
+    elif is_local(path):
         todo = _WHAT_TO_DO.get(error.errno or 0, "check the storage")
     else:
         todo = "check the storage URL, its credentials and the service"
@@ -196,7 +196,7 @@ class NoRoom(OSError):
 def ensure_room(path: UPath, needed: int | None) -> None:
     """Refuse a local write of ``needed`` bytes up front when the filesystem cannot take it with the
     margin: failing early beats half-writing a file and leaving the disk full for everyone else."""
-    if needed is not None and _is_local(path) and _free(path) < needed + needed // 20 + ROOM_MARGIN:
+    if needed is not None and is_local(path) and _free(path) < needed + needed // 20 + ROOM_MARGIN:
         raise NoRoom(path, needed + needed // 20 + ROOM_MARGIN)
 
 
@@ -206,7 +206,7 @@ def plainly(action: str, what: str, path: UPath, needed: int | None = None) -> I
     try:
         yield
     except OSError as error:
-        if _is_local(path) and error.errno not in STORAGE_ERRNOS:
+        if is_local(path) and error.errno not in STORAGE_ERRNOS:
             raise
         raise storage_failure(error, action, what, path, needed) from error
 
@@ -225,6 +225,9 @@ class Stored:
     metadata: dict[str, Any]
 
 
+DEFAULT_LEASE_SECONDS = 30.0
+
+
 class ArtifactIOManager(dg.ConfigurableIOManager):
     """Shared layout and partition handling; subclasses say how one value becomes bytes."""
 
@@ -235,6 +238,8 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     keep_versions: int = versions.DEFAULT_KEEP
     """How many committed versions of each artifact partition stay for rollback (see
     :mod:`mnist_assets.versions`), besides the current one."""
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    """How long a partition's lease lasts unless renewed (see :mod:`mnist_assets.leases`)."""
     record_kind: ClassVar[RecordKind | None] = None
     """The record that commits a multi-file artifact; None for single-file artifacts."""
 
@@ -257,7 +262,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         if self.record_kind is None:
             kept_dir = kept_dir / current.stem
         directory = current.parent if self.record_kind else kept_dir
-        local = _is_local(root)
+        local = is_local(root)
         return versions.Artifact(
             current=current,
             kept_dir=kept_dir,
@@ -359,7 +364,7 @@ class GzipIOManager(ArtifactIOManager):
 
     def fetch(self, directory, partition, what) -> bytes | mmap.mmap:
         path = self.record_path(directory, partition)
-        if not _is_local(path):
+        if not is_local(path):
             return _read(path, what)
         try:
             with open(str(path), "rb") as file:
@@ -418,7 +423,7 @@ class NumpyIOManager(ArtifactIOManager):
     def fetch(self, directory, partition, what):
         path = self.record_path(directory, partition)
         try:
-            if _is_local(path):  # memory-mapped: pages are read when used, never the whole file at once
+            if is_local(path):  # memory-mapped: pages are read when used, never the whole file at once
                 return np.load(str(path), mmap_mode="r", allow_pickle=False)
             return np.load(io.BytesIO(_read(path, what)), allow_pickle=False)
         except FileNotFoundError:
@@ -486,7 +491,7 @@ class Kept:
 
 
 def store_for(root: UPath, grace: timedelta) -> Store:
-    return LocalStore() if _is_local(root) else ObjectStore(grace)
+    return LocalStore() if is_local(root) else ObjectStore(grace)
 
 
 class LocalStore:
@@ -663,7 +668,7 @@ def _put_record(path: UPath, data: bytes, previous: _StoredRecord | None) -> Non
     try:
         path.fs.pipe_file(path.path, data, **condition)
     except OSError as error:
-        if not _is_precondition_failure(error):
+        if not is_precondition_failure(error):
             raise
         raise CommitConflict(
             f"{path}: another writer committed this artifact while this one was writing; its version "
@@ -674,7 +679,7 @@ def _put_record(path: UPath, data: bytes, previous: _StoredRecord | None) -> Non
         path.fs.invalidate_cache(path.parent.path)
 
 
-def _is_precondition_failure(error: OSError) -> bool:
+def is_precondition_failure(error: OSError) -> bool:
     """s3fs raises FileExistsError for a failed If-None-Match and EINVAL for a failed If-Match (AWS
     answers 409 ConditionalRequestConflict while another conditional write of the key is in flight)."""
     message = str(error)
@@ -893,14 +898,20 @@ class KerasIOManager(ArtifactIOManager):
         return StoredCheckpoint(keras_bytes, record, str(path))
 
 
-def io_managers(root: str, keep_versions: int = versions.DEFAULT_KEEP) -> dict[str, ArtifactIOManager]:
+def io_managers(
+    root: str, keep_versions: int = versions.DEFAULT_KEEP, lease_seconds: float = DEFAULT_LEASE_SECONDS
+) -> dict[str, ArtifactIOManager]:
     """The resource map the definitions bind, one IO manager per artifact kind."""
+    kinds: dict[str, type[ArtifactIOManager]] = {
+        "gzip_io_manager": GzipIOManager,
+        "npy_io_manager": NumpyIOManager,
+        "shards_io_manager": ShardSetIOManager,
+        "keras_io_manager": KerasIOManager,
+        "json_io_manager": JsonRecordIOManager,
+    }
     return {
-        "gzip_io_manager": GzipIOManager(root=root, keep_versions=keep_versions),
-        "npy_io_manager": NumpyIOManager(root=root, keep_versions=keep_versions),
-        "shards_io_manager": ShardSetIOManager(root=root, keep_versions=keep_versions),
-        "keras_io_manager": KerasIOManager(root=root, keep_versions=keep_versions),
-        "json_io_manager": JsonRecordIOManager(root=root, keep_versions=keep_versions),
+        name: kind(root=root, keep_versions=keep_versions, lease_seconds=lease_seconds)
+        for name, kind in kinds.items()
     }
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import dagster as dg
 
-from mnist_assets import attempts, staleness
+from mnist_assets import attempts, leases, staleness
 from mnist_assets.dagster_private import observe_sources, reconstructable_asset_job
 from mnist_assets.progress import Lines
 
@@ -130,6 +131,8 @@ class Refresher:
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
         self.stores = staleness.stores_of(defs.assets or (), defs.resources or {})
         self.job = defs.resolve_implicit_global_asset_job_def()
+        self.token = f"refresh-{uuid.uuid4().hex}"
+        """This refresh's leases: held before a partition's run is launched, so no other process starts it."""
         if self.job.executor_def is not dg.in_process_executor:
             _check_rebuildable(defs, self.job.executor_def.name)
 
@@ -177,16 +180,30 @@ class Refresher:
                     failed_roots[(key, partition)] = roots
                     log(f"BLOCKED {step.label}: {step.error}")
                     continue
+                claims = contextlib.ExitStack()
+                if not dry_run and not (causes := self.claim(claims, key, partition, verify, log)):
+                    claims.close()  # another process built it while this one waited: fresh now
+                    summary.fresh += 1
+                    continue
+                step.causes = causes
                 log(f"{'would run' if dry_run else 'running'} {step.label}: {'; '.join(causes)}")
                 if dry_run:
                     summary.ran.append(step)
                     continue
-                companions = self.companions(judge, key, partition, verify)
-                for companion in companions:
-                    log(f"running {companion.label} in the same run: {'; '.join(companion.causes)}")
-                    done.add((dg.AssetKey.from_user_string(companion.asset), partition))
-                progress.started([step, *companions])
-                for outcome in self.execute(partition, [step, *companions]):
+                with claims:
+                    companions = [
+                        companion
+                        for companion in self.companions(judge, key, partition, verify)
+                        if self.claim(
+                            claims, dg.AssetKey.from_user_string(companion.asset), partition, verify, log
+                        )
+                    ]
+                    for companion in companions:
+                        log(f"running {companion.label} in the same run: {'; '.join(companion.causes)}")
+                        done.add((dg.AssetKey.from_user_string(companion.asset), partition))
+                    progress.started([step, *companions])
+                    outcomes = self.execute(partition, [step, *companions])
+                for outcome in outcomes:
                     progress.finished(outcome)
                     if outcome.error is None:
                         summary.ran.append(outcome)
@@ -210,6 +227,22 @@ class Refresher:
         if TOLERATES_FAILED_INPUTS not in self.graph.get(key).tags:
             return True
         return all(parent in failed_roots for parent in parents)
+
+    def claim(
+        self, claims: contextlib.ExitStack, key: dg.AssetKey, partition: str | None, verify: bool, log
+    ) -> list[str]:
+        """Hold the partition's lease until ``claims`` closes (waiting while another process builds it),
+        then judge it again under the lease: what another process finished meanwhile is fresh now."""
+        store = self.stores[key]
+        assert isinstance(store, leases.LeaseSettings), f"{key.to_user_string()}: its store has no leases"
+        lease = leases.lease_of(store, key, partition)
+
+        def waiting(holder: leases.Holder) -> None:
+            log(f"waiting for {lease.label}: {holder.describe()} is building it")
+
+        claims.enter_context(lease.held(self.token, None, waiting, log))
+        judge = staleness.resolver(self.instance, self.graph)
+        return staleness.causes(judge, store, key, partition, verify=verify)
 
     def companions(self, judge, key: dg.AssetKey, partition: str | None, verify: bool) -> list[Step]:
         """The same-partition descendants built only from ``key[partition]`` (directly or through each
@@ -240,6 +273,7 @@ class Refresher:
         In process unless the definitions chose another executor (``MNIST_ASSETS_EXECUTOR``): then this
         process orchestrates a real run whose steps run elsewhere (e.g. Celery workers).
         """
+        holder = {leases.HOLDER_TAG: self.token}  # its steps' leases are held (and renewed) here
         if self.job.executor_def is dg.in_process_executor:
             return contextlib.nullcontext(
                 self.job.execute_in_process(
@@ -248,13 +282,14 @@ class Refresher:
                     partition_key=partition,
                     instance=self.instance,
                     raise_on_error=False,
+                    tags=holder,
                 )
             )
         return dg.execute_job(
             reconstructable_asset_job(DEFINITIONS_MODULE),
             self.instance,
             run_config=self.run_config,
-            tags={"dagster/partition": partition} if partition else None,
+            tags={**holder, "dagster/partition": partition} if partition else holder,
             asset_selection=keys,
             raise_on_error=False,
         )

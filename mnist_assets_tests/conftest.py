@@ -303,20 +303,25 @@ class Project:
         """``mnist-assets ARGS`` as a user runs it: a real process on this catalog and storage, with a
         persistent instance of its own in DAGSTER_HOME (not ``self.instance``). ``terminal``: stderr is
         a pseudo-terminal, as in an interactive shell (its bytes come back as ``stderr``)."""
+        command, env = self.cli_command(*args)
+        if not terminal:
+            return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        return _run_on_a_terminal(command, {**env, "TERM": "xterm-256color", "COLUMNS": "120"})
+
+    def cli_command(self, *args: str) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment of ``mnist-assets ARGS`` (see :meth:`cli`), for a process
+        the test starts itself (e.g. two at once, or one it kills)."""
         catalog, home = self.directory / "cli_catalog.json", self.directory / "cli_home"
         catalog.write_text(json.dumps(self.document))
         home.mkdir(exist_ok=True)
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        command = [sys.executable, "-m", "mnist_assets.cli", *args]
         env = {
             **os.environ,
             "DAGSTER_HOME": str(home),
             "MNIST_ASSETS_CATALOG": str(catalog),
             "MNIST_ASSETS_STORAGE": str(self.storage),
         }
-        if not terminal:
-            return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        return _run_on_a_terminal(command, {**env, "TERM": "xterm-256color", "COLUMNS": "120"})
+        return [sys.executable, "-m", "mnist_assets.cli", *args], env
 
 
 def _run_on_a_terminal(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

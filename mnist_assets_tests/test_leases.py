@@ -1,0 +1,138 @@
+"""Shared work: a partition another process is building is waited for and reused, not rebuilt.
+
+Real ``mnist-assets refresh`` processes on one storage and one instance, started together or killed
+mid-step, and the lease record itself on a real directory.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import dagster as dg
+import pytest
+from upath import UPath
+
+from mnist_assets import leases
+from mnist_assets_tests.faults import scenario
+
+
+def start_refresh(project, *args: str, **env: str) -> subprocess.Popen:
+    command, environment = project.cli_command("refresh", "mini_mnist", *args)
+    return subprocess.Popen(
+        command, env={**environment, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(process: subprocess.Popen) -> tuple[dict, str]:
+    """The refresh's summary and its stderr, once it exited 0."""
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    return json.loads(out), err
+
+
+def until_waiting(process: subprocess.Popen) -> str:
+    """The refresh's stderr up to the line saying it waits for another process (or its end)."""
+    said = ""
+    while line := process.stderr.readline():
+        said += line
+        if "is building it" in line:
+            break
+    return said
+
+
+def labels(steps: list[dict]) -> set[str]:
+    return {step["asset"] + (f"[{step['partition']}]" if step["partition"] else "") for step in steps}
+
+
+@scenario(
+    "Crashes and concurrency",
+    "Two `mnist-assets refresh` of one dataset started 1 s apart",
+    "The one that reaches a step second prints `waiting for <asset>: … is building it`, waits, then runs "
+    "nothing; both exit 0",
+    "Each step computed once; the second reuses the first's results",
+)
+def test_a_second_refresh_waits_for_the_first_and_runs_nothing(empty_project):
+    first = start_refresh(empty_project)
+    time.sleep(1)
+    second = start_refresh(empty_project)
+    (first_summary, first_err), (second_summary, second_err) = finish(first), finish(second)
+
+    both = (first_summary["ran"], second_summary["ran"])
+    assert not labels(both[0]) & labels(both[1]), "a step ran in both refreshes"
+    # the one that takes the first lease builds all (under load the second may start its run first)
+    assert sorted(map(len, both)) == [0, 13], [labels(ran) for ran in both]
+    assert "is building it" in (second_err if both[0] else first_err)
+    verified, _ = finish(start_refresh(empty_project, "--verify"))
+    assert verified["ran"] == [] and verified["failed"] == []
+
+
+@scenario(
+    "Crashes and concurrency",
+    "The holder of a partition's lease SIGKILLed mid-step (a slow download) while another refresh waits",
+    "The waiting refresh takes the lease over once it expires (`MNIST_ASSETS_LEASE_SECONDS`) and "
+    "completes; exit 0",
+    "What the holder committed before it died; the survivor builds the rest; `refresh --verify` finds "
+    "nothing to do",
+)
+def test_a_killed_holder_is_taken_over_after_its_lease_expires(empty_project, http_server):
+    prefix = empty_project.url.split("/")[-2]
+    for name in empty_project.dataset["files"].values():
+        http_server.faults[f"/{prefix}/{name['filename']}"] = "slow"
+    http_server.slow_seconds = 0.5
+    try:
+        holder = start_refresh(empty_project, MNIST_ASSETS_LEASE_SECONDS="2")
+        lease = empty_project.storage / "_leases/mini_mnist/raw_gzip"
+        deadline = time.monotonic() + 60
+        while not (lease.is_dir() and any(p.name[0] != "." for p in lease.iterdir())):
+            assert time.monotonic() < deadline and holder.poll() is None, "the holder never took a lease"
+            time.sleep(0.1)
+        waiter = start_refresh(empty_project, MNIST_ASSETS_LEASE_SECONDS="2")
+        said = until_waiting(waiter)
+        holder.send_signal(signal.SIGKILL)
+        assert holder.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        http_server.slow_seconds = 0.01
+        for path in [p for p in http_server.faults if p.startswith(f"/{prefix}/")]:
+            del http_server.faults[path]
+
+    summary, _ = finish(waiter)
+    assert "waiting for mini_mnist/raw_gzip[" in said and ": mnist-assets refresh in pid" in said
+    assert summary["failed"] == [], summary["failed"]
+    assert len(summary["ran"]) + summary["fresh"] == 13  # fresh: what the holder committed before dying
+    verified, _ = finish(start_refresh(empty_project, "--verify"))
+    assert verified["ran"] == [] and verified["failed"] == []
+
+
+# --- the lease record on its own ----------------------------------------------------------------
+
+
+def test_a_lease_is_refused_while_held_renewed_taken_over_after_expiry_and_freed_on_release(tmp_path):
+    path = UPath(tmp_path) / "_leases/d/a/p"
+    mine, theirs = leases.Lease(path, 0.5, "d/a[p]"), leases.Lease(path, 0.5, "d/a[p]")
+
+    assert mine.try_take("mine", "run-1") is None
+    refused = theirs.try_take("theirs", None)
+    assert refused is not None and refused.token == "mine" and refused.run_id == "run-1"
+    time.sleep(0.3)
+    assert mine.renew()
+    time.sleep(0.3)  # 0.6 s after taking, 0.3 s after renewing: still live
+    assert theirs.try_take("theirs", None) is not None
+    time.sleep(0.4)  # expired: nobody renewed it within its term
+    assert theirs.try_take("theirs", None) is None
+    assert not mine.renew()  # the crashed-or-stalled holder learns it lost the lease
+    assert mine.try_take("mine", "run-1") is not None
+
+    theirs.release()
+    assert mine.try_take("mine", "run-1") is None  # at once, not after expiry
+    assert mine.holder()[0].token == "mine"
+
+
+def test_an_unsafe_partition_name_gets_no_lease(tmp_path):
+    class Store:
+        root, lease_seconds = str(tmp_path), 1.0
+
+    with pytest.raises(ValueError, match="unsafe lease name"):
+        leases.lease_of(Store(), dg.AssetKey(["d", "a"]), "../x")
