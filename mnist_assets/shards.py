@@ -92,13 +92,22 @@ def split_rows(split: str, source_rows: int, options: ShardOptions) -> np.ndarra
     return rows
 
 
+GATHER_BLOCK = 1024
+"""Rows gathered between two releases of a memory-mapped file's pages (see :func:`gather`)."""
+
+
 def gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``array[rows]``, read in ascending row order and put back in the order asked for: a
     memory-mapped file is then read forward (the kernel's read-ahead serves it), not in the order of
-    a permutation that jumps across the whole file."""
+    a permutation that jumps across the whole file. A shuffled shard's rows lie all over the file and
+    each one read maps its neighbours too (read-ahead, fault-around), so the pages are released every
+    :data:`GATHER_BLOCK` rows: resident memory stays a block's worth, not the file's."""
     ascending = np.argsort(rows, kind="stable")
     taken = np.empty((len(rows), *array.shape[1:]), array.dtype)
-    taken[ascending] = array[rows[ascending]]
+    for start in range(0, len(rows), GATHER_BLOCK):
+        block = ascending[start : start + GATHER_BLOCK]
+        taken[block] = array[rows[block]]
+        idx.release_pages(array)
     return taken
 
 
