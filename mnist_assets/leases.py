@@ -209,13 +209,28 @@ class Lease:
     def held(
         self, token: str, run_id: str | None, on_wait: Callable[[Holder], None], warn: Callable[[str], None]
     ) -> Iterator[Holder | None]:
-        """The lease held (renewed every third of its term) for the block; yields the holder waited for."""
-        waited_for = self.take(token, run_id, on_wait)
+        """The lease held (renewed every third of its term) for the block; yields the holder waited for.
+
+        Storage that cannot hold the lease (read-only, full) does not stop the work: it goes on without
+        one, since sharing work saves time and commits are safe on their own; its own writes then fail
+        with the storage's plain sentence."""
+        try:
+            waited_for = self.take(token, run_id, on_wait)
+        except OSError as error:
+            warn(
+                f"{self.label}: cannot take its lease {self.path} ({error.strerror or error}); builds without"
+            )
+            yield None
+            return
         stop = threading.Event()
 
         def heartbeat() -> None:
             while not stop.wait(self.seconds / 3):
-                if not self.renew():
+                try:
+                    renewed = self.renew()
+                except OSError:
+                    renewed = False
+                if not renewed:
                     warn(
                         f"{self.label}: lost its lease {self.path} (not renewed within {self.seconds} s); "
                         "another process may build it too, which costs time, not data"
@@ -229,7 +244,8 @@ class Lease:
         finally:
             stop.set()
             beating.join()
-            self.release()
+            with contextlib.suppress(OSError):  # an unreleased lease expires by itself
+                self.release()
 
 
 def _encode(holder: Holder) -> bytes:
