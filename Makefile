@@ -62,9 +62,12 @@ test: $(BIN)/.installed | $(FASHION_DEBIAN)
 test-deploy: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m deploy mnist_assets_tests/deploy
 
-## dev: the Dagster UI on http://127.0.0.1:3000 with the same instance and data as `make run`
+## dev: the Dagster UI on http://127.0.0.1:3000 (DEV_PORT) with the same instance and data as `make run`;
+## Ctrl-C or kill stops it and everything it started, also when it was started in the background
+## (scripts/with_default_signals.py says why that needs a wrapper)
+DEV_PORT ?= 3000
 dev: $(BIN)/.installed
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/python scripts/with_default_signals.py $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
 
 ## status: what is materialized for DATASET, with data versions, step seconds and paths
 status: $(BIN)/.installed
