@@ -27,7 +27,9 @@ and the artifact is there), it reuses that result instead: its materialization r
 (same data version, same files, same kept version, the same check results) and names the run whose
 result it reused. ``mnist-assets refresh`` takes the lease itself before it launches a partition's run,
 and judges the partition again under it; the run's steps see from the run's :data:`HOLDER_TAG` that
-the lease is their launcher's and compute.
+the lease is their launcher's and compute. A refresh also holds its dataset's refresh lease
+(:func:`refresh_lease_of`) from start to end, so a second refresh waits for the whole first one instead
+of racing it to the partitions it has not reached yet.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ from mnist_assets.io_managers import Stored, is_local, is_precondition_failure
 LEASES = "_leases"
 HOLDER_TAG = "mnist_assets/lease_holder"
 """Run tag: the token of the leases the process that launched the run holds for its partitions."""
+REFRESH = "_refresh"
+"""The file name of a dataset's refresh lease, beside its assets' directories (no asset name starts
+with ``_``)."""
 REUSED_FROM = "reused_from_run"
 """Metadata of a materialization that reused another run's result: that run's id."""
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -270,6 +275,13 @@ def lease_of(store: LeaseSettings, key: dg.AssetKey, partition: str | None) -> L
     return Lease(UPath(store.root).joinpath(LEASES, *parts), store.lease_seconds, label)
 
 
+def refresh_lease_of(store: LeaseSettings, dataset: str) -> Lease:
+    """The lease a refresh of ``dataset`` holds from start to end (see ``refresh.Refresher.run``)."""
+    if not _PLAIN.match(dataset):
+        raise ValueError(f"refusing unsafe lease name {dataset!r}")
+    return Lease(UPath(store.root).joinpath(LEASES, dataset, REFRESH), store.lease_seconds, dataset)
+
+
 # --- in a step ----------------------------------------------------------------------------------
 
 
@@ -320,7 +332,7 @@ def _results(result: Any) -> Iterator[Any]:
 
 def _configured(context: dg.AssetExecutionContext) -> bool:
     """Whether the run gives this step a config of its own (e.g. ``epochs`` for one run)."""
-    ops = context.run_config.get("ops")
+    ops = context.run.run_config.get("ops")
     return isinstance(ops, dict) and bool(ops.get(context.op_def.name, {}).get("config"))
 
 

@@ -143,6 +143,31 @@ class Refresher:
     def run(
         self, dry_run: bool = False, verify: bool = False, log=print, progress: Lines | None = None
     ) -> Summary:
+        """Judge every partition in graph order and run the stale ones.
+
+        A refresh (not a dry run) holds its datasets' refresh leases throughout: a second refresh of a
+        dataset waits for the first, then finds what it built fresh, instead of racing it partition by
+        partition to whatever the first has not reached yet. Partition leases still make the sensor's
+        and the UI's runs wait for this one, and this one for them.
+        """
+        with contextlib.ExitStack() as held:
+            if not dry_run:
+                for dataset in sorted(self.datasets):  # one order: overlapping refreshes cannot deadlock
+                    held.enter_context(self.refresh_lease(dataset, progress.log if progress else log))
+            return self._run(dry_run, verify, log, progress)
+
+    def refresh_lease(self, dataset: str, log):
+        """Hold ``dataset``'s refresh lease for the block, waiting while another refresh holds it."""
+        store = self.stores[next(k for k in self.keys if k.path[0] == dataset)]
+        assert isinstance(store, leases.LeaseSettings), f"{dataset}: its store has no leases"
+        lease = leases.refresh_lease_of(store, dataset)
+
+        def waiting(holder: leases.Holder) -> None:
+            log(f"waiting for {dataset}: {holder.describe()} is building it")
+
+        return lease.held(self.token, None, waiting, log)
+
+    def _run(self, dry_run: bool, verify: bool, log, progress: Lines | None) -> Summary:
         progress = progress or Lines(log)
         log = progress.log
         started = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import dagster as dg
@@ -50,7 +51,7 @@ def labels(steps: list[dict]) -> set[str]:
 @scenario(
     "Crashes and concurrency",
     "Two `mnist-assets refresh` of one dataset started 1 s apart",
-    "The one that reaches a step second prints `waiting for <asset>: … is building it`, waits, then runs "
+    "The second prints `waiting for <dataset>: … is building it`, waits for the first to end, then runs "
     "nothing; both exit 0",
     "Each step computed once; the second reuses the first's results",
 )
@@ -62,7 +63,7 @@ def test_a_second_refresh_waits_for_the_first_and_runs_nothing(empty_project):
 
     both = (first_summary["ran"], second_summary["ran"])
     assert not labels(both[0]) & labels(both[1]), "a step ran in both refreshes"
-    # the one that takes the first lease builds all (under load the second may start its run first)
+    # the one that takes the dataset's refresh lease first builds all (under load, maybe the second)
     assert sorted(map(len, both)) == [0, 13], [labels(ran) for ran in both]
     assert "is building it" in (second_err if both[0] else first_err)
     verified, _ = finish(start_refresh(empty_project, "--verify"))
@@ -71,7 +72,7 @@ def test_a_second_refresh_waits_for_the_first_and_runs_nothing(empty_project):
 
 @scenario(
     "Crashes and concurrency",
-    "The holder of a partition's lease SIGKILLed mid-step (a slow download) while another refresh waits",
+    "A refresh SIGKILLed mid-step (a slow download) while another refresh of the dataset waits for it",
     "The waiting refresh takes the lease over once it expires (`MNIST_ASSETS_LEASE_SECONDS`) and "
     "completes; exit 0",
     "What the holder committed before it died; the survivor builds the rest; `refresh --verify` finds "
@@ -99,11 +100,52 @@ def test_a_killed_holder_is_taken_over_after_its_lease_expires(empty_project, ht
             del http_server.faults[path]
 
     summary, _ = finish(waiter)
-    assert "waiting for mini_mnist/raw_gzip[" in said and ": mnist-assets refresh in pid" in said
+    assert "waiting for mini_mnist: mnist-assets refresh in pid" in said
     assert summary["failed"] == [], summary["failed"]
     assert len(summary["ran"]) + summary["fresh"] == 13  # fresh: what the holder committed before dying
     verified, _ = finish(start_refresh(empty_project, "--verify"))
     assert verified["ran"] == [] and verified["failed"] == []
+
+
+@scenario(
+    "Crashes and concurrency",
+    "`dagster asset materialize` (as a UI click or the sensor) of a partition a refresh is building",
+    "Its step prints `waiting for <asset>[<partition>]: mnist-assets refresh … is building it`, waits, "
+    "then reuses the refresh's result (`reused run …'s result`); exit 0",
+    "The file downloaded once; the run's materialization repeats the refresh's and names its run",
+)
+def test_a_run_launched_beside_a_refresh_waits_and_reuses_its_result(empty_project, http_server):
+    prefix = empty_project.url.split("/")[-2]
+    path = f"/{prefix}/{empty_project.dataset['files']['train-images']['filename']}"
+    http_server.faults[path], http_server.slow_seconds = "slow", 0.5  # 319 KB: 5 chunks, 2.5 s
+    try:
+        refresh = start_refresh(empty_project)
+        lease = leases.Lease(
+            UPath(empty_project.storage) / "_leases/mini_mnist/raw_gzip/train-images", 30, ""
+        )
+        deadline = time.monotonic() + 60
+        while (holder := lease.holder()[0]) is None or not holder.live(time.time()):
+            assert time.monotonic() < deadline and refresh.poll() is None, "the refresh never took it"
+            time.sleep(0.05)
+        command, env = empty_project.cli_command()
+        materialize = subprocess.run(
+            [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "mnist_assets"]
+            + ["--select", "mini_mnist/raw_gzip", "--partition", "train-images"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        finish(refresh)
+    finally:
+        http_server.slow_seconds = 0.01
+        del http_server.faults[path]
+
+    assert materialize.returncode == 0, materialize.stderr[-3000:]
+    said = materialize.stderr
+    assert "waiting for mini_mnist/raw_gzip[train-images]: mnist-assets refresh in pid" in said
+    assert "reused run " in said
+    assert http_server.requests[path] == 2  # the refresh's HEAD (observing) and its one GET
 
 
 # --- the lease record on its own ----------------------------------------------------------------
