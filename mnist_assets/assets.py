@@ -13,7 +13,7 @@ import dataclasses
 import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
 import dagster as dg
 import numpy as np
@@ -23,7 +23,7 @@ from pydantic import Field
 
 from mnist_assets import attempts, download, idx, leases, loader, manifest, metadata, models, pictures, shards
 from mnist_assets.automation import OBSERVED_DAILY
-from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, redact_url
+from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, explain, redact_url
 from mnist_assets.io_managers import REPAIR, StorageError, Stored
 from mnist_assets.manifest import CheckpointRecord
 from mnist_assets.models import TrainConfig, TrainOverrides
@@ -76,6 +76,12 @@ class ShardConfig(dg.Config):
     def options(self) -> shards.ShardOptions:
         return shards.ShardOptions(self.seed, self.validation_fraction, self.rows_per_shard, self.compression)
 
+    @pydantic.model_validator(mode="after")
+    def _valid(self) -> Self:
+        """Refused where it is written (catalog, launchpad), by ``ShardOptions``' own rules."""
+        self.options()
+        return self
+
 
 ConfigT = TypeVar("ConfigT", bound=dg.Config)
 
@@ -89,6 +95,10 @@ def with_defaults(base: type[ConfigT], overrides: dict, name: str, where: str) -
         )
     # Any: mypy matches ``**fields`` against every keyword of create_model (``__base__``, ``__config__``,
     # ...), so typed as the (annotation, Field) pairs they are, the call would not type-check
+    try:
+        base(**overrides)
+    except pydantic.ValidationError as error:
+        raise CatalogError(explain(where, error)) from None
     fields: dict[str, Any] = {
         k: (base.model_fields[k].annotation, Field(default=v, description=base.model_fields[k].description))
         for k, v in overrides.items()

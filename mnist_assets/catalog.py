@@ -113,6 +113,14 @@ class Dataset(_Entry):
     class_names: tuple[str, ...] = pydantic.Field(min_length=2, max_length=256)
     image_shape: tuple[pydantic.PositiveInt, pydantic.PositiveInt] = (28, 28)
     """(height, width) of every image: the idx check refuses image files of another shape."""
+
+    @pydantic.field_validator("image_shape", mode="before")
+    @classmethod
+    def _two_sides(cls, shape: Any) -> Any:
+        if isinstance(shape, (list, tuple)) and len(shape) != 2:
+            raise ValueError(f"found {json.dumps(list(shape))}, expected [height, width]")
+        return shape
+
     shards: dict[str, Any] = pydantic.Field(default_factory=dict)
     """Overrides of the shard settings' defaults (seed, rows_per_shard, ...) for this dataset."""
     training: dict[str, Any] = pydantic.Field(default_factory=dict)
@@ -250,20 +258,40 @@ def validate_dataset_id(dataset_id: str) -> str:
     return dataset_id
 
 
-def _explain(dataset_id: str, error: pydantic.ValidationError) -> str:
-    """Each problem as ``dataset/where: what``; an unknown key lists the keys that are allowed."""
+def explain(
+    where: str, error: pydantic.ValidationError, allowed: Mapping[str, Sequence[str]] | None = None
+) -> str:
+    """Each problem of ``error`` as ``where/key: found X, expected Y``, joined by ``; ``.
+
+    ``allowed``: for an unknown key, the keys that are allowed, by the first part of its location
+    (``""`` for the top level), so a misspelling shows what was meant."""
     problems = []
     for problem in error.errors():
-        where = "/".join([dataset_id, *(str(part) for part in problem["loc"])])
+        at = "/".join([where, *(str(part) for part in problem["loc"])])
         if problem["type"] == "extra_forbidden":
-            model = SourceFile if problem["loc"][0] == "files" else Dataset
-            allowed = sorted(set(model.model_fields) - {"id", "key"})
-            problems.append(
-                f"{where}: unknown key {problem['loc'][-1]!r}; allowed keys: {', '.join(allowed)}"
-            )
+            keys = (allowed or {}).get(str(problem["loc"][0]) if len(problem["loc"]) > 1 else "", ())
+            problems.append(f"{at}: unknown key {problem['loc'][-1]!r}; allowed keys: {', '.join(keys)}")
+        elif problem["type"] == "missing":
+            problems.append(f"{at}: missing; it is required")
+        elif problem["type"] == "value_error":  # our own validators' sentences say what was found
+            problems.append(f"{at}: {problem['msg'].removeprefix('Value error, ')}")
         else:
-            problems.append(f"{where}: {problem['msg'].removeprefix('Value error, ')}")
+            problems.append(
+                f"{at}: found {json.dumps(problem['input'], default=str)}, {_expected(problem['msg'])}"
+            )
     return "; ".join(problems)
+
+
+def _expected(message: str) -> str:
+    """pydantic's ``Input should be greater than 0`` as ``expected greater than 0``."""
+    message = re.sub(r"^\w+ should (?:be |have )?", "", message)
+    return "expected " + re.sub(r" after validation, not \d+$", "", message)
+
+
+def _explain(dataset_id: str, error: pydantic.ValidationError) -> str:
+    """A dataset entry's problems; an unknown key lists the keys that are allowed."""
+    keys = sorted(set(Dataset.model_fields) - {"id"})
+    return explain(dataset_id, error, {"": keys, "files": sorted(set(SourceFile.model_fields) - {"key"})})
 
 
 def parse_dataset(dataset_id: str, raw: Any) -> Dataset:

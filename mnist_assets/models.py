@@ -18,23 +18,35 @@ import dagster as dg
 import pydantic
 from pydantic import Field
 
-from mnist_assets.catalog import CatalogError, Dataset
+from mnist_assets.catalog import CatalogError, Dataset, explain
 from mnist_assets.manifest import CheckpointRecord
 from mnist_assets.versioning import json_version
 
 
 class TrainConfig(dg.Config):
-    epochs: int = 8
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
-    dense_units: int = 128
-    dropout: float = 0.4
+    """One training configuration; the bounds refuse a mistake where it is written (catalog, launchpad)."""
+
+    epochs: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    conv_filters: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
+    dense_units: int = Field(default=128, ge=1)
+    dropout: float = Field(default=0.4, ge=0, lt=1)
     batch_norm: bool = True
     seed: int = 0
     accuracy_floor: float = Field(
-        default=0.8, description="Blocking check: holdout accuracy below this fails the checkpoint."
+        default=0.8,
+        ge=0,
+        le=1,
+        description="Blocking check: holdout accuracy below this fails the checkpoint.",
     )
+
+    @pydantic.field_validator("conv_filters")
+    @classmethod
+    def _positive(cls, filters: list[int]) -> list[int]:
+        if any(count < 1 for count in filters):
+            raise ValueError(f"found {filters}, expected a list of positive filter counts")
+        return filters
 
 
 def _overrides_of(base: type[dg.Config]) -> type[dg.Config]:
@@ -68,13 +80,15 @@ def training_configs(dataset: Dataset) -> dict[str, TrainConfig]:
         unknown = sorted(set(values) - set(TrainConfig.model_fields))
         if unknown:
             raise CatalogError(f"{where}/{unknown[0]}: unknown key {unknown[0]!r}; allowed keys: {allowed}")
-    configs = {}
-    for name in dataset.model_names:
+    for where, values in layers.items():  # each layer alone: the error names where the value is written
         try:
-            configs[name] = TrainConfig(**{**dataset.training, **dataset.models.get(name, {})})
+            TrainConfig(**values)
         except pydantic.ValidationError as error:
-            raise CatalogError(f"{dataset.id}/models/{name}: {error}") from None
-    return configs
+            raise CatalogError(explain(where, error)) from None
+    return {
+        name: TrainConfig(**{**dataset.training, **dataset.models.get(name, {})})
+        for name in dataset.model_names
+    }
 
 
 def with_overrides(config: TrainConfig, overrides: dg.Config) -> TrainConfig:

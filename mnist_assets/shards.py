@@ -44,11 +44,18 @@ class ShardOptions:
 
     def __post_init__(self):
         if not 0 < self.validation_fraction < 1:
-            raise ValueError("validation_fraction must be between 0 and 1")
+            raise ValueError(
+                f"validation_fraction is {self.validation_fraction}, "
+                "expected a share between 0 and 1 (exclusive)"
+            )
         if self.rows_per_shard < 1:
-            raise ValueError("rows_per_shard must be positive")
+            raise ValueError(
+                f"rows_per_shard is {self.rows_per_shard}, expected a whole number of at least 1"
+            )
         if self.compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
+            raise ValueError(
+                f"compression is {self.compression!r}, expected one of {', '.join(COMPRESSIONS)}"
+            )
 
 
 @dataclass(frozen=True)

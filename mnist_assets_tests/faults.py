@@ -16,6 +16,7 @@ from pathlib import Path
 
 AREAS = (
     "Network",
+    "Catalog",
     "Files",
     "Crashes and concurrency",
     "Nothing lost",

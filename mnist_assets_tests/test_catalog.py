@@ -10,6 +10,7 @@ from mnist_assets.catalog import (
     parse_catalog,
     redact_url,
 )
+from mnist_assets_tests.faults import scenario
 
 
 def test_packaged_catalog_lists_both_datasets_with_four_pinned_files():
@@ -121,3 +122,46 @@ def test_a_misspelled_training_or_shard_setting_is_refused_with_the_allowed_keys
     document["datasets"]["mnist"]["shards"] = {"rows_per_shards": 10}
     with pytest.raises(CatalogError, match=r"mnist/shards: unknown key 'rows_per_shards'; .*rows_per_shard"):
         build_definitions(parse_catalog(document), "unused")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {"shards": {"validation_fraction": 2}},
+            "mnist/shards: validation_fraction is 2.0, expected a share",
+        ),
+        ({"shards": {"rows_per_shard": 0}}, "mnist/shards: rows_per_shard is 0, expected a whole number"),
+        ({"shards": {"compression": "lz77"}}, "mnist/shards: compression is 'lz77', expected one of zstd"),
+        ({"shards": {"seed": "x"}}, 'mnist/shards/seed: found "x", expected a valid integer'),
+        ({"training": {"epochs": 0}}, "mnist/training/epochs: found 0, expected greater than or equal to 1"),
+        ({"training": {"epochs": "ten"}}, 'mnist/training/epochs: found "ten", expected a valid integer'),
+        ({"models": {"big": {"dropout": 1.5}}}, "mnist/models/big/dropout: found 1.5, expected less than 1"),
+        (
+            {"models": {"big": {"conv_filters": []}}},
+            r"mnist/models/big/conv_filters: found \[\], expected at",
+        ),
+        (
+            {"models": {"big": {"conv_filters": [8, 0]}}},
+            r"mnist/models/big/conv_filters: found \[8, 0\], expected a list",
+        ),
+        ({"class_names": ["a"]}, r'mnist/class_names: found \["a"\], expected at least 2 items'),
+        ({"image_shape": [28]}, r"mnist/image_shape: found \[28\], expected \[height, width\]"),
+        ({"image_shape": [28, 0]}, r"mnist/image_shape/1: found 0, expected greater than 0"),
+    ],
+)
+@scenario(
+    "Catalog",
+    "A setting of a dataset entry with a wrong value (`shards`, `training`, `models`, `class_names`, "
+    "`image_shape`: wrong type, out of range, too short)",
+    "One sentence when the definitions load: `mnist/models/big/dropout: found 1.5, expected less than 1`",
+    "Nothing is built from it; the catalog file is not changed",
+)
+def test_a_wrong_setting_value_names_the_key_what_was_found_and_what_is_expected(entry, message):
+    from mnist_assets.definitions import build_definitions
+
+    document = json.loads(DEFAULT_CATALOG.read_text())
+    document["datasets"]["mnist"].update(entry)
+    with pytest.raises(CatalogError, match=f"^{message}") as refused:
+        build_definitions(parse_catalog(document), "unused")
+    assert "\n" not in str(refused.value) and "pydantic" not in str(refused.value)
