@@ -37,7 +37,9 @@ def test_retention_keeps_exactly_the_last_n_versions_and_the_files_they_name(tmp
     assert artifact.versions() == ids[-2:]
     assert artifact.current_version() == ids[-1]
     named = {n for v in ids[-2:] for n in store.record_kind.digests(artifact.path_of(v).read_bytes())}
-    assert _models(tmp_path / "v/checkpoint") == named and len(named) == 2
+    assert len(named) == 2
+    assert _models(tmp_path / "v/checkpoint") == artifact.named_by_current()  # the current model only
+    assert _models(tmp_path / "_versions/v/checkpoint/files") == named - artifact.named_by_current()
     assert all(versions.verify(artifact, v) is None for v in ids[-2:])
 
 
@@ -76,11 +78,7 @@ def test_a_damaged_version_is_refused_and_nothing_changes(tmp_path):
     store = KerasIOManager(root=str(tmp_path))
     ids = _commit_checkpoints(store, [1, 2])
     artifact = store.artifact(CHECKPOINT, None)
-    old = (
-        tmp_path
-        / "v/checkpoint"
-        / store.record_kind.digests(artifact.path_of(ids[0]).read_bytes()).popitem()[0]
-    )
+    old = artifact.files_dir / store.record_kind.digests(artifact.path_of(ids[0]).read_bytes()).popitem()[0]
     damaged = bytearray(old.read_bytes())
     damaged[1000] ^= 0xFF
     old.write_bytes(bytes(damaged))
@@ -115,7 +113,7 @@ def test_gc_dry_run_lists_what_gc_then_deletes_and_nothing_a_kept_version_names(
         str(artifact.path_of(ids[1])),
         str(directory / "model-0123456789abcdef.keras"),
         str(dead),
-        *(str(directory / f"model-{checkpoint_digest(seed)}.keras") for seed in (1, 2)),
+        *(str(artifact.files_dir / f"model-{checkpoint_digest(seed)}.keras") for seed in (1, 2)),
     }
     assert all(r.bytes > 0 for r in deleted)
     assert artifact.versions() == ids[2:] and _models(directory) == {f"model-{checkpoint_digest(3)}.keras"}
@@ -170,8 +168,10 @@ def test_gc_while_a_writer_commits_removes_only_what_no_kept_version_names(tmp_p
     assert final.manifest == synthetic_shard_set(11, 300 + 50 * 2).manifest
     assert len(artifact.versions()) == 2 and passes > 1
     assert versions.collect(artifact, dry_run=True, grace_seconds=3600) == []
-    named = artifact.named()
-    assert {p.name for p in (tmp_path / "v/shards/train").glob("part-*")} == named
+    assert {p.name for p in (tmp_path / "v/shards/train").glob("part-*")} == artifact.named_by_current()
+    assert {p.name for p in artifact.files_dir.glob("part-*")} == (
+        artifact.named_by_kept() - artifact.named_by_current()
+    )
 
 
 def _materialize(project, asset: str, partition: str | None, config: dict | None = None):
