@@ -320,8 +320,8 @@ def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Rem
 
 
 def unnamed(directory: UPath, named: set[str]) -> list[UPath]:
-    """After a commit, with its lock held: the files under ``directory`` to drop, those not ``named``
-    (by the new record or a kept one) and temporary files of writers that died."""
+    """With the artifact's lock held: the files under ``directory`` to drop, those not ``named`` and
+    temporary files of writers that died (hidden files such as ``.lock`` stay)."""
     return [
         p
         for p in _files(directory)
