@@ -7,8 +7,9 @@ partition (so each gets its own content data version); a partitioned upstream ar
 
 Writes are atomic. Multi-file artifacts (shard sets, checkpoints) are content-addressed files
 committed by a small JSON record written last; until the record is replaced, the previous record and
-every file it names stay intact. How that is made safe depends on the storage, and is decided in one
-place, :func:`store_for` (chosen by the root's URL):
+every file it names stay intact; then those move to the kept versions (:func:`versions.settle`), so
+the directory holds exactly the current files. How that is made safe depends on the storage, and is
+decided in one place, :func:`store_for` (chosen by the root's URL):
 
 - local disk (:class:`LocalStore`): bytes go to a temporary name and are renamed into place; a commit
   holds an exclusive ``flock`` on its directory and a load a shared one, so two writers of the same
@@ -515,8 +516,10 @@ class LocalStore:
 
     @contextlib.contextmanager
     def committing(self, directory: UPath, record: RecordKind, kept: Kept | None = None) -> Iterator[Put]:
-        """Under the directory's exclusive lock; afterwards files nothing wrote nor a kept version names
-        are dropped (and temporary files of writers that died: under the lock, no live writer has any)."""
+        """Under the directory's exclusive lock; afterwards the directory holds exactly what the record
+        names (:func:`versions.settle`: files only kept versions name move to the kept ones, files
+        nothing names and temporary files of writers that died go; under the lock no live writer has
+        any)."""
         written: set[str] = set()
 
         def put(name: str, data: bytes) -> None:  # always rewritten: a same-named file may be damaged
@@ -529,10 +532,12 @@ class LocalStore:
             except BaseException:
                 _drop_uncommitted(directory, record, kept)
                 raise
-            if kept is not None and record.name in written:
+            if kept is None:
+                versions.delete_files(versions.unnamed(directory, written), directory)
+                return
+            if record.name in written:
                 versions.keep_record(kept.artifact, (directory / record.name).read_bytes(), kept.version)
-            named = kept.artifact.named() if kept else set()
-            versions.delete_files(versions.unnamed(directory, written | named), directory)
+            versions.settle(kept.artifact)  # the replaced version's files go to the kept ones
 
     def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
         return _locked(directory, exclusive=False)
@@ -617,9 +622,9 @@ class ObjectStore:
         yield put
         if record.name in written:
             named = written | (previous.names if previous else set())
-            if kept is not None:
+            if kept is not None:  # copies of the files only kept versions name, before _collect
                 versions.keep_record(kept.artifact, fs.cat_file(record_path.path), kept.version)
-                named |= kept.artifact.named()
+                versions.settle(kept.artifact)
             self._collect(directory, record_path, named, previous)
 
     def _collect(
@@ -847,7 +852,8 @@ class StoredCheckpoint:
 class KerasIOManager(ArtifactIOManager):
     """Keras checkpoints as ``model-<sha>.keras`` committed by ``checkpoint.json``, with the training
     run's TensorBoard logs under ``tensorboard/<the model's sha16>/`` named by the record, so a kept
-    version keeps its logs and ``tensorboard --logdir <checkpoint dir>/tensorboard`` shows every run."""
+    version keeps its logs (with its model, under ``_versions/``) and ``tensorboard --logdir <root>``
+    shows every run."""
 
     record_kind = _CHECKPOINT
 

@@ -6,13 +6,23 @@ and the last ``keep`` versions of each artifact partition stay, plus the current
 an old version is current and stays whatever its age).
 
 Kept versions live apart, under ``<root>/_versions/<the artifact's directory>/``, so an asset's own
-directory still holds only its current files and the content files kept versions name:
+directory holds exactly its current files: a glob over it (``shards/train/*.parquet`` in DuckDB, polars
+or pyarrow) reads the current rows and no others.
 
 - a single-file artifact (``.gz``, ``.npy``) keeps each version as ``<partition>/<id><suffix>``: locally
   a hard link to the committed file (no extra bytes: replacing the current file renames a new inode over
   its name, the old inode stays with its link), on object storage a server-side copy;
 - a record-committed artifact (shard set manifest, checkpoint record) keeps each committed record as
-  ``<id>.json``; a content file stays while the current record or any kept record names it.
+  ``<id>.json``, and the content files only kept records name under ``files/`` beside them (a file the
+  current record names stays in the asset's directory, whoever else names it). After every change of
+  the current record, :func:`settle` puts each file where it belongs: locally a rename (no bytes
+  copied), on object storage a server-side copy (the asset's directory then loses the replaced files
+  after the commits' grace period, so a reader mid-load keeps them). A content file goes when no
+  record names it any more.
+
+Storage written before content files moved out (kept content files beside the current ones) keeps
+working: a content file is looked up beside the current record first, then in ``files/``; the next
+commit, rollback or ``gc`` of the artifact settles it, moving each kept version's files out.
 
 Every change (commit, rollback, collection) happens under the artifact's exclusive lock (the lock
 commits already take; object storage has none), so a concurrent writer never loses a file it named.
@@ -36,6 +46,8 @@ from typing import Protocol
 from upath import UPath
 
 VERSIONS = "_versions"
+FILES = "files"
+"""Under a record artifact's kept directory: the content files only kept records name."""
 DEFAULT_KEEP = 3
 _ID_TIME = "%Y%m%dT%H%M%S%fZ"
 
@@ -91,8 +103,23 @@ class Artifact:
     def suffix(self) -> str:
         return ".json" if self.record else self.current.suffix
 
+    @property
+    def directory(self) -> UPath:
+        """The asset's own directory: the current record and exactly the files it names."""
+        return self.current.parent
+
+    @property
+    def files_dir(self) -> UPath:
+        """Where the content files only kept records name live."""
+        return self.kept_dir / FILES
+
     def path_of(self, version: str) -> UPath:
         return self.kept_dir / f"{version}{self.suffix}"
+
+    def content(self, name: str) -> UPath:
+        """Where a content file is: beside the current record, else among the kept files."""
+        beside = self.directory / name
+        return beside if beside.exists() else self.files_dir / name
 
     def versions(self) -> list[str]:
         """Kept version ids, oldest first."""
@@ -114,11 +141,16 @@ class Artifact:
     def named(self, dropping: Iterable[Removed] = ()) -> set[str]:
         """Content files the current record or any kept record names (record artifacts only), but for
         the version records being dropped."""
+        return self.named_by_current() | self.named_by_kept(dropping)
+
+    def named_by_current(self) -> set[str]:
+        assert self.record is not None, "only a record names content files"
+        return set(_digests(self.record, self.current)) if self.current.exists() else set()
+
+    def named_by_kept(self, dropping: Iterable[Removed] = ()) -> set[str]:
         assert self.record is not None, "only a record names content files"
         dropped = {removal.path for removal in dropping}
         records = [self.path_of(v) for v in self.versions() if str(self.path_of(v)) not in dropped]
-        if self.current.exists():
-            records.append(self.current)
         return {name for path in records for name in _digests(self.record, path)}
 
 
@@ -157,7 +189,7 @@ def keep_file(artifact: Artifact, publish: Callable[[], object]) -> str:
             os.link(artifact.current.path, target.path)
         else:
             artifact.current.fs.copy(artifact.current.path, target.path)
-        _delete(prune(artifact), artifact.kept_dir)
+        _delete(artifact, prune(artifact))
     return version
 
 
@@ -165,7 +197,7 @@ def keep_record(artifact: Artifact, data: bytes, version: str) -> None:
     """Keep a record just committed as ``version``; older versions beyond retention go. Called with the
     artifact's lock held (by the commit)."""
     _replace(artifact.path_of(version), data)
-    _delete(prune(artifact), artifact.kept_dir)
+    _delete(artifact, prune(artifact))
 
 
 def prune(artifact: Artifact) -> list[Removed]:
@@ -187,7 +219,7 @@ def verify(artifact: Artifact, version: str) -> str | None:
     except ValueError as error:
         return f"version {version}: its record {path} is invalid ({error})"
     for name, digest in digests.items():
-        content = artifact.current.parent / name
+        content = artifact.content(name)
         if not content.exists():
             return f"version {version}: {content} is missing"
         if digest is not None and _sha256(content) != digest:
@@ -204,7 +236,10 @@ def rollback(artifact: Artifact, version: str) -> str | None:
         previous = artifact.current_version()
         source = artifact.path_of(version)
         if artifact.record:
-            _replace(artifact.current, source.read_bytes())
+            data = source.read_bytes()  # verified: it names every file, each with its sha256
+            _place(artifact.record.digests(data), artifact.files_dir, artifact.directory)
+            _replace(artifact.current, data)  # the switch: all its files are beside it already
+            settle(artifact)  # the replaced version's files go to the kept ones
         elif _is_local(artifact.current):
             temporary = artifact.current.with_name(f".{artifact.current.name}.{uuid.uuid4().hex}.tmp")
             os.link(source.path, temporary.path)
@@ -214,11 +249,47 @@ def rollback(artifact: Artifact, version: str) -> str | None:
     return previous
 
 
+def settle(artifact: Artifact) -> None:
+    """Put every content file of a record artifact where it belongs, with its lock held: after the
+    current record changed (a commit, a rollback) and in ``gc``. The files the current record names
+    stay beside it (brought back from ``files/`` if there), the files only kept records name go to
+    ``files/``, and ``files/`` keeps nothing else. Locally the asset's directory then holds exactly
+    the current files (what nothing names goes, and temporary files: under the lock no live writer has
+    any); on object storage replaced files leave it with the commits' grace period, as before."""
+    current = artifact.named_by_current()
+    kept = artifact.named_by_kept() - current
+    _place(current, artifact.files_dir, artifact.directory)
+    _place(kept, artifact.directory, artifact.files_dir)
+    gone = [p for p in _files(artifact.files_dir) if _relative(p, artifact.files_dir) not in kept]
+    if _is_local(artifact.current):
+        gone += unnamed(artifact.directory, current | {artifact.current.name})
+    _delete_paths(artifact, gone)
+
+
+def _place(names: Iterable[str], source_dir: UPath, target_dir: UPath) -> None:
+    """Each named file that is in ``source_dir`` and not yet in ``target_dir`` moved there: locally a
+    rename (no bytes copied; the directories it leaves empty go), on object storage a server-side copy
+    (the source goes by the rules of where it was)."""
+    for name in sorted(names):
+        source, target = source_dir / name, target_dir / name
+        if not source.exists() or target.exists():
+            continue
+        if _is_local(source):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source.path, target.path)
+            _drop_empty_parents(source, source_dir)
+        else:
+            source.fs.copy(source.path, target.path)
+            target.fs.invalidate_cache(target.parent.path)
+
+
 def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Removed]:
     """Everything of this artifact no kept version nor the current one names, deleted (unless
     ``dry_run``) under its lock: versions beyond retention, content files no kept record names, and
     temporary files of writers that died (record artifacts: under the lock no live writer has any;
-    single files, written outside it: those untouched for ``grace_seconds``)."""
+    single files, written outside it: those untouched for ``grace_seconds``). Then (unless
+    ``dry_run``) a record artifact is settled: storage of the old layout gets its kept content files
+    moved out of the asset's directory (moves are not listed: nothing is lost)."""
     if not _is_local(artifact.current):
         raise VersionError(
             f"{artifact.current}: gc runs on local storage only for now; on object storage each commit "
@@ -230,9 +301,7 @@ def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Rem
         found = prune(artifact)
         directory = artifact.current.parent
         if artifact.record:
-            found += [
-                _removal(directory / name, "named by no kept version") for name in _unnamed(artifact, found)
-            ]
+            found += [_removal(p, "named by no kept version") for p in _unnamed(artifact, found)]
             temporaries = [p for p in _files(directory) if _is_temporary(p)]
         else:
             cutoff = time.time() - grace_seconds
@@ -244,13 +313,15 @@ def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Rem
             ]
         found += [_removal(p, "temporary file of a writer that died") for p in temporaries]
         if not dry_run:
-            _delete(found, artifact.current.parent)
+            _delete(artifact, found)
+            if artifact.record:
+                settle(artifact)
     return found
 
 
 def unnamed(directory: UPath, named: set[str]) -> list[UPath]:
-    """After a commit, with its lock held: the files under ``directory`` to drop, those not ``named``
-    (by the new record or a kept one) and temporary files of writers that died."""
+    """With the artifact's lock held: the files under ``directory`` to drop, those not ``named`` and
+    temporary files of writers that died (hidden files such as ``.lock`` stay)."""
     return [
         p
         for p in _files(directory)
@@ -258,10 +329,13 @@ def unnamed(directory: UPath, named: set[str]) -> list[UPath]:
     ]
 
 
-def _unnamed(artifact: Artifact, dropping: list[Removed]) -> list[str]:
-    named, directory = artifact.named(dropping), artifact.current.parent
-    names = (_relative(p, directory) for p in _files(directory) if not _is_temporary(p))
-    return sorted(n for n in names if n not in named and n != artifact.current.name)
+def _unnamed(artifact: Artifact, dropping: list[Removed]) -> list[UPath]:
+    """Content files, beside the current record or among the kept files, that no record names but for
+    the version records being dropped."""
+    named, directory = artifact.named(dropping) | {artifact.current.name}, artifact.directory
+    beside = [p for p in _files(directory) if not _is_temporary(p) and _relative(p, directory) not in named]
+    kept = [p for p in _files(artifact.files_dir) if _relative(p, artifact.files_dir) not in named]
+    return sorted(beside + kept, key=str)
 
 
 def _files(directory: UPath) -> Iterator[UPath]:
@@ -287,20 +361,36 @@ def _removal(path: UPath, why: str) -> Removed:
     return Removed(str(path), path.stat().st_size, why)
 
 
-def _delete(removals: Iterable[Removed], directory: UPath) -> None:
-    delete_files((UPath(removal.path) for removal in removals), directory)
+def _delete(artifact: Artifact, removals: Iterable[Removed]) -> None:
+    _delete_paths(artifact, [UPath(removal.path) for removal in removals])
+
+
+def _delete_paths(artifact: Artifact, paths: list[UPath]) -> None:
+    """Delete files of the artifact, beside its current one or among its kept versions."""
+    for top in (artifact.directory, artifact.kept_dir):
+        delete_files((p for p in paths if _within(p, top)), top)
+
+
+def _within(path: UPath, directory: UPath) -> bool:
+    return path.path.startswith(directory.path.rstrip("/") + "/")
 
 
 def delete_files(paths: Iterable[UPath], directory: UPath) -> None:
-    """Delete files under ``directory``, and the subdirectories they leave empty (a run's logs)."""
-    top = directory.path.rstrip("/")
+    """Delete files under ``directory``, and (locally) the subdirectories they leave empty (a run's
+    logs)."""
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        parent = path.parent
-        while parent.path.rstrip("/").startswith(top + "/") and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
+        if _is_local(path):
+            _drop_empty_parents(path, directory)
+
+
+def _drop_empty_parents(path: UPath, directory: UPath) -> None:
+    """Remove the empty directories between ``path`` and ``directory`` (which stays)."""
+    parent = path.parent
+    while _within(parent, directory) and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
 
 
 def _replace(path: UPath, data: bytes) -> None:

@@ -8,11 +8,15 @@ import subprocess
 import sys
 
 import dagster as dg
+import duckdb
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from mnist_assets import history, loader, versions
 from mnist_assets.io_managers import KerasIOManager, NumpyIOManager, ShardSetIOManager, StorageError
+from mnist_assets.manifest import Manifest
+from mnist_assets_tests.faults import scenario
 from mnist_assets_tests.test_faults_crashes import checkpoint_value, synthetic_shard_set
 
 CHECKPOINT = dg.AssetKey(["v", "checkpoint"])
@@ -37,7 +41,9 @@ def test_retention_keeps_exactly_the_last_n_versions_and_the_files_they_name(tmp
     assert artifact.versions() == ids[-2:]
     assert artifact.current_version() == ids[-1]
     named = {n for v in ids[-2:] for n in store.record_kind.digests(artifact.path_of(v).read_bytes())}
-    assert _models(tmp_path / "v/checkpoint") == named and len(named) == 2
+    assert len(named) == 2
+    assert _models(tmp_path / "v/checkpoint") == artifact.named_by_current()  # the current model only
+    assert _models(tmp_path / "_versions/v/checkpoint/files") == named - artifact.named_by_current()
     assert all(versions.verify(artifact, v) is None for v in ids[-2:])
 
 
@@ -76,11 +82,7 @@ def test_a_damaged_version_is_refused_and_nothing_changes(tmp_path):
     store = KerasIOManager(root=str(tmp_path))
     ids = _commit_checkpoints(store, [1, 2])
     artifact = store.artifact(CHECKPOINT, None)
-    old = (
-        tmp_path
-        / "v/checkpoint"
-        / store.record_kind.digests(artifact.path_of(ids[0]).read_bytes()).popitem()[0]
-    )
+    old = artifact.files_dir / store.record_kind.digests(artifact.path_of(ids[0]).read_bytes()).popitem()[0]
     damaged = bytearray(old.read_bytes())
     damaged[1000] ^= 0xFF
     old.write_bytes(bytes(damaged))
@@ -115,7 +117,7 @@ def test_gc_dry_run_lists_what_gc_then_deletes_and_nothing_a_kept_version_names(
         str(artifact.path_of(ids[1])),
         str(directory / "model-0123456789abcdef.keras"),
         str(dead),
-        *(str(directory / f"model-{checkpoint_digest(seed)}.keras") for seed in (1, 2)),
+        *(str(artifact.files_dir / f"model-{checkpoint_digest(seed)}.keras") for seed in (1, 2)),
     }
     assert all(r.bytes > 0 for r in deleted)
     assert artifact.versions() == ids[2:] and _models(directory) == {f"model-{checkpoint_digest(3)}.keras"}
@@ -170,8 +172,10 @@ def test_gc_while_a_writer_commits_removes_only_what_no_kept_version_names(tmp_p
     assert final.manifest == synthetic_shard_set(11, 300 + 50 * 2).manifest
     assert len(artifact.versions()) == 2 and passes > 1
     assert versions.collect(artifact, dry_run=True, grace_seconds=3600) == []
-    named = artifact.named()
-    assert {p.name for p in (tmp_path / "v/shards/train").glob("part-*")} == named
+    assert {p.name for p in (tmp_path / "v/shards/train").glob("part-*")} == artifact.named_by_current()
+    assert {p.name for p in artifact.files_dir.glob("part-*")} == (
+        artifact.named_by_kept() - artifact.named_by_current()
+    )
 
 
 def _materialize(project, asset: str, partition: str | None, config: dict | None = None):
@@ -309,3 +313,87 @@ def test_tensorboard_logs_are_committed_with_their_checkpoint_and_go_with_its_ve
     }
     with pytest.raises(StorageError, match="unsafe storage name"):
         store.store(directory, None, TrainedModel(b"x", checkpoint_value(3).record, logs={"../up": b"x"}))
+
+
+SPLITS = ("train", "test", "holdout")
+
+
+def _read_unaided(split_dir) -> tuple[int, list[int]]:
+    """What the README's DuckDB example reads from a split's directory: rows and source indices."""
+    glob = f"{split_dir}/*.parquet"
+    [(count,)] = duckdb.sql(f"select count(*) from '{glob}'").fetchall()
+    indices = duckdb.sql(f"select source_index from '{glob}' order by source_index").fetchnumpy()
+    return count, indices["source_index"].tolist()
+
+
+def _read_by_manifest(split_dir) -> tuple[int, list[int]]:
+    """The current version: the rows and source indices of the files its manifest names."""
+    manifest = Manifest.from_json((split_dir / "_manifest.json").read_bytes())
+    indices = [
+        i for s in manifest.shards for i in pq.read_table(split_dir / s.file)["source_index"].to_pylist()
+    ]
+    return manifest.rows, sorted(indices)
+
+
+@scenario(
+    "Nothing lost",
+    "A change of shard settings in the catalog (seed and rows_per_shard), then a rollback, with the "
+    "split directories read unaided (the README's DuckDB glob `shards/train/*.parquet`)",
+    "Exactly the current version's rows and source indices in every split, after the change and "
+    "after the rollback (before issue 21, one change made it read 3,600 train rows for 1,800)",
+    "Every kept version whole under `_versions/`, verified and restorable",
+)
+def test_a_split_directory_read_unaided_holds_exactly_the_current_rows(empty_project):
+    project = empty_project
+    directories = {split: project.storage / "mini_mnist/shards" / split for split in SPLITS}
+    assert project.cli("refresh", "mini_mnist").returncode == 0
+    first = {split: _read_by_manifest(d) for split, d in directories.items()}
+
+    project.dataset["shards"] = {"seed": 5, "rows_per_shard": 700}  # the catalog MNIST_ASSETS_CATALOG names
+    changed = project.cli("refresh", "mini_mnist")
+    assert changed.returncode == 0, changed.stderr
+    second = {split: _read_by_manifest(d) for split, d in directories.items()}
+    assert second["train"][0] == 1800 and second["train"] != first["train"]  # another seeded tenth held out
+    assert {split: _read_unaided(d) for split, d in directories.items()} == second
+
+    [old] = [
+        row
+        for row in json.loads(project.cli("history", "mini_mnist", "shards", "train", "--json").stdout)
+        if not row["current"]
+    ]
+    rolled = project.cli("rollback", "mini_mnist", "shards", "train", "--to", old["version"])
+    assert rolled.returncode == 0, rolled.stderr
+    assert {split: _read_unaided(d) for split, d in directories.items()} == {
+        **second,
+        "train": first["train"],
+    }
+    assert _read_by_manifest(directories["train"]) == first["train"]
+    artifact = ShardSetIOManager(root=str(project.storage)).artifact(SHARDS_OF_MINI, "train")
+    assert [versions.verify(artifact, v) for v in artifact.versions()] == [None, None]
+
+
+SHARDS_OF_MINI = dg.AssetKey(["mini_mnist", "shards"])
+
+
+def test_storage_of_the_old_layout_is_moved_out_by_gc_and_rollback_and_loses_nothing(tmp_path):
+    store = ShardSetIOManager(root=str(tmp_path), keep_versions=3)
+    sets = [synthetic_shard_set(seed, 300 + 100 * seed) for seed in (1, 2)]
+    ids = [store.store(store.asset_dir(SHARDS), "train", encoded)["version"] for encoded in sets]
+    artifact = store.artifact(SHARDS, "train")
+
+    def old_layout():  # as written before kept content files moved out: all beside the current ones
+        for path in list(artifact.files_dir.iterdir()):
+            os.replace(path, artifact.directory / path.name)
+        assert _read_unaided(artifact.directory)[0] == sum(s.manifest.rows for s in sets)
+
+    old_layout()
+    assert versions.collect(artifact, dry_run=False, grace_seconds=3600) == []  # moved, not deleted
+    assert _read_unaided(artifact.directory) == _read_by_manifest(artifact.directory)
+    assert _read_unaided(artifact.directory)[0] == sets[1].manifest.rows
+
+    old_layout()
+    assert versions.rollback(artifact, ids[0]) == ids[1]
+    assert _read_unaided(artifact.directory) == _read_by_manifest(artifact.directory)
+    assert _read_unaided(artifact.directory)[0] == sets[0].manifest.rows
+    assert [versions.verify(artifact, v) for v in ids] == [None, None]
+    assert {p.name for p in artifact.files_dir.iterdir()} == {s.file for s in sets[1].manifest.shards}

@@ -26,6 +26,10 @@ def test_shard_set_versions_are_kept_on_s3_and_roll_back_verified(s3):
     assert store.verify(key, "train") is None
     assert store.fetch(store.asset_dir(key), "train", "v/shards[train]").manifest == sets[1].manifest
     assert artifact.current_version() == ids[1]
+    # the replaced set's files were copied to the kept ones (server-side), the restored set's copies went
+    kept_only = artifact.named_by_kept() - artifact.named_by_current()
+    assert kept_only and {p.name for p in artifact.files_dir.iterdir()} == kept_only
+    assert versions.verify(artifact, ids[2]) is None
 
 
 def test_single_file_versions_are_server_side_copies_on_s3(s3):
