@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import dagster as dg
 
-from mnist_assets import attempts, leases, staleness
+from mnist_assets import attempts, leases, quiet, staleness
 from mnist_assets.dagster_private import observe_sources, reconstructable_asset_job
 from mnist_assets.progress import Lines
 
@@ -130,7 +130,9 @@ class Refresher:
         self.keys = [k for k in ours if self.graph.get(k).is_materializable]
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
         self.stores = staleness.stores_of(defs.assets or (), defs.resources or {})
-        self.job = defs.resolve_implicit_global_asset_job_def()
+        # its runs' console: the steps' messages; refresh reports each failure itself (quiet.console_logger)
+        with_console = dg.Definitions.merge(defs, dg.Definitions(loggers={"console": quiet.console_logger}))
+        self.job = with_console.resolve_implicit_global_asset_job_def()
         self.token = f"refresh-{uuid.uuid4().hex}"
         """This refresh's leases: held before a partition's run is launched, so no other process starts it."""
         if self.job.executor_def is not dg.in_process_executor:
