@@ -1,6 +1,6 @@
 """Quiet by default: the one place that hides the noise this project chose, and brings it back on request.
 
-Two kinds of noise reach users on every command otherwise:
+Three kinds of noise reach users otherwise:
 
 - Dagster warns about beta features. ``WARNING_FILTERS`` ignores exactly the warnings of the features
   used here on purpose, and the warnings that libraries raise about their own calls, each matched
