@@ -236,8 +236,8 @@ def _one_machine(instance: dg.DagsterInstance) -> bool:
     return all(s is None or s.module_name.startswith("dagster._core.") for s in storages)
 
 
-def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Mark failed every STARTED run whose recorded process no longer exists on this machine; their ids.
+def dead_runs(instance: dg.DagsterInstance) -> list[tuple[dg.DagsterRun, int]]:
+    """Every STARTED run whose recorded process no longer exists on this machine, with that pid.
 
     Dagster's run monitoring covers only runs started by a run launcher with the daemon running; runs
     executed in a process of their own (``mnist-assets refresh``, ``execute_in_process``) would stay
@@ -246,12 +246,18 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """
     if not _one_machine(instance):
         return []
-    marked = []
+    found = []
     for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-        run = record.dagster_run
-        pid = _pid(instance, run.run_id)
-        if pid is None or _alive(pid):
-            continue
+        pid = _pid(instance, record.dagster_run.run_id)
+        if pid is not None and not _alive(pid):
+            found.append((record.dagster_run, pid))
+    return found
+
+
+def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark every one of :func:`dead_runs` failed, so its partitions are retried; their ids."""
+    marked = []
+    for run, pid in dead_runs(instance):
         instance.add_run_tags(run.run_id, {PROCESS_GONE_TAG: str(pid)})
         instance.report_run_failed(
             run,

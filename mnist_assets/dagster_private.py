@@ -10,7 +10,8 @@ against a real instance and fails if a private import appears anywhere else in t
    very resolver internally; ``refresh``, ``status`` and the sensor must agree with the UI, so they use
    it too instead of re-deriving staleness from the event log.
 2. In-process observation of source assets (``observe``). Missing public API: the counterpart of
-   ``dg.materialize`` for observable source assets; ``refresh`` observes before it plans.
+   ``dg.materialize`` for observable source assets; ``refresh`` observes before it plans, and a dry
+   run observes into a throwaway instance, recording nothing.
 3. The implicit asset job as a ``ReconstructableJob`` (``ReconstructableRepository``). Missing public
    API: ``dg.reconstructable`` refuses that job (its name is reserved), yet it is the only job that
    spans assets with different partitions; on another executor (Celery) every worker rebuilds it by
@@ -39,6 +40,7 @@ __all__ = [
     "StaleStatus",
     "StaleStatusResolver",
     "observe_sources",
+    "observed_data_versions",
     "reconstructable_asset_job",
     "stale_status_resolver",
 ]
@@ -63,6 +65,19 @@ def observe_sources(
 ):
     """Observe source assets in this process and record their data versions in ``instance``."""
     return observe(list(sources), instance=instance, run_config=run_config)
+
+
+def observed_data_versions(
+    sources: Sequence[dg.SourceAsset | dg.AssetsDefinition], run_config=None
+) -> dict[tuple[dg.AssetKey, str | None], str]:
+    """What observing ``sources`` now would record, per asset partition, recorded nowhere: the same
+    observation runs against an in-memory instance that is thrown away."""
+    with dg.DagsterInstance.ephemeral() as scratch:
+        result = observe(list(sources), instance=scratch, run_config=run_config)
+        observations = [
+            e.asset_observation_data.asset_observation for e in result.get_asset_observation_events()
+        ]
+    return {(o.asset_key, o.partition): o.data_version for o in observations if o.data_version is not None}
 
 
 def reconstructable_asset_job(module: str, attribute: str = "defs") -> ReconstructableJob:

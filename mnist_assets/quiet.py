@@ -1,6 +1,6 @@
 """Quiet by default: the one place that hides the noise this project chose, and brings it back on request.
 
-Two kinds of noise reach users on every command otherwise:
+Three kinds of noise reach users otherwise:
 
 - Dagster warns about beta features. ``WARNING_FILTERS`` ignores exactly the warnings of the features
   used here on purpose, and the warnings that libraries raise about their own calls, each matched
@@ -10,8 +10,15 @@ Two kinds of noise reach users on every command otherwise:
   "All log messages before absl::InitializeLog()"). ``tensorflow_import()`` wraps the one import of
   TensorFlow (in ``mnist_assets.training``) so they stay hidden.
 
-``MNIST_ASSETS_VERBOSE=1`` (or ``mnist-assets --verbose``) installs no filter and leaves TensorFlow's logs
-as TensorFlow prints them. An explicit ``TF_CPP_MIN_LOG_LEVEL`` always wins over both.
+- Dagster's failure reports in the console of refresh's runs: each failed step prints STEP_FAILURE and
+  RUN_FAILURE with the error and its stack trace (and "Dependencies for step … failed. Not executing."
+  for each step after it), although refresh prints every failure once, in its own words (the FAILED
+  and BLOCKED lines, the summary). ``console_logger`` is Dagster's console logger without them; the
+  event log keeps them whole (the UI shows them).
+
+``MNIST_ASSETS_VERBOSE=1`` (or ``mnist-assets --verbose``) installs no filter, leaves TensorFlow's logs
+as TensorFlow prints them and Dagster's console as Dagster prints it. An explicit
+``TF_CPP_MIN_LOG_LEVEL`` always wins over both.
 
 Two copies live elsewhere because this module cannot reach them: pyproject.toml's pytest
 ``filterwarnings`` repeats ``WARNING_FILTERS`` (pytest resets the filters for every test;
@@ -23,6 +30,7 @@ This module imports neither TensorFlow nor anything heavy: loading the definitio
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -31,6 +39,7 @@ import warnings
 from collections.abc import Iterator
 from typing import cast
 
+import dagster as dg
 from dagster import BetaWarning
 
 VERBOSE_ENV = "MNIST_ASSETS_VERBOSE"
@@ -93,6 +102,24 @@ _SEVERITY = {b"I": 0, b"W": 1, b"E": 2, b"F": 3}
 def verbose() -> bool:
     """Whether the user asked to see everything (``MNIST_ASSETS_VERBOSE`` set and not 0/false/no/off)."""
     return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    """Dagster logs at ERROR only its failure reports (a step's or run's failure with its stack trace, a
+    step not executed because its input failed); the steps' own messages are INFO and WARNING."""
+    return record.levelno < logging.ERROR
+
+
+@dg.logger(
+    dg.colored_console_logger.config_schema,
+    description="Dagster's colored console logger without its failure reports, unless verbose.",
+)
+def console_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
+    """What refresh's runs print: the steps' own messages; a failure is refresh's to report, once."""
+    logger = dg.colored_console_logger.logger_fn(init_context)
+    if not verbose():
+        logger.addFilter(_below_error)
+    return logger
 
 
 def install() -> None:

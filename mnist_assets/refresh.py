@@ -2,7 +2,9 @@
 
 What needs a rebuild is judged by :mod:`mnist_assets.staleness` (Dagster's stale status plus storage),
 the same judgement the automation sensor uses. Sources are observed first, so a changed catalog entry
-or remote file is seen. Assets are visited upstream first and each partition is judged right before
+or remote file is seen. A dry run writes nothing to the instance: it observes the sources in this
+process only, judges what is built from them against those versions, and lists the dead runs it
+would mark failed. Assets are visited upstream first and each partition is judged right before
 it would run, so a rebuild that reproduces identical content (same data version) leaves everything
 downstream alone.
 A failed partition is reported and keeps its last good artifact; what is built from it is blocked (not
@@ -25,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import dagster as dg
 
-from mnist_assets import attempts, leases, staleness
-from mnist_assets.dagster_private import observe_sources, reconstructable_asset_job
+from mnist_assets import attempts, leases, quiet, staleness
+from mnist_assets.dagster_private import observe_sources, observed_data_versions, reconstructable_asset_job
 from mnist_assets.progress import Lines
 
 Partition = tuple[dg.AssetKey, str | None]
@@ -130,7 +132,9 @@ class Refresher:
         self.keys = [k for k in ours if self.graph.get(k).is_materializable]
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
         self.stores = staleness.stores_of(defs.assets or (), defs.resources or {})
-        self.job = defs.resolve_implicit_global_asset_job_def()
+        # its runs' console: the steps' messages; refresh reports each failure itself (quiet.console_logger)
+        with_console = dg.Definitions.merge(defs, dg.Definitions(loggers={"console": quiet.console_logger}))
+        self.job = with_console.resolve_implicit_global_asset_job_def()
         self.token = f"refresh-{uuid.uuid4().hex}"
         """This refresh's leases: held before a partition's run is launched, so no other process starts it."""
         if self.job.executor_def is not dg.in_process_executor:
@@ -174,17 +178,17 @@ class Refresher:
         summary = Summary(datasets=self.datasets, dry_run=dry_run)
         planned: set[Partition] = set()
         failed_roots: dict[Partition, set[str]] = {}  # failed or blocked → the failures behind it
-        for run_id in attempts.fail_dead_runs(self.instance):
-            log(f"marked run {run_id} failed: its process disappeared")
-        self.observe()  # a dry run too: the plan must reflect the catalog as it is now
-        judge = staleness.resolver(self.instance, self.graph)
+        judge = self.look_around(dry_run, log)
+        changed = self.unrecorded_changes(judge) if dry_run else {}
         done: set[Partition] = set()  # ran as a companion of an input's run
         for key in self.keys:
             for partition in self.partitions(key):
                 if (key, partition) in done:
                     continue
+                parents = self.parents(key, partition)
                 causes = staleness.causes(judge, self.stores[key], key, partition, verify=verify)
-                step, parents = Step(key.to_user_string(), partition, causes), self.parents(key, partition)
+                causes = causes or [changed[p] for p in parents if p in changed]
+                step = Step(key.to_user_string(), partition, causes)
                 if not causes:
                     if dry_run and planned.intersection(parents):
                         step.causes = ["runs if its upstream's content changes"]
@@ -339,14 +343,49 @@ class Refresher:
             failed.append(step.label)
         return steps
 
+    def look_around(self, dry_run: bool, log):
+        """Before judging: mark the runs whose process died failed and record the sources' current data
+        versions, so the plan reflects the catalog and the mirrors as they are now; the judge of it all.
+        A dry run writes nothing: it only says which runs it would mark (see :meth:`unrecorded_changes`
+        for the sources)."""
+        if dry_run:
+            for run, pid in attempts.dead_runs(self.instance):
+                log(f"would mark run {run.run_id} failed: its process (pid {pid}) disappeared")
+        else:
+            for run_id in attempts.fail_dead_runs(self.instance):
+                log(f"marked run {run_id} failed: its process disappeared")
+            self.observe()
+        return staleness.resolver(self.instance, self.graph)
+
     def observe(self) -> None:
-        """Record the sources' current data versions (catalog entries, remote files) first; one
-        observation per partitions definition (Dagster observes only alike sources together)."""
-        groups: dict[object, list[dg.AssetKey]] = {}
+        """Record the sources' current data versions (catalog entries, remote files)."""
+        for sources in self.source_groups():
+            observe_sources(sources, self.instance, self.run_config)
+
+    def source_groups(self) -> list[list[dg.AssetsDefinition]]:
+        """The sources (catalog entries, remote files), one group per partitions definition: Dagster
+        observes only alike sources together."""
+        groups: dict[object, list[dg.AssetsDefinition]] = {}
         for key in self.sources:
-            groups.setdefault(self.graph.get(key).partitions_def, []).append(key)
-        for keys in groups.values():
-            observe_sources([self.defs.resolve_assets_def(k) for k in keys], self.instance, self.run_config)
+            groups.setdefault(self.graph.get(key).partitions_def, []).append(
+                self.defs.resolve_assets_def(key)
+            )
+        return list(groups.values())
+
+    def unrecorded_changes(self, judge) -> dict[Partition, str]:
+        """A dry run's observation: the source partitions whose data version now differs from the one
+        recorded, each with the cause it gives the partitions built from it, observed in this process and
+        recorded nowhere. Their children are judged as a refresh would after recording it (a partition
+        already due for another reason keeps that reason)."""
+        changed: dict[Partition, str] = {}
+        for sources in self.source_groups():
+            for (key, partition), version in observed_data_versions(sources, self.run_config).items():
+                if version != judge.get_current_data_version(key, partition).value:
+                    label = key.to_user_string() + (f"[{partition}]" if partition else "")
+                    changed[(key, partition)] = (
+                        f"has a new dependency data version ({label}), observed by this dry run, not recorded"
+                    )
+        return changed
 
     def parents(self, key: dg.AssetKey, partition: str | None) -> list[Partition]:
         """The upstream partitions this partition is built from."""

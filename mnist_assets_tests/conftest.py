@@ -35,7 +35,7 @@ import pytest
 from mnist_assets import idx
 from mnist_assets.catalog import FILE_KEYS, parse_catalog
 from mnist_assets.definitions import build_definitions
-from mnist_assets.refresh import refresh
+from mnist_assets.refresh import Refresher, refresh
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MNIST = Path(__file__).with_name("data") / "mnist"
@@ -298,6 +298,10 @@ class Project:
         )
         delta = materialized(self.instance, defs) - before
         return summary, delta
+
+    def observe(self) -> None:
+        """Record every source's observation, as a refresh does first (a dry run records none)."""
+        Refresher(self.defs(), self.instance, ["mini_mnist"]).observe()
 
     def cli(self, *args: str, terminal: bool = False) -> subprocess.CompletedProcess:
         """``mnist-assets ARGS`` as a user runs it: a real process on this catalog and storage, with a

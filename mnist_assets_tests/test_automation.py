@@ -97,8 +97,10 @@ def test_a_training_setting_change_requests_only_the_checkpoint_once_observed(pr
     ticks = Ticks(project)
     ticks.next()
     project.dataset["training"]["epochs"] = 2
-    plan = first_hop_of_plan(project)  # a dry run observes the sources first
-    assert ticks.next() == {"checkpoint": {"cnn"}} == plan
+    plan = first_hop_of_plan(project)  # a dry run observes the sources in process, recording nothing
+    assert plan == {"checkpoint": {"cnn"}} and ticks.next() == {}
+    project.observe()  # as the refresh itself does first
+    assert ticks.next() == plan
 
 
 def labels_true_for(result: dg.AutomationResult, partition: str) -> set[str]:
@@ -156,8 +158,9 @@ def test_the_ui_marks_stale_exactly_what_refresh_plans_to_run(project, tmp_path,
     project.dataset["training"]["epochs"] = 2
     path = project.mirror / MINI_FILENAMES["test-images"]
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=1, mtime=777))
-    plan = first_hop_of_plan(project)  # a dry run observes the mirror first
+    plan = first_hop_of_plan(project)  # a dry run sees the mirror as it is now, recording nothing
     assert plan == {"raw_gzip": {"test-images"}, "checkpoint": {"cnn"}}
+    project.observe()  # what the UI reads
 
     catalog = tmp_path / "catalog.json"
     catalog.write_text(json.dumps(project.document))

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 
+import dagster as dg
 import numpy as np
 
 from mnist_assets import load
 from mnist_assets_tests.conftest import MINI_TEST, MINI_TRAIN
+from mnist_assets_tests.faults import scenario
 
 
 def test_prepare_builds_the_dataset_and_prints_where_everything_is(empty_project):
@@ -49,3 +52,56 @@ def test_refresh_on_a_terminal_shows_a_live_row_per_step(empty_project):
     ):
         assert re.search(rf"✓ mini_mnist/{re.escape(label)} \d+\.\d\d s", shown.stderr), label
     assert "Epoch" in shown.stderr or "epoch" in shown.stderr  # the steps' own messages print above
+
+
+DAGSTER_FAILURE_REPORTS = ("Stack Trace", "Traceback", "STEP_FAILURE", "RUN_FAILURE", "Not executing")
+
+
+@scenario(
+    "Files",
+    "Two catalog entries' files pinned to a wrong payload_sha256 (`mnist-assets refresh`, on a pipe and on "
+    "a terminal)",
+    "Each failure once, in the project's words: its `FAILED …: mini_mnist: could not fetch …` line on "
+    "stderr and its error in the summary; no Dagster STEP_FAILURE/RUN_FAILURE report, no stack trace "
+    "(both come back with `--verbose`)",
+    "The event log keeps Dagster's failure events whole, stack traces included (the UI shows them)",
+)
+def test_a_failed_step_is_reported_once_in_its_own_words_without_stack_traces(empty_project):
+    project = empty_project
+    wrong = {"train-labels", "test-labels"}
+    for key in wrong:
+        project.dataset["files"][key]["payload_sha256"] = "0" * 64
+    home = project.directory / "cli_home"
+
+    def refresh(*args: str, terminal: bool = False):
+        shutil.rmtree(home, ignore_errors=True)  # a first attempt each time: no "last attempt failed" line
+        cli = project.cli(*args, "refresh", "mini_mnist", terminal=terminal)
+        assert cli.returncode == 1, cli.stderr
+        summary = json.loads(cli.stdout)
+        assert {s["partition"] for s in summary["failed"]} == wrong
+        return cli.stderr, summary
+
+    for terminal in (False, True):
+        stderr, summary = refresh(terminal=terminal)
+        for reported in DAGSTER_FAILURE_REPORTS:
+            assert reported not in stderr, (terminal, reported, stderr)
+        for failure in summary["failed"]:
+            key = failure["partition"]
+            assert failure["error"].startswith(f"mini_mnist: could not fetch {key} "), failure["error"]
+            assert "DownloadError" not in failure["error"]
+            assert stderr.count(f"could not fetch {key} ") == 1, (terminal, stderr)
+            assert f"FAILED mini_mnist/raw_gzip[{key}]: mini_mnist: could not fetch {key} " in stderr
+        if terminal:
+            assert "✗ mini_mnist/raw_gzip[train-labels]" in stderr  # the live rows, ended
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:  # the last run's event log, still whole
+        failures = [
+            entry.dagster_event
+            for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+            for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        ]
+    assert len(failures) == len(wrong)
+    assert all(event.step_failure_data.error.stack for event in failures)
+
+    stderr, _ = refresh("--verbose")
+    assert stderr.count("STEP_FAILURE") == len(wrong) and "Stack Trace:" in stderr

@@ -51,6 +51,9 @@ def test_stale_status_resolver_and_observe_work_on_a_real_instance():
         def changed_source():
             return dg.DataVersion("v2")
 
+        before = instance.event_log_storage.get_maximum_record_id()
+        assert dagster_private.observed_data_versions([changed_source]) == {(source.key, None): "v2"}
+        assert instance.event_log_storage.get_maximum_record_id() == before  # recorded nowhere
         dagster_private.observe_sources([changed_source], instance)
         stale = dagster_private.stale_status_resolver(instance, graph)
         assert stale.get_status(built.key, None) == dagster_private.StaleStatus.STALE

@@ -11,8 +11,11 @@ import dagster as dg
 import numpy as np
 
 import mnist_assets.assets
+from mnist_assets.refresh import refresh
 from mnist_assets.status import dataset_status
 from mnist_assets_tests.conftest import MINI_FILENAMES, write_idx_gz
+from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.test_faults_crashes import kill_a_refresh_mid_checkpoint
 
 
 def test_a_second_refresh_with_nothing_changed_computes_nothing(project):
@@ -139,6 +142,48 @@ def test_dry_run_prints_the_plan_with_causes_and_changes_nothing(project):
         ("mini_mnist/checkpoint", "cnn"),
     ]
     assert json.loads(json.dumps(summary.to_dict()))["dry_run"] is True
+
+
+def instance_state(instance: dg.DagsterInstance) -> tuple:
+    """What a write to the instance changes: its runs (status and tags) and its newest event's id."""
+    runs = {
+        r.dagster_run.run_id: (r.dagster_run.status, r.dagster_run.tags) for r in instance.get_run_records()
+    }
+    return len(runs), instance.event_log_storage.get_maximum_record_id(), runs
+
+
+@scenario(
+    "Crashes and concurrency",
+    "`refresh --dry-run` while a SIGKILLed refresh's run is still STARTED and a mirror file changed",
+    "The plan as a refresh would run it: `would mark run … failed: its process (pid N) disappeared`, the "
+    "changed file's raw_gzip with the cause its new observation gives (observed in process), the "
+    "checkpoint; nothing written to the instance: no run, no event, no status change",
+    "The instance as it was; the next refresh marks the run, observes and runs what the plan listed",
+)
+def test_a_dry_run_writes_nothing_to_the_instance_and_still_plans_what_a_refresh_does(project):
+    run_id = kill_a_refresh_mid_checkpoint(project)  # its process observed the new training settings
+    path = project.mirror / MINI_FILENAMES["test-images"]  # a new ETag, not observed by anyone yet
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=1, mtime=4242))
+    before, said = instance_state(project.instance), []
+
+    plan = refresh(project.defs(), project.instance, ["mini_mnist"], dry_run=True, log=said.append)
+
+    assert instance_state(project.instance) == before
+    assert any(line.startswith(f"would mark run {run_id} failed: its process (pid ") for line in said), said
+    causes = {(s.asset.split("/")[-1], s.partition): s.causes for s in plan.ran}
+    assert causes == {
+        ("raw_gzip", "test-images"): [
+            "has a new dependency data version (mini_mnist/urls[test-images]), observed by this dry run, "
+            "not recorded"
+        ],
+        ("checkpoint", "cnn"): ["has a new dependency data version (mini_mnist/model_configs[cnn])"],
+    }
+
+    done, _ = project.refresh()
+    assert project.instance.get_run_record_by_id(run_id).dagster_run.status == dg.DagsterRunStatus.FAILURE
+    ran = {(s.asset, s.partition) for s in done.ran}
+    assert {(s.asset, s.partition) for s in plan.ran} <= ran
+    assert ran <= {(s.asset, s.partition) for s in plan.ran + plan.waiting_on_upstream}
 
 
 def test_a_cold_refresh_builds_each_file_and_its_array_in_one_run(empty_project):

@@ -161,12 +161,12 @@ def test_observations_that_answer_the_same_are_not_a_change(project, http_server
 def test_a_failed_partition_is_retried_at_once_when_its_settings_change(project):
     clock = Clock(project)
     project.dataset["training"]["dropout"] = 1.5  # a catalog setting Keras refuses
-    project.refresh(dry_run=True)  # observes model_configs, as refresh or Observe in the UI does
+    project.observe()  # model_configs, as refresh or Observe in the UI does
     assert clock.tick() == {"checkpoint": {"cnn"}}
     assert clock.launch({"checkpoint": {"cnn"}}) == [False]
     assert clock.tick() == {}  # backing off
     project.dataset["training"]["dropout"] = 0.25  # fixed: a new observation since the failed attempt
-    project.refresh(dry_run=True)
+    project.observe()
     assert clock.tick(minutes=0) == {"checkpoint": {"cnn"}}
 
 
