@@ -80,12 +80,17 @@ class ShardConfig(dg.Config):
 ConfigT = TypeVar("ConfigT", bound=dg.Config)
 
 
-def with_defaults(base: type[ConfigT], overrides: dict, name: str, where: str) -> type[ConfigT]:
-    """``base`` with the catalog's per-dataset defaults, so the launchpad and the code version see them."""
+def with_defaults(
+    base: type[ConfigT], overrides: dict, name: str, dataset_id: str, key: str
+) -> type[ConfigT]:
+    """``base`` with the catalog's per-dataset defaults (``key`` of the dataset's entry), so the launchpad
+    and the code version see them."""
     unknown = sorted(set(overrides) - set(base.model_fields))
     if unknown:
         raise CatalogError(
-            f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(base.model_fields))}"
+            f"not a key here; allowed keys: {', '.join(sorted(base.model_fields))}",
+            dataset_id,
+            f"{key}/{unknown[0]}",
         )
     # Any: mypy matches ``**fields`` against every keyword of create_model (``__base__``, ``__config__``,
     # ...), so typed as the (annotation, Field) pairs they are, the call would not type-check
@@ -542,7 +547,7 @@ def shards_asset(dataset: Dataset) -> dg.AssetsDefinition:
         DatasetShardConfig: TypeAlias = ShardConfig
     else:  # the real class: Dagster reads the config annotation below for the run config schema
         DatasetShardConfig = with_defaults(
-            ShardConfig, dataset.shards, f"{dataset.id}_ShardConfig", f"{dataset.id}/shards"
+            ShardConfig, dataset.shards, f"{dataset.id}_ShardConfig", dataset.id, "shards"
         )
 
     @versioned_asset(

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import dagster as dg
 
 from mnist_assets import attempts, leases, staleness
+from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.dagster_private import observe_sources, reconstructable_asset_job
 from mnist_assets.progress import Lines
 
@@ -65,6 +66,8 @@ class Summary:
     fresh: int = 0
     seconds: float = 0.0
     artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
+    catalog_errors: dict[str, str] = field(default_factory=dict)
+    """The datasets asked for whose catalog entry is wrong (not refreshed), each with its one-line error."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,7 +128,11 @@ class Refresher:
             raise ValueError(
                 f"unknown dataset(s) {', '.join(unknown)}; the catalog has {', '.join(sorted(known))}"
             )
-        self.datasets = list(datasets) or sorted(known)
+        asked = list(datasets) or sorted(known)
+        broken = catalog_errors(defs)
+        self.catalog_errors = {dataset: broken[dataset] for dataset in asked if dataset in broken}
+        """Asked for, but their entries are wrong: reported, never run; the other datasets still refresh."""
+        self.datasets = [dataset for dataset in asked if dataset not in broken]
         ours = [k for k in self.graph.toposorted_asset_keys if k.path[0] in self.datasets]
         self.keys = [k for k in ours if self.graph.get(k).is_materializable]
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
@@ -146,7 +153,9 @@ class Refresher:
         progress = progress or Lines(log)
         log = progress.log
         started = time.perf_counter()
-        summary = Summary(datasets=self.datasets, dry_run=dry_run)
+        summary = Summary(datasets=self.datasets, dry_run=dry_run, catalog_errors=self.catalog_errors)
+        if not self.datasets:
+            return summary
         planned: set[Partition] = set()
         failed_roots: dict[Partition, set[str]] = {}  # failed or blocked → the failures behind it
         for run_id in attempts.fail_dead_runs(self.instance):

@@ -1,5 +1,7 @@
 import json
+import re
 
+import dagster as dg
 import pytest
 
 from mnist_assets.catalog import (
@@ -59,7 +61,7 @@ def test_mirror_override_by_run_config_then_environment_then_catalog(tmp_path):
 
 def test_mirror_with_a_forbidden_scheme_is_refused_naming_the_dataset():
     dataset = load_catalog()["mnist"]
-    with pytest.raises(CatalogError, match=r"mnist: .*'ftp'"):
+    with pytest.raises(CatalogError, match=r"^dataset mnist: .*'ftp'"):
         dataset.resolve_mirrors(["ftp://example.org/mnist/"])
 
 
@@ -72,27 +74,40 @@ def test_credentials_never_leave_a_url_shown_to_people():
     "mutate, message",
     [
         (lambda d: d["datasets"].update({"Bad/Id": d["datasets"].pop("mnist")}), "dataset id"),
-        (lambda d: d["datasets"]["mnist"]["files"].pop("test-labels"), "files must be exactly"),
+        (
+            lambda d: d["datasets"]["mnist"]["files"].pop("test-labels"),
+            "dataset mnist, key files: found test-images, train-images, train-labels, expected exactly",
+        ),
         (lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(filename="../x.gz"), "plain file"),
         (lambda d: d["datasets"]["mnist"]["files"]["test-labels"].pop("payload_sha256"), "pin"),
-        (lambda d: d["datasets"]["mnist"].update(mirrors=[]), "mnist/mirrors: .*at least 1 item"),
+        (
+            lambda d: d["datasets"]["mnist"].update(mirrors=[]),
+            r"dataset mnist, key mirrors: found \[\], expected a list of at least one mirror",
+        ),
         (
             lambda d: d["datasets"]["mnist"].update(trainng={"epochs": 2}),
-            "mnist/trainng: unknown key 'trainng'; allowed keys: class_names, files, homepage, image_shape, "
-            "mirrors, models, shards, title, training",
+            "dataset mnist, key trainng: not a key here; allowed keys: class_names, files, homepage, "
+            "image_shape, mirrors, models, shards, title, training",
         ),
         (
             lambda d: d["datasets"]["mnist"]["models"].update({"Big CNN": {}}),
-            r"mnist/models: model name 'Big CNN' must be lowercase letters",
+            r"dataset mnist, key models: model name 'Big CNN' must be lowercase letters",
         ),
         (
             lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(payload_sha=""),
-            "mnist/files/test-labels/payload_sha: unknown key 'payload_sha'; "
+            "dataset mnist, key files/test-labels/payload_sha: not a key here; "
             "allowed keys: filename, gzip_md5, payload_sha256, payload_size",
         ),
-        (lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(payload_size="big"), "payload_size"),
-        (lambda d: d["datasets"]["mnist"].update(id="other"), "unknown key 'id'"),
-        (lambda d: d.update(dataset={}), "unknown key 'dataset'; allowed keys: datasets"),
+        (
+            lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(payload_size="big"),
+            'key files/test-labels/payload_size: found "big", expected the decompressed file',
+        ),
+        (
+            lambda d: d["datasets"]["mnist"].update(image_shape=[28]),
+            r"dataset mnist, key image_shape: found \[28\], expected two positive integers",
+        ),
+        (lambda d: d["datasets"]["mnist"].update(id="other"), "dataset mnist, key id: not a key here"),
+        (lambda d: d.update(dataset={}), "^unknown key 'dataset'; allowed keys: datasets"),
     ],
 )
 def test_malformed_catalog_entries_are_rejected(mutate, message):
@@ -102,22 +117,28 @@ def test_malformed_catalog_entries_are_rejected(mutate, message):
         parse_catalog(document)
 
 
-def test_a_misspelled_training_or_shard_setting_is_refused_with_the_allowed_keys():
+def test_a_misspelled_training_or_shard_setting_breaks_its_dataset_only_naming_the_allowed_keys():
+    from mnist_assets.catalog_errors import catalog_errors
     from mnist_assets.definitions import build_definitions
+
+    def error_of(document) -> str:
+        defs = build_definitions(parse_catalog(document), "unused")
+        assert dg.AssetKey(["fashion_mnist", "shards"]) in defs.resolve_asset_graph().get_all_asset_keys()
+        assert dg.AssetKey(["mnist", "shards"]) not in defs.resolve_asset_graph().get_all_asset_keys()
+        return catalog_errors(defs)["mnist"]
 
     document = json.loads(DEFAULT_CATALOG.read_text())
     document["datasets"]["mnist"]["training"] = {"epoch": 2}
-    with pytest.raises(
-        CatalogError, match=r"mnist/training/epoch: unknown key 'epoch'; allowed keys: .*epochs"
-    ):
-        build_definitions(parse_catalog(document), "unused")
+    assert re.match(
+        r"dataset mnist, key training/epoch: not a key here; allowed keys: .*epochs", error_of(document)
+    )
     document["datasets"]["mnist"]["training"] = {}
     document["datasets"]["mnist"]["models"]["small_cnn"] = {"filters": [8]}
-    with pytest.raises(
-        CatalogError, match=r"mnist/models/small_cnn/filters: unknown key 'filters'; .*conv_filters"
-    ):
-        build_definitions(parse_catalog(document), "unused")
+    assert re.match(
+        r"dataset mnist, key models/small_cnn/filters: not a key here; .*conv_filters", error_of(document)
+    )
     document["datasets"]["mnist"]["models"]["small_cnn"] = {}
     document["datasets"]["mnist"]["shards"] = {"rows_per_shards": 10}
-    with pytest.raises(CatalogError, match=r"mnist/shards: unknown key 'rows_per_shards'; .*rows_per_shard"):
-        build_definitions(parse_catalog(document), "unused")
+    assert re.match(
+        r"dataset mnist, key shards/rows_per_shards: not a key here; .*rows_per_shard", error_of(document)
+    )
