@@ -39,17 +39,24 @@ def one_line(out: subprocess.CompletedProcess) -> str:
 @scenario(
     "Files",
     'One catalog entry is wrong (`"image_shape": [28]` in a user\'s `MNIST_ASSETS_CATALOG`) beside good ones',
-    "`refresh`/`status` of that dataset print one line, `catalog <file>, dataset my_ds, key image_shape: "
-    "found [28], expected two positive integers ...`, and exit 2; the other datasets refresh and report "
-    "as before (exit 0); a refresh of every dataset refreshes the good ones, prints the line last and "
-    "exits 2",
+    "`refresh`, `status`, `prepare`, `history`, `rollback`, `gc` of that dataset print one line, "
+    "`catalog <file>, dataset my_ds, key image_shape: found [28], expected two positive integers ...`, "
+    "and exit 2; the other datasets refresh and report as before (exit 0); a refresh of every dataset "
+    "refreshes the good ones, prints the line last and exits 2",
     "Every other dataset, its artifacts and its commands",
 )
 def test_a_wrong_catalog_entry_is_one_line_and_breaks_only_its_dataset(empty_project):
     project = empty_project
     line = with_bad_dataset(project)
-    for command in ("refresh", "status"):
-        out = project.cli(command, "my_ds")
+    for command, *rest in (
+        ("refresh",),
+        ("status",),
+        ("prepare",),
+        ("history", "shards", "train"),
+        ("rollback", "shards", "train", "--to", "abc"),
+        ("gc",),
+    ):
+        out = project.cli(command, "my_ds", *rest)
         assert out.returncode == 2 and one_line(out) == f"mnist-assets {command}: {line}"
         assert out.stdout == ""
 
