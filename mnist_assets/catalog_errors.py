@@ -9,21 +9,34 @@ back with :func:`catalog_errors` and prints them instead of running anything for
 
 from __future__ import annotations
 
+import hashlib
+
 import dagster as dg
+
+from mnist_assets.catalog import CatalogError, validate_dataset_id
 
 ERROR_ASSET = "catalog_error"
 ERROR_METADATA = "mnist_assets/catalog_error"
+DATASET_METADATA = "mnist_assets/dataset"
+INVALID_IDS = "invalid_dataset_ids"
 ERROR_CHECK = "catalog_entry_is_valid"
 
 
 def placeholder(dataset_id: str, line: str) -> tuple[dg.AssetSpec, dg.AssetChecksDefinition]:
-    """The broken dataset's placeholder asset and its failing check, both carrying ``line``."""
-    key = dg.AssetKey([dataset_id, ERROR_ASSET])
+    """The broken dataset's placeholder asset and its failing check, both carrying ``line``. An entry
+    listed under a key that is no dataset id (``"Bad/Id"``) cannot name a Dagster group or asset: its
+    placeholder lives in the group ``invalid_dataset_ids``, named by a hash of the key."""
+    try:
+        group = validate_dataset_id(dataset_id)
+        key = dg.AssetKey([dataset_id, ERROR_ASSET])
+    except CatalogError:
+        group = INVALID_IDS
+        key = dg.AssetKey([INVALID_IDS, "id_" + hashlib.sha256(dataset_id.encode()).hexdigest()[:12]])
     spec = dg.AssetSpec(
         key,
-        group_name=dataset_id,
+        group_name=group,
         description=f"This dataset cannot be built until its catalog entry is fixed: {line}",
-        metadata={ERROR_METADATA: line},
+        metadata={ERROR_METADATA: line, DATASET_METADATA: dataset_id},
     )
 
     @dg.asset_check(asset=key, name=ERROR_CHECK, description=line)
@@ -38,6 +51,9 @@ def catalog_errors(defs: dg.Definitions) -> dict[str, str]:
     graph = defs.resolve_asset_graph()
     errors = {}
     for key in graph.get_all_asset_keys():
-        if key.path[-1] == ERROR_ASSET and (line := graph.get(key).metadata.get(ERROR_METADATA)) is not None:
-            errors[key.path[0]] = str(getattr(line, "value", line))  # a TextMetadataValue once resolved
+        metadata = graph.get(key).metadata
+        if (line := metadata.get(ERROR_METADATA)) is not None:
+            dataset = metadata[DATASET_METADATA]
+            # TextMetadataValues once the definitions resolved them
+            errors[str(getattr(dataset, "value", dataset))] = str(getattr(line, "value", line))
     return errors

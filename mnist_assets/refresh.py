@@ -122,14 +122,14 @@ class Refresher:
         # what runs print to stderr; every event still goes to the instance's event log
         self.run_config = {"loggers": {"console": {"config": {"log_level": console_log_level}}}}
         self.graph = defs.resolve_asset_graph()
-        known = {k.path[0] for k in self.graph.get_all_asset_keys()}
+        broken = catalog_errors(defs)
+        known = {k.path[0] for k in self.graph.materializable_asset_keys} | set(broken)
         unknown = sorted(set(datasets) - known)
         if unknown:
             raise ValueError(
                 f"unknown dataset(s) {', '.join(unknown)}; the catalog has {', '.join(sorted(known))}"
             )
         asked = list(datasets) or sorted(known)
-        broken = catalog_errors(defs)
         self.catalog_errors = {dataset: broken[dataset] for dataset in asked if dataset in broken}
         """Asked for, but their entries are wrong: reported, never run; the other datasets still refresh."""
         self.datasets = [dataset for dataset in asked if dataset not in broken]

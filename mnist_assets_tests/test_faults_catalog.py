@@ -198,3 +198,25 @@ def test_the_code_location_loads_and_shows_a_broken_datasets_error(empty_project
     result = job.execute_in_process(instance=project.instance, raise_on_error=False)
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.description == line
+
+
+def test_an_entry_listed_under_a_key_that_is_no_dataset_id_breaks_only_itself(empty_project):
+    from mnist_assets.catalog import read_catalog
+    from mnist_assets.catalog_errors import catalog_errors
+    from mnist_assets.refresh import refresh
+
+    project = empty_project
+    project.document["datasets"]["Bad/Id"] = json.loads(json.dumps(project.dataset))
+    path = project.directory / "catalog.json"
+    path.write_text(json.dumps(project.document))
+    defs = build_definitions(read_catalog(path), str(project.storage))
+    dg.Definitions.validate_loadable(defs)  # no Dagster group or asset is named after the bad key
+    line = (
+        f"catalog {path}: dataset id 'Bad/Id' must be lowercase letters, digits and '_' "
+        "(starting with a letter)"
+    )
+    assert catalog_errors(defs) == {"Bad/Id": line}
+    summary = refresh(defs, project.instance, ["Bad/Id"], dry_run=True, log=lambda m: None)
+    assert summary.catalog_errors == {"Bad/Id": line} and summary.datasets == []
+    summary = refresh(defs, project.instance, [], dry_run=True, log=lambda m: None)
+    assert summary.datasets == ["mini_mnist"] and summary.catalog_errors == {"Bad/Id": line}
