@@ -280,10 +280,10 @@ def redact_text(text: str) -> str:
 
 
 def validate_dataset_id(dataset_id: str) -> str:
+    """``dataset_id``, or a CatalogError that names no dataset: the id itself is what is wrong."""
     if not _DATASET_ID.match(dataset_id):
         raise CatalogError(
-            f"dataset id {dataset_id!r} must be lowercase letters, digits and '_' (starting with a letter)",
-            # no dataset named: the id itself is what is wrong
+            f"dataset id {dataset_id!r} must be lowercase letters, digits and '_' (starting with a letter)"
         )
     return dataset_id
 
@@ -319,9 +319,9 @@ def explain(
     for problem in error.errors():
         loc = [str(part) for part in problem["loc"]]
         depth = 3 if loc[:1] == ["files"] and not prefix else 1  # the key a person wrote, not a tuple index
-        where = [*prefix, *loc[:depth]]
+        where = "/".join([*prefix, *loc[:depth]])
         if problem["type"] == "extra_forbidden":
-            allowed = sorted(set(error_model_fields(error, loc)) - {"id", "key"})
+            allowed = sorted(set(_allowed_keys(error, loc)) - {"id", "key"})
             detail = f"not a key here; allowed keys: {', '.join(allowed)}"
         elif problem["type"] == "value_error":
             detail = problem["msg"].removeprefix("Value error, ")
@@ -331,8 +331,8 @@ def explain(
             expected = EXPECTED.get(loc[depth - 1] if loc else "", "") if not prefix else ""
             expected = expected or problem["msg"].removeprefix("Input should be ").lower()
             detail = f"found {found}, expected {expected}"
-        if not any(w == "/".join(where) for w, _ in problems):
-            problems.append(("/".join(where), detail))
+        if where not in dict(problems):  # one problem per key (an image_shape's two numbers)
+            problems.append((where, detail))
     first_key, first = problems[0]
     rest = "".join(f"; key {key}: {detail}" for key, detail in problems[1:])
     return CatalogError(first + rest, dataset_id, first_key or None)
@@ -349,7 +349,7 @@ def _lookup(raw: Any, path: Sequence[str]) -> Any:
     return raw
 
 
-def error_model_fields(error: pydantic.ValidationError, loc: Sequence[str]) -> Iterable[str]:
+def _allowed_keys(error: pydantic.ValidationError, loc: Sequence[str]) -> Iterable[str]:
     """The keys allowed where an unknown key was written."""
     if error.title == "Dataset":
         return SourceFile.model_fields if loc[:1] == ["files"] else Dataset.model_fields
@@ -439,6 +439,6 @@ def load_catalog(path: str | os.PathLike | None = None) -> dict[str, Dataset]:
     """Every dataset of a catalog file (the packaged one by default); strict: the first malformed entry
     raises, naming the file."""
     catalog = read_catalog(path)
-    for problem in catalog.problems.values():
-        raise problem
+    if catalog.problems:
+        raise next(iter(catalog.problems.values()))
     return catalog.datasets

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verbose and not quiet.verbose():
         os.environ[quiet.VERBOSE_ENV] = "1"
-        if argv is None:  # the definitions loaded quietly along with this module: start again, verbose
+        if argv is None:  # Dagster loaded quietly along with this module (quiet imports it): start again
             os.execv(sys.executable, [sys.executable, "-m", "mnist_assets.cli", *sys.argv[1:]])
         quiet.uninstall()
     if (refused := _definitions_refused(args.command)) is not None:

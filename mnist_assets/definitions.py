@@ -1,7 +1,8 @@
 """The Dagster definitions: every dataset's graph bound to the storage chosen in one place.
 
 Settings come from the environment, read here only:
-- ``MNIST_ASSETS_CATALOG``: a catalog JSON file (default: the packaged ``catalog.json``);
+- ``MNIST_ASSETS_CATALOG``: a catalog JSON file (default: the packaged ``catalog.json``), each entry
+  parsed on its own: a wrong one becomes its dataset's placeholder (:mod:`mnist_assets.catalog_errors`);
 - ``MNIST_ASSETS_STORAGE``: where artifacts live, a directory or any fsspec URL (default ``data/artifacts``);
 - ``MNIST_ASSETS_MIRROR_<DATASET>``: mirror override, read when the definitions load;
 - ``MNIST_ASSETS_REFRESH_CRON``: when the daily_refresh schedule observes the sources (default 04:00 UTC);
@@ -15,6 +16,9 @@ Settings come from the environment, read here only:
 - ``MNIST_ASSETS_EXECUTOR``: where steps run: ``in_process`` (default) or ``celery`` (Celery workers, see
   docs/deploy.md), which also needs ``MNIST_ASSETS_CELERY_BROKER``, the broker URL (e.g. Redis), read
   when a run starts.
+
+A wrong value is a :class:`~mnist_assets.catalog.SettingError` naming the variable, what was found and
+what to set it to: the command line prints it as one line and exits 2.
 """
 
 from __future__ import annotations
@@ -90,6 +94,20 @@ def configured_lease_seconds() -> float:
     return _positive_seconds("MNIST_ASSETS_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
 
 
+def configured_refresh_cron() -> str:
+    """``MNIST_ASSETS_REFRESH_CRON``, or the default; refused unless a cron expression Dagster accepts
+    (asked of Dagster itself, by defining a schedule with it, so the two cannot disagree)."""
+    text = os.environ.get("MNIST_ASSETS_REFRESH_CRON") or DEFAULT_REFRESH_CRON
+    try:
+        dg.ScheduleDefinition(name="probe", cron_schedule=text, job_name="probe")
+    except dg.DagsterInvalidDefinitionError:
+        raise SettingError(
+            f"MNIST_ASSETS_REFRESH_CRON={text!r}: set it to a cron expression of 5 fields (minute hour "
+            f"day month weekday), e.g. {DEFAULT_REFRESH_CRON!r}"
+        ) from None
+    return text
+
+
 def configured_keep_versions() -> int:
     """``MNIST_ASSETS_KEEP_VERSIONS``, or the default; refused unless a whole number of at least 1."""
     text = os.environ.get("MNIST_ASSETS_KEEP_VERSIONS") or str(DEFAULT_KEEP)
@@ -147,7 +165,7 @@ def build_definitions(
 defs = build_definitions(
     read_catalog(os.environ.get("MNIST_ASSETS_CATALOG") or None),
     configured_storage(),
-    refresh_cron=os.environ.get("MNIST_ASSETS_REFRESH_CRON") or DEFAULT_REFRESH_CRON,
+    refresh_cron=configured_refresh_cron(),
     executor=configured_executor(),
     retry_backoff_seconds=configured_retry_backoff(),
     keep_versions=configured_keep_versions(),

@@ -122,7 +122,7 @@ def test_help_needs_neither_the_catalog_nor_the_settings(empty_project):
 @scenario(
     "Files",
     "A wrong `MNIST_ASSETS_*` setting: `KEEP_VERSIONS=abc`, `LEASE_SECONDS=-1`, `RETRY_BACKOFF=soon`, "
-    "`EXECUTOR=nope`, a `MIRROR_<DATASET>` with an `ftp://` URL",
+    "`REFRESH_CRON='0 25 * * *'`, `EXECUTOR=nope`, a `MIRROR_<DATASET>` with an `ftp://` URL",
     "One line naming the variable, the value found and what to set it to, exit 2 (a mirror override "
     "breaks its dataset only)",
     "Everything stored",
@@ -140,6 +140,11 @@ def test_help_needs_neither_the_catalog_nor_the_settings(empty_project):
             "MNIST_ASSETS_RETRY_BACKOFF",
             "soon",
             "MNIST_ASSETS_RETRY_BACKOFF='soon': set it to a positive number",
+        ),
+        (
+            "MNIST_ASSETS_REFRESH_CRON",
+            "0 25 * * *",
+            "MNIST_ASSETS_REFRESH_CRON='0 25 * * *': set it to a cron expression of 5 fields",
         ),
         (
             "MNIST_ASSETS_EXECUTOR",
@@ -193,6 +198,10 @@ def test_the_code_location_loads_and_shows_a_broken_datasets_error(empty_project
     assert graph.get(key).group_name == "my_ds" and line in (graph.get(key).description or "")
     assert graph.get(dg.AssetKey(["mini_mnist", "best_model"])).is_materializable
     assert catalog_errors(defs) == {"my_ds": line}
+    # the sensor's tick: the good dataset's missing files are requested, the placeholder never
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=project.instance)
+    requested = {k.to_user_string() for k in graph.get_all_asset_keys() if tick.get_num_requested(k)}
+    assert requested == {"mini_mnist/raw_gzip"} and tick.total_requested == 4
     check = dg.define_asset_job("check_catalog", selection=dg.AssetSelection.checks_for_assets(key))
     job = dg.Definitions.merge(defs, dg.Definitions(jobs=[check])).resolve_job_def("check_catalog")
     result = job.execute_in_process(instance=project.instance, raise_on_error=False)
