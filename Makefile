@@ -35,7 +35,7 @@ lock: $(BIN)/uv
 ## run: materialize every asset and partition of DATASET (default fashion_mnist) into data/
 run: $(BIN)/.installed
 	scripts/materialize.sh $(DATASET) $(EPOCHS)
-	$(BIN)/python -m mnist_assets.status $(DATASET)
+	$(BIN)/mnist-assets status $(DATASET)
 
 ## refresh: rebuild exactly the stale or missing partitions of DATASET; DRY_RUN=1 prints the plan only,
 ## VERIFY=1 also reads every stored artifact against its checksums and rebuilds what is damaged
@@ -71,7 +71,7 @@ dev: $(BIN)/.installed
 
 ## status: what is materialized for DATASET, with data versions, step seconds and paths
 status: $(BIN)/.installed
-	$(BIN)/python -m mnist_assets.status $(DATASET)
+	$(BIN)/mnist-assets status $(DATASET)
 
 ## docs: regenerate docs/faults.md (the fault table) from the fault-injection tests
 docs: $(BIN)/.installed

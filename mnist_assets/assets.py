@@ -86,19 +86,24 @@ class ShardConfig(dg.Config):
 ConfigT = TypeVar("ConfigT", bound=dg.Config)
 
 
-def with_defaults(base: type[ConfigT], overrides: dict, name: str, where: str) -> type[ConfigT]:
-    """``base`` with the catalog's per-dataset defaults, so the launchpad and the code version see them."""
+def with_defaults(
+    base: type[ConfigT], overrides: dict, name: str, dataset_id: str, key: str
+) -> type[ConfigT]:
+    """``base`` with the catalog's per-dataset defaults (``key`` of the dataset's entry), so the launchpad
+    and the code version see them."""
     unknown = sorted(set(overrides) - set(base.model_fields))
     if unknown:
         raise CatalogError(
-            f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(base.model_fields))}"
+            f"not a key here; allowed keys: {', '.join(sorted(base.model_fields))}",
+            dataset_id,
+            f"{key}/{unknown[0]}",
         )
-    # Any: mypy matches ``**fields`` against every keyword of create_model (``__base__``, ``__config__``,
-    # ...), so typed as the (annotation, Field) pairs they are, the call would not type-check
-    try:
+    try:  # the values too, by the settings' own rules, naming the key they are written under
         base(**overrides)
     except pydantic.ValidationError as error:
-        raise CatalogError(explain(where, error)) from None
+        raise explain(dataset_id, error, overrides, (key,)) from None
+    # Any: mypy matches ``**fields`` against every keyword of create_model (``__base__``, ``__config__``,
+    # ...), so typed as the (annotation, Field) pairs they are, the call would not type-check
     fields: dict[str, Any] = {
         k: (base.model_fields[k].annotation, Field(default=v, description=base.model_fields[k].description))
         for k, v in overrides.items()
@@ -552,7 +557,7 @@ def shards_asset(dataset: Dataset) -> dg.AssetsDefinition:
         DatasetShardConfig: TypeAlias = ShardConfig
     else:  # the real class: Dagster reads the config annotation below for the run config schema
         DatasetShardConfig = with_defaults(
-            ShardConfig, dataset.shards, f"{dataset.id}_ShardConfig", f"{dataset.id}/shards"
+            ShardConfig, dataset.shards, f"{dataset.id}_ShardConfig", dataset.id, "shards"
         )
 
     @versioned_asset(

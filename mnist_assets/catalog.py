@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -31,8 +32,36 @@ DEFAULT_MODEL = "cnn"
 """The one training configuration of a dataset whose catalog entry lists no ``models``."""
 
 
-class CatalogError(ValueError):
-    """The catalog or a mirror override is malformed."""
+class SettingError(ValueError):
+    """A user's setting is wrong: a catalog entry, or an ``MNIST_ASSETS_*`` environment variable. The
+    message is the whole story, one line naming where, what was found and what is expected, so the
+    command line shows it alone (no traceback unless ``--verbose``) and exits 2."""
+
+
+class CatalogError(SettingError):
+    """A catalog entry (or a mirror override) is malformed: which dataset, which key, what is wrong.
+
+    ``catalog`` names the file once it is known (:func:`read_catalog` adds it), so the line says where
+    to look: ``catalog /p/cat.json, dataset my_ds, key image_shape: found [28], expected ...``.
+    """
+
+    def __init__(
+        self, problem: str, dataset: str | None = None, key: str | None = None, catalog: Path | None = None
+    ):
+        self.problem, self.dataset, self.key, self.catalog = problem, dataset, key, catalog
+        super().__init__(problem)
+
+    def __str__(self) -> str:
+        where = [
+            *([f"catalog {self.catalog}"] if self.catalog else []),
+            *([f"dataset {self.dataset}"] if self.dataset else []),
+            *([f"key {self.key}"] if self.key else []),
+        ]
+        return f"{', '.join(where)}: {self.problem}" if where else self.problem
+
+    def in_catalog(self, catalog: Path) -> CatalogError:
+        """The same problem, naming the catalog file it is in."""
+        return CatalogError(self.problem, self.dataset, self.key, catalog)
 
 
 FileKey = Literal["train-images", "train-labels", "test-images", "test-labels"]
@@ -113,14 +142,6 @@ class Dataset(_Entry):
     class_names: tuple[str, ...] = pydantic.Field(min_length=2, max_length=256)
     image_shape: tuple[pydantic.PositiveInt, pydantic.PositiveInt] = (28, 28)
     """(height, width) of every image: the idx check refuses image files of another shape."""
-
-    @pydantic.field_validator("image_shape", mode="before")
-    @classmethod
-    def _two_sides(cls, shape: Any) -> Any:
-        if isinstance(shape, (list, tuple)) and len(shape) != 2:
-            raise ValueError(f"found {json.dumps(list(shape))}, expected [height, width]")
-        return shape
-
     shards: dict[str, Any] = pydantic.Field(default_factory=dict)
     """Overrides of the shard settings' defaults (seed, rows_per_shard, ...) for this dataset."""
     training: dict[str, Any] = pydantic.Field(default_factory=dict)
@@ -147,14 +168,12 @@ class Dataset(_Entry):
     @pydantic.model_validator(mode="before")
     @classmethod
     def _fill_in(cls, raw: Any) -> Any:
-        """The title defaults to the id; each file entry learns its key; all four files must be there."""
+        """The title defaults to the id; each file entry learns its key."""
         if not isinstance(raw, dict):
             return raw
         raw = {**raw, "title": raw.get("title") or raw.get("id", "")}
         files = raw.get("files")
-        if isinstance(files, dict):
-            if sorted(files) != sorted(FILE_KEYS):
-                raise ValueError(f"files must be exactly {', '.join(FILE_KEYS)}")
+        if isinstance(files, dict):  # parse_dataset checked they are the four FILE_KEYS
             raw["files"] = {k: {**v, "key": k} if isinstance(v, dict) else v for k, v in files.items()}
         return raw
 
@@ -169,12 +188,19 @@ class Dataset(_Entry):
         """The mirror base URLs to try, in order: run-config override, then env override, then catalog."""
         environ = os.environ if environ is None else environ
         if override:
-            chosen = list(override)
-        elif environ.get(self.mirror_env_var, "").strip():
-            chosen = [m for m in environ[self.mirror_env_var].split(",") if m.strip()]
-        else:
-            chosen = list(self.mirrors)
-        return [normalize_mirror(m, self.id) for m in chosen]
+            return [normalize_mirror(m, self.id) for m in override]
+        if variable := environ.get(self.mirror_env_var, "").strip():
+            try:
+                return [normalize_mirror(m, self.id) for m in variable.split(",") if m.strip()]
+            except CatalogError as error:
+                raise SettingError(
+                    f"{self.mirror_env_var}={redact_url(variable)!r}: {error.problem}; "
+                    "or unset it to use the catalog's mirrors"
+                ) from None
+        try:
+            return [normalize_mirror(m, self.id) for m in self.mirrors]
+        except CatalogError as error:
+            raise CatalogError(error.problem, self.id, "mirrors") from None
 
     def file(self, key: str) -> SourceFile:
         """The file listed under ``key``, which may be any str (a partition key of the file-level assets)."""
@@ -204,8 +230,9 @@ def normalize_mirror(mirror: str, dataset_id: str) -> str:
         scheme = "file"
     if scheme not in ALLOWED_SCHEMES:
         raise CatalogError(
-            f"{dataset_id}: mirror {redact_url(mirror)!r} uses scheme {scheme!r}; "
-            f"only {', '.join(ALLOWED_SCHEMES)} are allowed"
+            f"mirror {redact_url(mirror)!r} uses scheme {scheme!r}; only {', '.join(ALLOWED_SCHEMES)} "
+            "are allowed",
+            dataset_id,
         )
     if scheme == "file":
         _check_local(mirror, dataset_id)
@@ -218,14 +245,16 @@ def _check_local(mirror: str, dataset_id: str) -> None:
     parts = urlsplit(mirror)
     if parts.netloc.lower() not in LOCAL_HOSTS:
         raise CatalogError(
-            f"{dataset_id}: mirror {redact_url(mirror)!r} names host {parts.hostname!r}, but a file:// "
-            f"mirror is read on this machine only: write file://{parts.path} (or the directory's path) "
-            "for a local copy, or an http(s):// URL for that server"
+            f"mirror {redact_url(mirror)!r} names host {parts.hostname!r}, but a file:// mirror is read "
+            f"on this machine only: write file://{parts.path} (or the directory's path) for a local "
+            "copy, or an http(s):// URL for that server",
+            dataset_id,
         )
     if parts.query or parts.fragment:
         raise CatalogError(
-            f"{dataset_id}: mirror {redact_url(mirror)!r} has a '?' or '#' after its path; write the "
-            "directory's path (a local directory's name is percent-encoded for you)"
+            f"mirror {redact_url(mirror)!r} has a '?' or '#' after its path; write the directory's path "
+            "(a local directory's name is percent-encoded for you)",
+            dataset_id,
         )
 
 
@@ -251,6 +280,7 @@ def redact_text(text: str) -> str:
 
 
 def validate_dataset_id(dataset_id: str) -> str:
+    """``dataset_id``, or a CatalogError that names no dataset: the id itself is what is wrong."""
     if not _DATASET_ID.match(dataset_id):
         raise CatalogError(
             f"dataset id {dataset_id!r} must be lowercase letters, digits and '_' (starting with a letter)"
@@ -258,82 +288,163 @@ def validate_dataset_id(dataset_id: str) -> str:
     return dataset_id
 
 
-def explain(
-    where: str, error: pydantic.ValidationError, allowed: Mapping[str, Sequence[str]] | None = None
-) -> str:
-    """Each problem of ``error`` as ``where/key: found X, expected Y``, joined by ``; ``.
+EXPECTED = {
+    "image_shape": "two positive integers [height, width], e.g. [28, 28]",
+    "class_names": "a list of 2 to 256 class names, one per label",
+    "mirrors": "a list of at least one mirror (an http(s):// or file:// URL, or a directory)",
+    "files": "an object with the four file entries",
+    "payload_size": "the decompressed file's size in bytes, a positive integer",
+    "payload_sha256": "the decompressed file's sha256, 64 lowercase hex digits",
+    "gzip_md5": "the gzip file's md5, 32 lowercase hex digits",
+    "shards": "an object of shard settings",
+    "training": "an object of training settings",
+    "models": "an object of named training configurations",
+}
+"""What a catalog key must hold, in the words of the error a user reads (pydantic's say "tuple")."""
 
-    ``allowed``: for an unknown key, the keys that are allowed, by the first part of its location
-    (``""`` for the top level), so a misspelling shows what was meant."""
-    problems = []
+
+def _found(value: Any) -> str:
+    """A value as it is written in the catalog (JSON), shortened to stay on one line."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def explain(
+    dataset_id: str, error: pydantic.ValidationError, raw: Any, prefix: tuple[str, ...] = ()
+) -> CatalogError:
+    """The problems of one entry as a CatalogError: each as ``key K: found X, expected Y`` (an unknown
+    key lists the allowed keys); ``raw`` is the entry as written, ``prefix`` where it sits in the dataset's
+    entry (e.g. ``("models", "small")``)."""
+    problems: list[tuple[str, str]] = []
     for problem in error.errors():
-        at = "/".join([where, *(str(part) for part in problem["loc"])])
+        loc = [str(part) for part in problem["loc"]]
+        depth = 3 if loc[:1] == ["files"] and not prefix else 1  # the key a person wrote, not a tuple index
+        where = "/".join([*prefix, *loc[:depth]])
         if problem["type"] == "extra_forbidden":
-            keys = (allowed or {}).get(str(problem["loc"][0]) if len(problem["loc"]) > 1 else "", ())
-            problems.append(f"{at}: unknown key {problem['loc'][-1]!r}; allowed keys: {', '.join(keys)}")
-        elif problem["type"] == "missing":
-            problems.append(f"{at}: missing; it is required")
-        elif problem["type"] == "value_error":  # our own validators' sentences say what was found
-            problems.append(f"{at}: {problem['msg'].removeprefix('Value error, ')}")
+            allowed = sorted(set(_allowed_keys(error, loc)) - {"id", "key"})
+            detail = f"not a key here; allowed keys: {', '.join(allowed)}"
+        elif problem["type"] == "value_error":
+            detail = problem["msg"].removeprefix("Value error, ")
         else:
-            problems.append(
-                f"{at}: found {json.dumps(problem['input'], default=str)}, {_expected(problem['msg'])}"
-            )
-    return "; ".join(problems)
+            value = _lookup(raw, loc[:depth])
+            found = "nothing" if value is _MISSING else _found(value)
+            expected = EXPECTED.get(loc[depth - 1] if loc else "", "") if not prefix else ""
+            expected = expected or _expected(problem["msg"])
+            detail = f"found {found}, expected {expected}"
+        if where not in dict(problems):  # one problem per key (an image_shape's two numbers)
+            problems.append((where, detail))
+    first_key, first = problems[0]
+    rest = "".join(f"; key {key}: {detail}" for key, detail in problems[1:])
+    return CatalogError(first + rest, dataset_id, first_key or None)
 
 
 def _expected(message: str) -> str:
-    """pydantic's ``Input should be greater than 0`` as ``expected greater than 0``."""
+    """pydantic's ``List should have at least 1 item after validation, not 0`` as ``at least 1 item``."""
     message = re.sub(r"^\w+ should (?:be |have )?", "", message)
-    return "expected " + re.sub(r" after validation, not \d+$", "", message)
+    return re.sub(r" after validation, not \d+$", "", message)
 
 
-def _explain(dataset_id: str, error: pydantic.ValidationError) -> str:
-    """A dataset entry's problems; an unknown key lists the keys that are allowed."""
-    keys = sorted(set(Dataset.model_fields) - {"id"})
-    return explain(dataset_id, error, {"": keys, "files": sorted(set(SourceFile.model_fields) - {"key"})})
+_MISSING = object()
+
+
+def _lookup(raw: Any, path: Sequence[str]) -> Any:
+    for part in path:
+        if not isinstance(raw, dict) or part not in raw:
+            return _MISSING
+        raw = raw[part]
+    return raw
+
+
+def _allowed_keys(error: pydantic.ValidationError, loc: Sequence[str]) -> Iterable[str]:
+    """The keys allowed where an unknown key was written."""
+    if error.title == "Dataset":
+        return SourceFile.model_fields if loc[:1] == ["files"] else Dataset.model_fields
+    return ()
 
 
 def parse_dataset(dataset_id: str, raw: Any) -> Dataset:
+    """One catalog entry, or a CatalogError naming the dataset and the key that is wrong."""
     validate_dataset_id(dataset_id)
     if not isinstance(raw, dict):
-        raise CatalogError(f"{dataset_id}: the entry must be a JSON object")
+        raise CatalogError(f"found {_found(raw)}, expected an object (the dataset's entry)", dataset_id)
     files = raw.get("files")
-    if not isinstance(files, dict):
-        files = {}  # missing or not an object: Dataset's validation reports it
-    written = {"id"} & set(raw) | {"key"} & {k for f in files.values() if isinstance(f, dict) for k in f}
-    if written:  # they are the keys the entries are listed under
+    if isinstance(files, dict) and sorted(files) != sorted(FILE_KEYS):
         raise CatalogError(
-            f"{dataset_id}: unknown key {sorted(written)[0]!r} (set by where the entry is listed)"
+            f"found {', '.join(sorted(files)) or 'no files'}, expected exactly {', '.join(FILE_KEYS)}",
+            dataset_id,
+            "files",
         )
+    if "id" in raw:  # the key the entry is listed under
+        raise CatalogError("not a key here (the id is the key the entry is listed under)", dataset_id, "id")
+    for key, file in (files or {}).items():
+        if isinstance(file, dict) and "key" in file:
+            raise CatalogError(
+                "not a key here (set by where the entry is listed)", dataset_id, f"files/{key}/key"
+            )
     try:
         dataset = Dataset.model_validate({**raw, "id": dataset_id})
     except pydantic.ValidationError as error:
-        raise CatalogError(_explain(dataset_id, error)) from None
+        raise explain(dataset_id, error, raw) from None
     dataset.resolve_mirrors(environ={})  # validates schemes
     return dataset
 
 
-def parse_catalog(document: Any) -> dict[str, Dataset]:
-    """Every dataset of a catalog document; top-level keys starting with ``_`` are comments."""
+@dataclass(frozen=True)
+class Catalog:
+    """Every dataset of one catalog file, each parsed on its own: a mistake in one entry breaks that
+    dataset only (its CatalogError, naming the file, is kept in ``problems``), never the others."""
+
+    path: Path | None
+    datasets: dict[str, Dataset]
+    problems: dict[str, CatalogError] = field(default_factory=dict)
+
+
+def _datasets_of(document: Any) -> dict[str, Any]:
+    """The raw entries of a catalog document, or a CatalogError if the document itself is malformed."""
     if not isinstance(document, dict):
         raise CatalogError("the catalog must be a JSON object with a 'datasets' entry")
     unknown = sorted(k for k in document if k != "datasets" and not k.startswith("_"))
     if unknown:
-        raise CatalogError(f"catalog: unknown key {unknown[0]!r}; allowed keys: datasets (and _comments)")
-    datasets = {
-        dataset_id: parse_dataset(dataset_id, raw) for dataset_id, raw in document.get("datasets", {}).items()
-    }
-    if not datasets:
-        raise CatalogError("the catalog lists no datasets")
-    return datasets
+        raise CatalogError(f"unknown key {unknown[0]!r}; allowed keys: datasets (and _comments)")
+    entries = document.get("datasets", {})
+    if not isinstance(entries, dict) or not entries:
+        raise CatalogError("the catalog lists no datasets: 'datasets' must be an object of dataset entries")
+    return entries
 
 
-def load_catalog(path: str | os.PathLike | None = None) -> dict[str, Dataset]:
-    """Read a catalog file (the packaged one by default)."""
+def parse_catalog(document: Any) -> dict[str, Dataset]:
+    """Every dataset of a catalog document; top-level keys starting with ``_`` are comments. Strict: the
+    first malformed entry raises (see :func:`read_catalog` for the per-dataset reading)."""
+    return {dataset_id: parse_dataset(dataset_id, raw) for dataset_id, raw in _datasets_of(document).items()}
+
+
+def read_catalog(path: str | os.PathLike | None = None) -> Catalog:
+    """A catalog file (the packaged one by default), each dataset parsed on its own. Raises only when
+    the file itself cannot be read as a catalog."""
     path = Path(path) if path else DEFAULT_CATALOG
     try:
         document = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CatalogError(f"cannot read catalog {path}: {error}") from error
-    return parse_catalog(document)
+    except OSError as error:
+        raise CatalogError(f"cannot read it: {error.strerror or error}", catalog=path) from None
+    except json.JSONDecodeError as error:
+        raise CatalogError(f"not valid JSON: {error}", catalog=path) from None
+    try:
+        entries = _datasets_of(document)
+    except CatalogError as error:
+        raise error.in_catalog(path) from None
+    datasets, problems = {}, {}
+    for dataset_id, raw in entries.items():
+        try:
+            datasets[dataset_id] = parse_dataset(dataset_id, raw)
+        except CatalogError as error:
+            problems[dataset_id] = error.in_catalog(path)
+    return Catalog(path, datasets, problems)
+
+
+def load_catalog(path: str | os.PathLike | None = None) -> dict[str, Dataset]:
+    """Every dataset of a catalog file (the packaged one by default); strict: the first malformed entry
+    raises, naming the file."""
+    catalog = read_catalog(path)
+    if catalog.problems:
+        raise next(iter(catalog.problems.values()))
+    return catalog.datasets

@@ -60,14 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verbose and not quiet.verbose():
         os.environ[quiet.VERBOSE_ENV] = "1"
-        if argv is None:  # the definitions loaded quietly along with this module: start again, verbose
+        if argv is None:  # Dagster loaded quietly along with this module (quiet imports it): start again
             os.execv(sys.executable, [sys.executable, "-m", "mnist_assets.cli", *sys.argv[1:]])
         quiet.uninstall()
+    if (refused := _definitions_refused(args.command)) is not None:
+        return refused
 
     if args.command == "status":
         from mnist_assets.status import main as status_main
 
-        return status_main([args.dataset, *(["--json"] if args.json else [])])
+        return status_main([args.dataset, *(["--json"] if args.json else [])], prog="mnist-assets status")
 
     if args.command in ("history", "rollback", "gc"):
         try:
@@ -97,10 +99,28 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"mnist-assets {args.command}: {error}", file=sys.stderr)
             return 2
+        for line in summary.catalog_errors.values():  # the good datasets were refreshed all the same
+            print(f"mnist-assets {args.command}: {line}", file=sys.stderr)
         if args.command == "prepare":
-            return _print_prepared(instance, defs, args.dataset, summary)
-    print(json.dumps(summary.to_dict(), indent=2))
-    return 1 if summary.failed or summary.blocked else 0
+            return 2 if summary.catalog_errors else _print_prepared(instance, defs, args.dataset, summary)
+    if summary.datasets or not summary.catalog_errors:
+        print(json.dumps(summary.to_dict(), indent=2))
+    return 2 if summary.catalog_errors else 1 if summary.failed or summary.blocked else 0
+
+
+def _definitions_refused(command: str) -> int | None:
+    """Load the definitions (catalog and MNIST_ASSETS_* settings); a mistake in a setting or in the
+    catalog file as a whole is printed as its one line (a traceback only with --verbose): exit 2."""
+    from mnist_assets.catalog import SettingError
+
+    try:
+        from mnist_assets import definitions  # noqa: F401
+    except SettingError as error:
+        if quiet.verbose():
+            raise
+        print(f"mnist-assets {command}: {error}", file=sys.stderr)
+        return 2
+    return None
 
 
 def _versions_command(args) -> int:

@@ -1,7 +1,8 @@
 """The Dagster definitions: every dataset's graph bound to the storage chosen in one place.
 
 Settings come from the environment, read here only:
-- ``MNIST_ASSETS_CATALOG``: a catalog JSON file (default: the packaged ``catalog.json``);
+- ``MNIST_ASSETS_CATALOG``: a catalog JSON file (default: the packaged ``catalog.json``), each entry
+  parsed on its own: a wrong one becomes its dataset's placeholder (:mod:`mnist_assets.catalog_errors`);
 - ``MNIST_ASSETS_STORAGE``: where artifacts live, a directory or any fsspec URL (default ``data/artifacts``);
 - ``MNIST_ASSETS_MIRROR_<DATASET>``: mirror override, read when the definitions load;
 - ``MNIST_ASSETS_REFRESH_CRON``: when the daily_refresh schedule observes the sources (default 04:00 UTC);
@@ -15,6 +16,9 @@ Settings come from the environment, read here only:
 - ``MNIST_ASSETS_EXECUTOR``: where steps run: ``in_process`` (default) or ``celery`` (Celery workers, see
   docs/deploy.md), which also needs ``MNIST_ASSETS_CELERY_BROKER``, the broker URL (e.g. Redis), read
   when a run starts.
+
+A wrong value is a :class:`~mnist_assets.catalog.SettingError` naming the variable, what was found and
+what to set it to: the command line prints it as one line and exits 2.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import dagster as dg
 
 from mnist_assets.assets import dataset_assets
 from mnist_assets.automation import DEFAULT_BACKOFF_SECONDS, DEFAULT_REFRESH_CRON, automation
-from mnist_assets.catalog import Dataset, load_catalog
+from mnist_assets.catalog import Catalog, CatalogError, Dataset, SettingError, read_catalog
+from mnist_assets.catalog_errors import placeholder
 from mnist_assets.io_managers import DEFAULT_LEASE_SECONDS, io_managers
 from mnist_assets.versions import DEFAULT_KEEP
 
@@ -53,16 +58,16 @@ def configured_executor(name: str | None = None) -> dg.ExecutorDefinition:
     if name == "in_process":
         return dg.in_process_executor
     if name != "celery":
-        raise ValueError(
+        raise SettingError(
             f"MNIST_ASSETS_EXECUTOR={name!r} is not an executor this project runs; "
             f"set it to one of {', '.join(EXECUTORS)}"
         )
     try:
         from dagster_celery import celery_executor
-    except ImportError as error:
-        raise ValueError(
+    except ImportError:
+        raise SettingError(
             "MNIST_ASSETS_EXECUTOR=celery needs the deploy extra: pip install 'mnist_assets[deploy]'"
-        ) from error
+        ) from None
     broker = {"env": CELERY_BROKER_ENV}
     return celery_executor.configured({"broker": broker, "backend": broker}, name="celery")
 
@@ -75,7 +80,7 @@ def _positive_seconds(variable: str, default: float) -> float:
     except ValueError:
         seconds = -1.0
     if not 0 < seconds < float("inf"):
-        raise ValueError(f"{variable}={text!r}: set it to a positive number of seconds, e.g. {default:g}")
+        raise SettingError(f"{variable}={text!r}: set it to a positive number of seconds, e.g. {default:g}")
     return seconds
 
 
@@ -89,19 +94,52 @@ def configured_lease_seconds() -> float:
     return _positive_seconds("MNIST_ASSETS_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
 
 
+def configured_refresh_cron() -> str:
+    """``MNIST_ASSETS_REFRESH_CRON``, or the default; refused unless a cron expression Dagster accepts
+    (asked of Dagster itself, by defining a schedule with it, so the two cannot disagree)."""
+    text = os.environ.get("MNIST_ASSETS_REFRESH_CRON") or DEFAULT_REFRESH_CRON
+    try:
+        dg.ScheduleDefinition(name="probe", cron_schedule=text, job_name="probe")
+    except dg.DagsterInvalidDefinitionError:
+        raise SettingError(
+            f"MNIST_ASSETS_REFRESH_CRON={text!r}: set it to a cron expression of 5 fields (minute hour "
+            f"day month weekday), e.g. {DEFAULT_REFRESH_CRON!r}"
+        ) from None
+    return text
+
+
 def configured_keep_versions() -> int:
     """``MNIST_ASSETS_KEEP_VERSIONS``, or the default; refused unless a whole number of at least 1."""
     text = os.environ.get("MNIST_ASSETS_KEEP_VERSIONS") or str(DEFAULT_KEEP)
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(
+        raise SettingError(
             f"MNIST_ASSETS_KEEP_VERSIONS={text!r}: set it to how many versions of each artifact to keep "
             "for rollback, a whole number of at least 1, e.g. 3"
         )
     return int(text)
 
 
+def dataset_parts(
+    catalog: Catalog, assets_factory=dataset_assets
+) -> tuple[list[dg.AssetsDefinition | dg.SourceAsset], list[dg.AssetSpec], list[dg.AssetChecksDefinition]]:
+    """The assets of every good dataset, and a placeholder with a failing check for each broken one
+    (:mod:`mnist_assets.catalog_errors`): an entry can be wrong where the catalog is parsed or where its
+    assets are made (training and shard settings, a ``MNIST_ASSETS_MIRROR_<DATASET>`` override)."""
+    assets: list[dg.AssetsDefinition | dg.SourceAsset] = []
+    errors = {dataset_id: str(error) for dataset_id, error in catalog.problems.items()}
+    for dataset_id, dataset in catalog.datasets.items():
+        try:
+            assets += assets_factory(dataset)
+        except CatalogError as error:
+            errors[dataset_id] = str(error.in_catalog(catalog.path) if catalog.path else error)
+        except SettingError as error:
+            errors[dataset_id] = f"dataset {dataset_id}: {error}"
+    placeholders = [placeholder(dataset_id, line) for dataset_id, line in sorted(errors.items())]
+    return assets, [spec for spec, _ in placeholders], [check for _, check in placeholders]
+
+
 def build_definitions(
-    datasets: Mapping[str, Dataset],
+    datasets: Mapping[str, Dataset] | Catalog,
     storage: str,
     assets_factory=dataset_assets,
     refresh_cron: str = DEFAULT_REFRESH_CRON,
@@ -110,19 +148,24 @@ def build_definitions(
     keep_versions: int = DEFAULT_KEEP,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> dg.Definitions:
+    """Every dataset's graph on ``storage``; a broken catalog entry (in a :class:`Catalog`, or raised
+    while its assets are made) becomes that dataset's placeholder, the other datasets stay whole."""
+    catalog = datasets if isinstance(datasets, Catalog) else Catalog(None, dict(datasets))
     resources = io_managers(storage, keep_versions, lease_seconds)
-    assets = [a for dataset in datasets.values() for a in assets_factory(dataset)]
+    assets, placeholders, checks = dataset_parts(catalog, assets_factory)
+    parts = automation(assets, resources, refresh_cron, retry_backoff_seconds)
     return dg.Definitions(
-        **automation(assets, resources, refresh_cron, retry_backoff_seconds),
+        **{**parts, "assets": [*parts["assets"], *placeholders]},
+        asset_checks=checks,
         resources=resources,
         executor=executor,
     )
 
 
 defs = build_definitions(
-    load_catalog(os.environ.get("MNIST_ASSETS_CATALOG") or None),
+    read_catalog(os.environ.get("MNIST_ASSETS_CATALOG") or None),
     configured_storage(),
-    refresh_cron=os.environ.get("MNIST_ASSETS_REFRESH_CRON") or DEFAULT_REFRESH_CRON,
+    refresh_cron=configured_refresh_cron(),
     executor=configured_executor(),
     retry_backoff_seconds=configured_retry_backoff(),
     keep_versions=configured_keep_versions(),

@@ -17,6 +17,7 @@ from typing import Any
 import dagster as dg
 
 from mnist_assets import versions
+from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.io_managers import ArtifactIOManager
 from mnist_assets.staleness import stores_of
 
@@ -62,6 +63,8 @@ class Target:
 
 def target(defs: dg.Definitions, dataset: str, asset: str, partition: str | None) -> Target:
     """The asset partition a person named, or a ValueError that says what exists."""
+    if error := catalog_errors(defs).get(dataset):
+        raise ValueError(error)
     key = dg.AssetKey([dataset, asset])
     stores = stores_of(defs.assets or (), defs.resources or {})
     store = stores.get(key)
@@ -174,6 +177,8 @@ def collect(defs: dg.Definitions, datasets: list[str], dry_run: bool) -> list[ve
     graph = defs.resolve_asset_graph()
     stores = stores_of(defs.assets or (), defs.resources or {})
     known = sorted({key.path[0] for key in stores})
+    if broken := [error for dataset, error in catalog_errors(defs).items() if dataset in datasets]:
+        raise ValueError(broken[0])  # gc of all datasets leaves a broken one's files alone
     if unknown := sorted(set(datasets) - set(known)):
         raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; the catalog has {', '.join(known)}")
     removed: list[versions.Removed] = []

@@ -74,21 +74,26 @@ def training_configs(dataset: Dataset) -> dict[str, TrainConfig]:
     """Every named configuration of ``dataset``, resolved: its overrides on the dataset's ``training``
     on :class:`TrainConfig`'s defaults. An unknown key is refused, naming where it is written."""
     allowed = ", ".join(sorted(TrainConfig.model_fields))
-    layers = {f"{dataset.id}/training": dataset.training}
-    layers |= {f"{dataset.id}/models/{name}": dataset.models.get(name, {}) for name in dataset.model_names}
+    layers = {"training": dataset.training}
+    layers |= {f"models/{name}": dataset.models.get(name, {}) for name in dataset.model_names}
     for where, values in layers.items():
         unknown = sorted(set(values) - set(TrainConfig.model_fields))
         if unknown:
-            raise CatalogError(f"{where}/{unknown[0]}: unknown key {unknown[0]!r}; allowed keys: {allowed}")
-    for where, values in layers.items():  # each layer alone: the error names where the value is written
+            raise CatalogError(
+                f"not a key here; allowed keys: {allowed}", dataset.id, f"{where}/{unknown[0]}"
+            )
+    configs = {}
+    for name in dataset.model_names:
+        values = {**dataset.training, **dataset.models.get(name, {})}
         try:
-            TrainConfig(**values)
+            configs[name] = TrainConfig(**values)
         except pydantic.ValidationError as error:
-            raise CatalogError(explain(where, error)) from None
-    return {
-        name: TrainConfig(**{**dataset.training, **dataset.models.get(name, {})})
-        for name in dataset.model_names
-    }
+            # the wrong value is the model's own or the dataset's training setting
+            field = str(error.errors()[0]["loc"][0])
+            own = dataset.models.get(name, {})
+            prefix, layer = (("models", name), own) if field in own else (("training",), dataset.training)
+            raise explain(dataset.id, error, layer, prefix) from None
+    return configs
 
 
 def with_overrides(config: TrainConfig, overrides: dg.Config) -> TrainConfig:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import dagster as dg
 
 from mnist_assets import attempts, leases, quiet, staleness
+from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.dagster_private import observe_sources, observed_data_versions, reconstructable_asset_job
 from mnist_assets.progress import Lines
 
@@ -67,6 +68,8 @@ class Summary:
     fresh: int = 0
     seconds: float = 0.0
     artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
+    catalog_errors: dict[str, str] = field(default_factory=dict)
+    """The datasets asked for whose catalog entry is wrong (not refreshed), each with its one-line error."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,13 +124,17 @@ class Refresher:
         # what runs print to stderr; every event still goes to the instance's event log
         self.run_config = {"loggers": {"console": {"config": {"log_level": console_log_level}}}}
         self.graph = defs.resolve_asset_graph()
-        known = {k.path[0] for k in self.graph.get_all_asset_keys()}
+        broken = catalog_errors(defs)
+        known = {k.path[0] for k in self.graph.materializable_asset_keys} | set(broken)
         unknown = sorted(set(datasets) - known)
         if unknown:
             raise ValueError(
                 f"unknown dataset(s) {', '.join(unknown)}; the catalog has {', '.join(sorted(known))}"
             )
-        self.datasets = list(datasets) or sorted(known)
+        asked = list(datasets) or sorted(known)
+        self.catalog_errors = {dataset: broken[dataset] for dataset in asked if dataset in broken}
+        """Asked for, but their entries are wrong: reported, never run; the other datasets still refresh."""
+        self.datasets = [dataset for dataset in asked if dataset not in broken]
         ours = [k for k in self.graph.toposorted_asset_keys if k.path[0] in self.datasets]
         self.keys = [k for k in ours if self.graph.get(k).is_materializable]
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
@@ -175,7 +182,9 @@ class Refresher:
         progress = progress or Lines(log)
         log = progress.log
         started = time.perf_counter()
-        summary = Summary(datasets=self.datasets, dry_run=dry_run)
+        summary = Summary(datasets=self.datasets, dry_run=dry_run, catalog_errors=self.catalog_errors)
+        if not self.datasets:
+            return summary
         planned: set[Partition] = set()
         failed_roots: dict[Partition, set[str]] = {}  # failed or blocked → the failures behind it
         judge = self.look_around(dry_run, log)

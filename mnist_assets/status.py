@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 
+from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.staleness import stores_of
 
 
@@ -68,13 +69,16 @@ def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_i
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("dataset")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     from mnist_assets import defs
 
+    if error := catalog_errors(defs).get(args.dataset):
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        return 2
     with dg.DagsterInstance.get() as instance:
         rows = dataset_status(instance, defs, args.dataset)
     if args.json:

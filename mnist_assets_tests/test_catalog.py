@@ -1,5 +1,7 @@
 import json
+import re
 
+import dagster as dg
 import pytest
 
 from mnist_assets.catalog import (
@@ -60,7 +62,7 @@ def test_mirror_override_by_run_config_then_environment_then_catalog(tmp_path):
 
 def test_mirror_with_a_forbidden_scheme_is_refused_naming_the_dataset():
     dataset = load_catalog()["mnist"]
-    with pytest.raises(CatalogError, match=r"mnist: .*'ftp'"):
+    with pytest.raises(CatalogError, match=r"^dataset mnist: .*'ftp'"):
         dataset.resolve_mirrors(["ftp://example.org/mnist/"])
 
 
@@ -73,27 +75,40 @@ def test_credentials_never_leave_a_url_shown_to_people():
     "mutate, message",
     [
         (lambda d: d["datasets"].update({"Bad/Id": d["datasets"].pop("mnist")}), "dataset id"),
-        (lambda d: d["datasets"]["mnist"]["files"].pop("test-labels"), "files must be exactly"),
+        (
+            lambda d: d["datasets"]["mnist"]["files"].pop("test-labels"),
+            "dataset mnist, key files: found test-images, train-images, train-labels, expected exactly",
+        ),
         (lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(filename="../x.gz"), "plain file"),
         (lambda d: d["datasets"]["mnist"]["files"]["test-labels"].pop("payload_sha256"), "pin"),
-        (lambda d: d["datasets"]["mnist"].update(mirrors=[]), "mnist/mirrors: .*at least 1 item"),
+        (
+            lambda d: d["datasets"]["mnist"].update(mirrors=[]),
+            r"dataset mnist, key mirrors: found \[\], expected a list of at least one mirror",
+        ),
         (
             lambda d: d["datasets"]["mnist"].update(trainng={"epochs": 2}),
-            "mnist/trainng: unknown key 'trainng'; allowed keys: class_names, files, homepage, image_shape, "
-            "mirrors, models, shards, title, training",
+            "dataset mnist, key trainng: not a key here; allowed keys: class_names, files, homepage, "
+            "image_shape, mirrors, models, shards, title, training",
         ),
         (
             lambda d: d["datasets"]["mnist"]["models"].update({"Big CNN": {}}),
-            r"mnist/models: model name 'Big CNN' must be lowercase letters",
+            r"dataset mnist, key models: model name 'Big CNN' must be lowercase letters",
         ),
         (
             lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(payload_sha=""),
-            "mnist/files/test-labels/payload_sha: unknown key 'payload_sha'; "
+            "dataset mnist, key files/test-labels/payload_sha: not a key here; "
             "allowed keys: filename, gzip_md5, payload_sha256, payload_size",
         ),
-        (lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(payload_size="big"), "payload_size"),
-        (lambda d: d["datasets"]["mnist"].update(id="other"), "unknown key 'id'"),
-        (lambda d: d.update(dataset={}), "unknown key 'dataset'; allowed keys: datasets"),
+        (
+            lambda d: d["datasets"]["mnist"]["files"]["test-labels"].update(payload_size="big"),
+            'key files/test-labels/payload_size: found "big", expected the decompressed file',
+        ),
+        (
+            lambda d: d["datasets"]["mnist"].update(image_shape=[28]),
+            r"dataset mnist, key image_shape: found \[28\], expected two positive integers",
+        ),
+        (lambda d: d["datasets"]["mnist"].update(id="other"), "dataset mnist, key id: not a key here"),
+        (lambda d: d.update(dataset={}), "^unknown key 'dataset'; allowed keys: datasets"),
     ],
 )
 def test_malformed_catalog_entries_are_rejected(mutate, message):
@@ -103,65 +118,74 @@ def test_malformed_catalog_entries_are_rejected(mutate, message):
         parse_catalog(document)
 
 
-def test_a_misspelled_training_or_shard_setting_is_refused_with_the_allowed_keys():
+def test_a_misspelled_training_or_shard_setting_breaks_its_dataset_only_naming_the_allowed_keys():
+    from mnist_assets.catalog_errors import catalog_errors
     from mnist_assets.definitions import build_definitions
+
+    def error_of(document) -> str:
+        defs = build_definitions(parse_catalog(document), "unused")
+        assert dg.AssetKey(["fashion_mnist", "shards"]) in defs.resolve_asset_graph().get_all_asset_keys()
+        assert dg.AssetKey(["mnist", "shards"]) not in defs.resolve_asset_graph().get_all_asset_keys()
+        return catalog_errors(defs)["mnist"]
 
     document = json.loads(DEFAULT_CATALOG.read_text())
     document["datasets"]["mnist"]["training"] = {"epoch": 2}
-    with pytest.raises(
-        CatalogError, match=r"mnist/training/epoch: unknown key 'epoch'; allowed keys: .*epochs"
-    ):
-        build_definitions(parse_catalog(document), "unused")
+    assert re.match(
+        r"dataset mnist, key training/epoch: not a key here; allowed keys: .*epochs", error_of(document)
+    )
     document["datasets"]["mnist"]["training"] = {}
     document["datasets"]["mnist"]["models"]["small_cnn"] = {"filters": [8]}
-    with pytest.raises(
-        CatalogError, match=r"mnist/models/small_cnn/filters: unknown key 'filters'; .*conv_filters"
-    ):
-        build_definitions(parse_catalog(document), "unused")
+    assert re.match(
+        r"dataset mnist, key models/small_cnn/filters: not a key here; .*conv_filters", error_of(document)
+    )
     document["datasets"]["mnist"]["models"]["small_cnn"] = {}
     document["datasets"]["mnist"]["shards"] = {"rows_per_shards": 10}
-    with pytest.raises(CatalogError, match=r"mnist/shards: unknown key 'rows_per_shards'; .*rows_per_shard"):
-        build_definitions(parse_catalog(document), "unused")
+    assert re.match(
+        r"dataset mnist, key shards/rows_per_shards: not a key here; .*rows_per_shard", error_of(document)
+    )
 
 
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        (
-            {"shards": {"validation_fraction": 2}},
-            "mnist/shards: validation_fraction is 2.0, expected a share",
-        ),
-        ({"shards": {"rows_per_shard": 0}}, "mnist/shards: rows_per_shard is 0, expected a whole number"),
-        ({"shards": {"compression": "lz77"}}, "mnist/shards: compression is 'lz77', expected one of zstd"),
-        ({"shards": {"seed": "x"}}, 'mnist/shards/seed: found "x", expected a valid integer'),
-        ({"training": {"epochs": 0}}, "mnist/training/epochs: found 0, expected greater than or equal to 1"),
-        ({"training": {"epochs": "ten"}}, 'mnist/training/epochs: found "ten", expected a valid integer'),
-        ({"models": {"big": {"dropout": 1.5}}}, "mnist/models/big/dropout: found 1.5, expected less than 1"),
+        ({"shards": {"validation_fraction": 2}}, "key shards: validation_fraction is 2.0, expected a share"),
+        ({"shards": {"rows_per_shard": 0}}, "key shards: rows_per_shard is 0, expected a whole number"),
+        ({"shards": {"compression": "lz77"}}, "key shards: compression is 'lz77', expected one of zstd"),
+        ({"shards": {"seed": "x"}}, 'key shards/seed: found "x", expected a valid integer'),
+        ({"training": {"epochs": 0}}, "key training/epochs: found 0, expected greater than or equal to 1"),
+        ({"training": {"epochs": "ten"}}, 'key training/epochs: found "ten", expected a valid integer'),
+        ({"models": {"big": {"dropout": 1.5}}}, "key models/big/dropout: found 1.5, expected less than 1"),
         (
             {"models": {"big": {"conv_filters": []}}},
-            r"mnist/models/big/conv_filters: found \[\], expected at",
+            r"key models/big/conv_filters: found \[\], expected at least",
         ),
         (
             {"models": {"big": {"conv_filters": [8, 0]}}},
-            r"mnist/models/big/conv_filters: found \[8, 0\], expected a list",
+            r"key models/big/conv_filters: found \[8, 0\], expected a",
         ),
-        ({"class_names": ["a"]}, r'mnist/class_names: found \["a"\], expected at least 2 items'),
-        ({"image_shape": [28]}, r"mnist/image_shape: found \[28\], expected \[height, width\]"),
-        ({"image_shape": [28, 0]}, r"mnist/image_shape/1: found 0, expected greater than 0"),
+        ({"class_names": ["a"]}, r'key class_names: found \["a"\], expected a list of 2 to 256'),
+        ({"image_shape": [28]}, r"key image_shape: found \[28\], expected two positive integers"),
     ],
 )
 @scenario(
     "Catalog",
     "A setting of a dataset entry with a wrong value (`shards`, `training`, `models`, `class_names`, "
     "`image_shape`: wrong type, out of range, too short)",
-    "One sentence when the definitions load: `mnist/models/big/dropout: found 1.5, expected less than 1`",
-    "Nothing is built from it; the catalog file is not changed",
+    "One line naming the catalog file, the dataset and the key: `… dataset mnist, key models/big/dropout: "
+    "found 1.5, expected less than 1`",
+    "Nothing is built from that dataset; the other datasets load and refresh",
 )
-def test_a_wrong_setting_value_names_the_key_what_was_found_and_what_is_expected(entry, message):
+def test_a_wrong_setting_value_breaks_its_dataset_naming_the_key_what_was_found_and_what_is_expected(
+    entry, message
+):
+    from mnist_assets.catalog_errors import catalog_errors
     from mnist_assets.definitions import build_definitions
 
     document = json.loads(DEFAULT_CATALOG.read_text())
     document["datasets"]["mnist"].update(entry)
-    with pytest.raises(CatalogError, match=f"^{message}") as refused:
-        build_definitions(parse_catalog(document), "unused")
-    assert "\n" not in str(refused.value) and "pydantic" not in str(refused.value)
+    try:  # the entry itself (parsing) or its settings (building the definitions)
+        error = catalog_errors(build_definitions(parse_catalog(document), "unused"))["mnist"]
+    except CatalogError as refused:
+        error = str(refused)
+    assert re.match(f"dataset mnist, {message}", error), error
+    assert "\n" not in error and "pydantic" not in error

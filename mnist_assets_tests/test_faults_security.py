@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from mnist_assets import download, idx
-from mnist_assets.catalog import CatalogError, load_catalog, parse_catalog
+from mnist_assets.catalog import CatalogError, SettingError, load_catalog, parse_catalog
 from mnist_assets_tests.conftest import REPO, mini_catalog_document, write_idx_gz
 from mnist_assets_tests.faults import scenario
 
@@ -28,7 +28,7 @@ PACKAGE = REPO / "mnist_assets"
 @pytest.mark.parametrize("mirror", ["ftp://127.0.0.1/mnist/", "gopher://127.0.0.1/", "javascript:alert(1)//"])
 def test_only_http_https_and_file_urls_are_fetched(mirror):
     dataset = load_catalog()["mnist"]
-    with pytest.raises(CatalogError, match=r"^mnist: .*scheme"):
+    with pytest.raises(CatalogError, match=r"^dataset mnist: .*scheme"):
         dataset.resolve_mirrors([mirror])
     with pytest.raises(download.DownloadError, match="is not allowed"):
         download.fetch(
@@ -198,7 +198,7 @@ def test_a_percent_encoded_parent_in_a_file_name_cannot_fetch_a_decoy_beside_the
     files["train-labels"] = {"filename": DECOY, **beside["pins"]}
     with pytest.raises(CatalogError) as refused:
         parse_catalog(beside["document"])
-    assert str(refused.value).startswith("mini_mnist/files/train-labels/filename: ")
+    assert str(refused.value).startswith("dataset mini_mnist, key files/train-labels/filename: ")
     assert "'../outside/train-labels-idx1-ubyte.gz'" in str(refused.value)
 
     dataset = beside["dataset"]
@@ -264,7 +264,9 @@ HOSTILE_NAMES = {
 def test_a_file_name_that_is_not_plain_is_refused_everywhere_before_any_read(beside, http_server, name):
     files = beside["document"]["datasets"]["mini_mnist"]["files"]
     files["test-labels"] = {**files["test-labels"], "filename": name}
-    with pytest.raises(CatalogError, match=r"^mini_mnist/files/test-labels/filename: .*(plain|empty)"):
+    with pytest.raises(
+        CatalogError, match=r"^dataset mini_mnist, key files/test-labels/filename: .*(plain|empty)"
+    ):
         parse_catalog(beside["document"])
 
     dataset = beside["dataset"]
@@ -323,16 +325,16 @@ HOSTED = "file://files.example.com/srv/mirror/"
 @pytest.mark.parametrize("where", ["catalog", "environment", "run config", "download"])
 def test_a_file_mirror_naming_another_host_is_refused_wherever_it_is_given(beside, where):
     dataset = beside["dataset"]
-    expected = rf"^mini_mnist: mirror '{HOSTED}' names host 'files.example.com'.* write file:///srv/mirror/"
+    expected = rf"mirror '{HOSTED}' names host 'files.example.com'.* write file:///srv/mirror/"
     if where == "catalog":
         beside["document"]["datasets"]["mini_mnist"]["mirrors"] = [HOSTED]
-        with pytest.raises(CatalogError, match=expected):
+        with pytest.raises(CatalogError, match="^dataset mini_mnist, key mirrors: " + expected):
             parse_catalog(beside["document"])
     elif where == "environment":
-        with pytest.raises(CatalogError, match=expected):
+        with pytest.raises(SettingError, match="^MNIST_ASSETS_MIRROR_MINI_MNIST='.*': " + expected):
             dataset.resolve_mirrors(environ={dataset.mirror_env_var: f"{beside['mirror']},{HOSTED}"})
     elif where == "run config":
-        with pytest.raises(CatalogError, match=expected):
+        with pytest.raises(CatalogError, match="^dataset mini_mnist: " + expected):
             dataset.resolve_mirrors([HOSTED])
     else:  # a URL made without the catalog
         file = dataset.file("test-labels")
@@ -347,5 +349,7 @@ def test_a_file_mirror_on_localhost_is_local_and_a_cut_short_path_is_refused(bes
     file = dataset.file("test-labels")
     assert download.fetch(dataset, file, [local + file.filename]).payload_sha256 == file.payload_sha256
     for cut in (f"file://{mirror}#1/", f"file://{mirror}?x/"):
-        with pytest.raises(CatalogError, match=r"^mini_mnist: mirror .* has a '\?' or '#' after its path"):
+        with pytest.raises(
+            CatalogError, match=r"^dataset mini_mnist: mirror .* has a '\?' or '#' after its path"
+        ):
             dataset.resolve_mirrors([cut])

@@ -103,7 +103,10 @@ def test_configurations_resolve_over_the_dataset_settings_and_refuse_unknown_key
     assert configs["small"].dense_units == 8 and configs["plain"].dense_units == TINY_TRAINING["dense_units"]
     assert configs["small"].epochs == TINY_TRAINING["epochs"] and configs["small"].learning_rate == 1e-3
     document["datasets"]["mini_mnist"]["models"]["small"] = {"dense_unit": 8}
-    with pytest.raises(CatalogError, match=r"^mini_mnist/models/small/dense_unit: unknown key 'dense_unit'"):
+    with pytest.raises(
+        CatalogError,
+        match=r"^dataset mini_mnist, key models/small/dense_unit: not a key here; allowed keys: ",
+    ):
         models.training_configs(parse_catalog(document)["mini_mnist"])
 
 

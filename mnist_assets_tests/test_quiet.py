@@ -46,11 +46,12 @@ def warning_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "Warning" in line]
 
 
-def test_importing_mnist_assets_prints_nothing_even_with_every_warning_shown(tmp_path):
+def test_loading_the_definitions_prints_nothing_even_with_every_warning_shown(tmp_path):
     env = {"DAGSTER_HOME": str(tmp_path), "PYTHONWARNINGS": "default"}
+    load = "from mnist_assets import defs"  # built on first access, not by `import mnist_assets`
     quiet_run, verbose_run = run_together(
-        ([PYTHON, "-c", "import mnist_assets"], env),
-        ([PYTHON, "-c", "import mnist_assets"], {**env, quiet.VERBOSE_ENV: "1"}),
+        ([PYTHON, "-c", load], env),
+        ([PYTHON, "-c", load], {**env, quiet.VERBOSE_ENV: "1"}),
     )
     assert quiet_run.returncode == 0 and quiet_run.stderr == ""
     # what the filters hide is there to hide: the test fails if the filters stop being the reason

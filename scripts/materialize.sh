@@ -22,6 +22,22 @@ case "${verbose,,}" in
     ;;
 esac
 
+# the checkpoint's partitions (the catalog's model configurations), asked of the definitions first: a
+# mistake in the dataset's catalog entry or in a setting is its one line (exit 2), before any run
+python="$(dirname "$(command -v "$dagster")")/python"  # the interpreter Dagster's CLI runs in
+models=$("$python" -c 'import sys
+import dagster as dg
+from mnist_assets.catalog import SettingError
+try:
+    from mnist_assets.definitions import defs
+except SettingError as error:
+    sys.exit(print(f"scripts/materialize.sh: {error}", file=sys.stderr) or 2)
+from mnist_assets.catalog_errors import catalog_errors
+if error := catalog_errors(defs).get(sys.argv[1]):
+    sys.exit(print(f"scripts/materialize.sh: {error}", file=sys.stderr) or 2)
+checkpoint = defs.resolve_asset_graph().get(dg.AssetKey([sys.argv[1], "checkpoint"]))
+print(" ".join(checkpoint.partitions_def.get_partition_keys()))' "$dataset")
+
 for file in train-labels train-images test-labels test-images; do  # labels first: see assets.FILES
   "$dagster" asset materialize -m mnist_assets --select "$dataset/urls,$dataset/raw_gzip,$dataset/idx" --partition "$file"
 done
@@ -32,11 +48,6 @@ config='{}'
 if [ -n "$epochs" ]; then
   config="{\"ops\": {\"${dataset}__checkpoint\": {\"config\": {\"epochs\": $epochs}}}}"
 fi
-# the catalog's model configurations, the checkpoint's partitions
-python="$(dirname "$(command -v "$dagster")")/python"  # the interpreter Dagster's CLI runs in
-models=$("$python" -c 'import os, sys
-from mnist_assets.catalog import load_catalog
-print(" ".join(load_catalog(os.environ.get("MNIST_ASSETS_CATALOG") or None)[sys.argv[1]].model_names))' "$dataset")
 for model in $models; do
   "$dagster" asset materialize -m mnist_assets --select "$dataset/model_configs,$dataset/checkpoint" --partition "$model" --config-json "$config"
 done
