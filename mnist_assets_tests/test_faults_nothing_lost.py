@@ -75,7 +75,7 @@ def test_a_below_floor_model_never_replaces_the_last_good_checkpoint(project):
 
 @scenario(
     "Nothing lost",
-    "Training that raises (an impossible setting: batch_size 0)",
+    "Training that raises (`conv_filters` of 5 layers: more 2×2 poolings than a 28×28 image allows)",
     "checkpoint fails with the error; refresh exits non-zero",
     "The last good checkpoint",
 )
@@ -87,7 +87,7 @@ def test_a_training_run_that_raises_keeps_the_last_good_checkpoint(project):
 
     before = files()
     assert any(name.startswith("tensorboard/") for name in before), sorted(before)
-    project.dataset["training"]["batch_size"] = 0
+    project.dataset["training"]["conv_filters"] = [4] * 5  # valid alone; Keras refuses it for 28×28
 
     summary, delta = project.refresh()
 

@@ -160,12 +160,12 @@ def test_observations_that_answer_the_same_are_not_a_change(project, http_server
 
 def test_a_failed_partition_is_retried_at_once_when_its_settings_change(project):
     clock = Clock(project)
-    project.dataset["training"]["dropout"] = 1.5  # a catalog setting Keras refuses
+    project.dataset["training"]["conv_filters"] = [4] * 5  # too deep for 28×28: Keras refuses it
     project.observe()  # model_configs, as refresh or Observe in the UI does
     assert clock.tick() == {"checkpoint": {"cnn"}}
     assert clock.launch({"checkpoint": {"cnn"}}) == [False]
     assert clock.tick() == {}  # backing off
-    project.dataset["training"]["dropout"] = 0.25  # fixed: a new observation since the failed attempt
+    project.dataset["training"]["conv_filters"] = [4, 8]  # fixed: a new observation since the failed attempt
     project.observe()
     assert clock.tick(minutes=0) == {"checkpoint": {"cnn"}}
 
