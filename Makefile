@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 export DAGSTER_HOME := $(CURDIR)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run refresh offline test test-deploy dev status docs bench bench-graph bench-refresh bench-scale bench-models lint lock clean-data
+.PHONY: help run refresh offline test test-deploy dev status docs bench bench-graph bench-refresh bench-scale bench-models lint lock clean-data
 
 # The whole dependency tree comes from the lock (exact versions, every file's sha256); pyproject.toml's
 # ranges only decide what the lock may pick (`make lock`). The lock holds the test and deploy extras, so
@@ -114,3 +114,7 @@ lint: $(BIN)/.installed
 ## clean-data: forget every artifact and run (data/ is all generated)
 clean-data:
 	find data -mindepth 1 ! -name .gitkeep -delete
+
+## help: every target and what it does (the Makefile's ## lines)
+help:
+	@sed -n 's/^## //p' $(firstword $(MAKEFILE_LIST))
