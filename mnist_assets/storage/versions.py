@@ -34,16 +34,17 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
-import hashlib
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
 from upath import UPath
+
+from mnist_assets.storage.files import file_sha256, is_local, is_temporary, temporary_name, write_atomic
+from mnist_assets.storage.records import RecordKind
 
 VERSIONS = "_versions"
 FILES = "files"
@@ -54,18 +55,6 @@ _ID_TIME = "%Y%m%dT%H%M%S%fZ"
 
 class VersionError(RuntimeError):
     """A version cannot be found, is damaged, or the request is ambiguous."""
-
-
-class Record(Protocol):
-    """What a record-committed artifact's record says (``io_managers.RecordKind`` is one)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def digests(self) -> Callable[[bytes], Mapping[str, str | None]]:
-        """Content file (relative path) → its sha256, or None where the record keeps none."""
-        ...
 
 
 def new_id() -> str:
@@ -95,7 +84,7 @@ class Artifact:
     kept_dir: UPath
     """Where its kept versions live."""
     keep: int
-    record: Record | None
+    record: RecordKind | None
     lock: Callable[[], contextlib.AbstractContextManager[None]]
     """The exclusive lock commits of this artifact take (a no-op on object storage)."""
 
@@ -154,7 +143,15 @@ class Artifact:
         return {name for path in records for name in _digests(self.record, path)}
 
 
-def _digests(record: Record, path: UPath) -> Mapping[str, str | None]:
+@dataclass(frozen=True)
+class Kept:
+    """A commit's version: the artifact as versions see it and the id the commit gets."""
+
+    artifact: Artifact
+    version: str
+
+
+def _digests(record: RecordKind, path: UPath) -> Mapping[str, str | None]:
     try:
         return record.digests(path.read_bytes())
     except (ValueError, FileNotFoundError):  # a damaged record names nothing a reader could use
@@ -166,7 +163,7 @@ def _same_file(a: UPath, b: UPath) -> bool:
     ``cp -r`` or ``rsync`` without ``-H``). On object storage: the same ETag (a server-side copy of a
     whole object keeps it)."""
     try:
-        if not _is_local(a):
+        if not is_local(a):
             return a.fs.info(a.path)["ETag"] == b.fs.info(b.path)["ETag"]
         if os.path.samefile(a.path, b.path):
             return True
@@ -179,13 +176,13 @@ def keep_file(artifact: Artifact, publish: Callable[[], object]) -> str:
     """Publish a single-file artifact and keep it as a new version, under the artifact's lock (so two
     writers' versions never swap content); older versions beyond retention go. Returns the id."""
     version = new_id()
-    if _is_local(artifact.current) and not artifact.current.parent.exists():
+    if is_local(artifact.current) and not artifact.current.parent.exists():
         publish()  # its directory vanished (storage deleted or unmounted): this fails, and creates nothing
     with artifact.lock():
         publish()
         target = artifact.path_of(version)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if _is_local(artifact.current):
+        if is_local(artifact.current):
             os.link(artifact.current.path, target.path)
         else:
             artifact.current.fs.copy(artifact.current.path, target.path)
@@ -196,7 +193,7 @@ def keep_file(artifact: Artifact, publish: Callable[[], object]) -> str:
 def keep_record(artifact: Artifact, data: bytes, version: str) -> None:
     """Keep a record just committed as ``version``; older versions beyond retention go. Called with the
     artifact's lock held (by the commit)."""
-    _replace(artifact.path_of(version), data)
+    write_atomic(artifact.path_of(version), data)
     _delete(artifact, prune(artifact))
 
 
@@ -222,7 +219,7 @@ def verify(artifact: Artifact, version: str) -> str | None:
         content = artifact.content(name)
         if not content.exists():
             return f"version {version}: {content} is missing"
-        if digest is not None and _sha256(content) != digest:
+        if digest is not None and file_sha256(content) != digest:
             return f"version {version}: {content} does not match its recorded sha256"
     return None
 
@@ -238,10 +235,10 @@ def rollback(artifact: Artifact, version: str) -> str | None:
         if artifact.record:
             data = source.read_bytes()  # verified: it names every file, each with its sha256
             _place(artifact.record.digests(data), artifact.files_dir, artifact.directory)
-            _replace(artifact.current, data)  # the switch: all its files are beside it already
+            write_atomic(artifact.current, data)  # the switch: all its files are beside it already
             settle(artifact)  # the replaced version's files go to the kept ones
-        elif _is_local(artifact.current):
-            temporary = artifact.current.with_name(f".{artifact.current.name}.{uuid.uuid4().hex}.tmp")
+        elif is_local(artifact.current):
+            temporary = temporary_name(artifact.current)
             os.link(source.path, temporary.path)
             os.replace(temporary.path, artifact.current.path)
         else:
@@ -261,7 +258,7 @@ def settle(artifact: Artifact) -> None:
     _place(current, artifact.files_dir, artifact.directory)
     _place(kept, artifact.directory, artifact.files_dir)
     gone = [p for p in _files(artifact.files_dir) if _relative(p, artifact.files_dir) not in kept]
-    if _is_local(artifact.current):
+    if is_local(artifact.current):
         gone += unnamed(artifact.directory, current | {artifact.current.name})
     _delete_paths(artifact, gone)
 
@@ -274,7 +271,7 @@ def _place(names: Iterable[str], source_dir: UPath, target_dir: UPath) -> None:
         source, target = source_dir / name, target_dir / name
         if not source.exists() or target.exists():
             continue
-        if _is_local(source):
+        if is_local(source):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source.path, target.path)
             _drop_empty_parents(source, source_dir)
@@ -290,7 +287,7 @@ def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Rem
     single files, written outside it: those untouched for ``grace_seconds``). Then (unless
     ``dry_run``) a record artifact is settled: storage of the old layout gets its kept content files
     moved out of the asset's directory (moves are not listed: nothing is lost)."""
-    if not _is_local(artifact.current):
+    if not is_local(artifact.current):
         raise VersionError(
             f"{artifact.current}: gc runs on local storage only for now; on object storage each commit "
             "already deletes what no record names once the grace period has passed"
@@ -302,14 +299,14 @@ def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Rem
         directory = artifact.current.parent
         if artifact.record:
             found += [_removal(p, "named by no kept version") for p in _unnamed(artifact, found)]
-            temporaries = [p for p in _files(directory) if _is_temporary(p)]
+            temporaries = [p for p in _files(directory) if is_temporary(p)]
         else:
             cutoff = time.time() - grace_seconds
             prefix = f".{artifact.current.name}."
             temporaries = [
                 p
                 for p in (directory.iterdir() if directory.exists() else [])
-                if p.name.startswith(prefix) and _is_temporary(p) and p.stat().st_mtime < cutoff
+                if p.name.startswith(prefix) and is_temporary(p) and p.stat().st_mtime < cutoff
             ]
         found += [_removal(p, "temporary file of a writer that died") for p in temporaries]
         if not dry_run:
@@ -325,7 +322,7 @@ def unnamed(directory: UPath, named: set[str]) -> list[UPath]:
     return [
         p
         for p in _files(directory)
-        if _is_temporary(p) or not (p.name.startswith(".") or _relative(p, directory) in named)
+        if is_temporary(p) or not (p.name.startswith(".") or _relative(p, directory) in named)
     ]
 
 
@@ -333,7 +330,7 @@ def _unnamed(artifact: Artifact, dropping: list[Removed]) -> list[UPath]:
     """Content files, beside the current record or among the kept files, that no record names but for
     the version records being dropped."""
     named, directory = artifact.named(dropping) | {artifact.current.name}, artifact.directory
-    beside = [p for p in _files(directory) if not _is_temporary(p) and _relative(p, directory) not in named]
+    beside = [p for p in _files(directory) if not is_temporary(p) and _relative(p, directory) not in named]
     kept = [p for p in _files(artifact.files_dir) if _relative(p, artifact.files_dir) not in named]
     return sorted(beside + kept, key=str)
 
@@ -351,10 +348,6 @@ def _files(directory: UPath) -> Iterator[UPath]:
 
 def _relative(path: UPath, directory: UPath) -> str:
     return path.path[len(directory.path.rstrip("/")) + 1 :]
-
-
-def _is_temporary(path: UPath) -> bool:
-    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def _removal(path: UPath, why: str) -> Removed:
@@ -381,7 +374,7 @@ def delete_files(paths: Iterable[UPath], directory: UPath) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        if _is_local(path):
+        if is_local(path):
             _drop_empty_parents(path, directory)
 
 
@@ -391,29 +384,3 @@ def _drop_empty_parents(path: UPath, directory: UPath) -> None:
     while _within(parent, directory) and not any(parent.iterdir()):
         parent.rmdir()
         parent = parent.parent
-
-
-def _replace(path: UPath, data: bytes) -> None:
-    """Write ``path`` whole: locally a temporary file renamed into place, on object storage one put."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not _is_local(path):
-        path.fs.pipe_file(path.path, data)
-        return
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary.path, path.path)
-    finally:  # a full disk must not keep the half-written copy (issue 16)
-        temporary.unlink(missing_ok=True)
-
-
-def _is_local(path: UPath) -> bool:
-    return path.protocol in ("", "file", "local")
-
-
-def _sha256(path: UPath) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
