@@ -8,16 +8,19 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 
+import dagster as dg
+import numpy as np
 import pytest
 from upath import UPath
 
-from mnist_assets.storage import registry
+from mnist_assets.storage import registry, versions
 from mnist_assets.storage.backends import Backend, Put, StagedFile
 from mnist_assets.storage.faults import StorageError
 from mnist_assets.storage.files import temporary_name
+from mnist_assets.storage.io_managers import NumpyIOManager
 from mnist_assets.storage.records import RecordKind
 from mnist_assets.storage.versions import Kept
 from mnist_assets_tests.faults import scenario
@@ -74,6 +77,34 @@ class ToyBackend:
 
     def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+    collects = False
+
+    def lock(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def vanished(self, directory: UPath) -> bool:
+        return False
+
+    def same(self, a: UPath, b: UPath) -> bool:
+        return a.exists() and b.exists() and a.read_bytes() == b.read_bytes()
+
+    def keep_copy(self, source: UPath, target: UPath) -> None:
+        source.fs.copy(source.path, target.path)
+
+    def restore(self, source: UPath, target: UPath) -> None:
+        source.fs.copy(source.path, target.path)
+
+    def move(self, source: UPath, target: UPath, top: UPath) -> None:
+        source.fs.mv(source.path, target.path)
+
+    def delete(self, paths: Iterable[UPath], top: UPath) -> None:
+        for path in paths:
+            if path.exists():
+                path.unlink()
+
+    def strays(self, directory: UPath, named: set[str]) -> list[UPath]:
+        return []
 
 
 class BackendContract:
@@ -133,6 +164,37 @@ class BackendContract:
         assert set(RECORD.digests((directory / RECORD.name).read_bytes())) == {"part-b.parquet"}
         assert (directory / "part-b.parquet").read_bytes() == b"rows b"
 
+    def test_a_kept_copy_survives_its_file_being_replaced_and_restores_it(self, backend, root):
+        path, kept = root / "idx" / "x.npy", root / "_versions" / "idx" / "x" / "v1.npy"
+        backend.write(path, b"version one")
+        with backend.lock(kept.parent):
+            backend.keep_copy(path, kept)
+        assert backend.same(path, kept)
+        backend.write(path, b"version two")
+        assert kept.read_bytes() == b"version one"
+        assert not backend.same(path, kept)
+        backend.restore(kept, path)
+        assert path.read_bytes() == b"version one"
+        assert backend.same(path, kept)
+        assert not backend.same(path, root / "idx" / "missing.npy")
+
+    def test_a_moved_file_is_at_its_target(self, backend, root):
+        source, target = (
+            root / "shards" / "train" / "part-a.parquet",
+            root / "_versions" / "files" / "part-a.parquet",
+        )
+        backend.write(source, b"rows a")
+        backend.move(source, target, source.parent)
+        assert target.read_bytes() == b"rows a"
+
+    def test_delete_removes_the_files_named_and_no_others(self, backend, root):
+        directory = root / "checkpoint"
+        for name in ("model-a.keras", "model-b.keras"):
+            backend.write(directory / name, name.encode())
+        backend.delete([directory / "model-a.keras", directory / "never-written.keras"], directory)
+        assert not (directory / "model-a.keras").exists()
+        assert (directory / "model-b.keras").read_bytes() == b"model-b.keras"
+
 
 class TestLocalBackend(BackendContract):
     @pytest.fixture
@@ -153,6 +215,18 @@ class TestToyBackend(BackendContract):
 
     def test_the_registry_serves_the_toy_for_its_scheme(self, backend):
         assert isinstance(backend, ToyBackend)
+
+    def test_kept_versions_and_rollback_work_over_the_toy(self, root):
+        """Retention and rollback know the storage only through its backend: a new one needs no edit there."""
+        store, key = NumpyIOManager(root=str(root)), dg.AssetKey(["toy", "idx"])
+        for value in (np.arange(3), np.arange(4)):
+            store.store(store.asset_dir(key), "x", value)
+        artifact = store.artifact(key, "x")
+        first, second = artifact.versions()
+        assert artifact.current_version() == second
+        versions.rollback(artifact, first)
+        assert artifact.current_version() == first
+        assert store.fetch(store.asset_dir(key), "x", "toy/idx[x]").tolist() == [0, 1, 2]
 
 
 @scenario(

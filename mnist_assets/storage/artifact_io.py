@@ -30,8 +30,6 @@ from upath import UPath
 from mnist_assets.storage import versions
 from mnist_assets.storage.backends import Backend, StagedFile, Stored
 from mnist_assets.storage.faults import StorageError, ensure_room, plainly, safe_name
-from mnist_assets.storage.files import is_local
-from mnist_assets.storage.local import locked
 from mnist_assets.storage.records import RecordKind
 from mnist_assets.storage.registry import backend_for
 from mnist_assets.storage.versions import Artifact, Kept, new_id
@@ -78,14 +76,12 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         kept_dir = root / versions.VERSIONS / relative
         if self.record_kind is None:
             kept_dir = kept_dir / current.stem
-        directory = current.parent if self.record_kind else kept_dir
-        local = is_local(root)
         return Artifact(
             current=current,
             kept_dir=kept_dir,
             keep=max(self.keep_versions, 1),
             record=self.record_kind,
-            lock=(lambda: locked(directory, exclusive=True)) if local else contextlib.nullcontext,
+            backend=self.backend(),
         )
 
     def asset_dir(self, asset_key: dg.AssetKey) -> UPath:

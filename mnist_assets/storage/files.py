@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from upath import UPath
@@ -53,3 +54,32 @@ def file_sha256(file: UPath | BinaryIO) -> str:
     while chunk := file.read(1 << 20):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def files_under(directory: UPath) -> Iterator[UPath]:
+    """Every file under ``directory`` except lock files, subdirectories included."""
+    if not directory.exists():
+        return
+    for path in directory.iterdir():
+        if path.is_dir():
+            yield from files_under(path)
+        elif path.name != ".lock":
+            yield path
+
+
+def relative(path: UPath, directory: UPath) -> str:
+    return path.path[len(directory.path.rstrip("/")) + 1 :]
+
+
+def within(path: UPath, directory: UPath) -> bool:
+    return path.path.startswith(directory.path.rstrip("/") + "/")
+
+
+def unnamed(directory: UPath, named: set[str]) -> list[UPath]:
+    """With the artifact's lock held: the files under ``directory`` to drop, those not ``named`` and
+    temporary files of writers that died (hidden files such as ``.lock`` stay)."""
+    return [
+        p
+        for p in files_under(directory)
+        if is_temporary(p) or not (p.name.startswith(".") or relative(p, directory) in named)
+    ]

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from upath import UPath
 
-from mnist_assets.storage import versions
-from mnist_assets.storage.backends import Put, StagedFile
+from mnist_assets.storage.backends import Keeping, Put, StagedFile
 from mnist_assets.storage.faults import CommitConflict, is_precondition_failure, safe_relative
 from mnist_assets.storage.files import write_atomic
 from mnist_assets.storage.records import RecordKind
-from mnist_assets.storage.versions import Kept
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ class ObjectBackend:
                 staged.file.close()
 
     @contextlib.contextmanager
-    def committing(self, directory: UPath, record: RecordKind, kept: Kept | None = None) -> Iterator[Put]:
+    def committing(self, directory: UPath, record: RecordKind, kept: Keeping | None = None) -> Iterator[Put]:
         """A failed commit leaves the objects it put to :meth:`_collect`: without a lock, another writer
         of the same version may have put the same names and be about to commit a record naming them."""
         fs, record_path = directory.fs, directory / record.name
@@ -75,8 +73,8 @@ class ObjectBackend:
         if record.name in written:
             named = written | (previous.names if previous else set())
             if kept is not None:  # copies of the files only kept versions name, before _collect
-                versions.keep_record(kept.artifact, fs.cat_file(record_path.path), kept.version)
-                versions.settle(kept.artifact)
+                kept.keep(fs.cat_file(record_path.path))
+                kept.settle()
             self._collect(directory, record_path, named, previous)
 
     def _collect(
@@ -98,6 +96,40 @@ class ObjectBackend:
 
     def reading(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()  # files stay for the grace period after their record is replaced
+
+    collects = False  # each commit collects what no record names, once the grace period has passed
+
+    def lock(self, directory: UPath) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # no locks: commits are made safe by conditional puts
+
+    def vanished(self, directory: UPath) -> bool:
+        return False  # a prefix has no existence of its own
+
+    def same(self, a: UPath, b: UPath) -> bool:
+        """The same ETag (a server-side copy of a whole object keeps it)."""
+        try:
+            return bool(a.fs.info(a.path)["ETag"] == b.fs.info(b.path)["ETag"])
+        except FileNotFoundError:
+            return False
+
+    def keep_copy(self, source: UPath, target: UPath) -> None:
+        source.fs.copy(source.path, target.path)  # server-side
+
+    def restore(self, source: UPath, target: UPath) -> None:
+        source.fs.copy(source.path, target.path)  # one object replaced whole
+
+    def move(self, source: UPath, target: UPath, top: UPath) -> None:
+        """A server-side copy; the source goes by the rules of where it was (a grace period)."""
+        source.fs.copy(source.path, target.path)
+        target.fs.invalidate_cache(target.parent.path)
+
+    def delete(self, paths: Iterable[UPath], top: UPath) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def strays(self, directory: UPath, named: set[str]) -> list[UPath]:
+        return []  # replaced files leave with the commits' grace period
 
 
 def _upload(temporary: UPath, path: UPath) -> None:
