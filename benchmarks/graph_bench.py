@@ -21,7 +21,7 @@ import report
 
 from mnist_assets.assets import dataset_assets, materialization_steps
 from mnist_assets.catalog import load_catalog
-from mnist_assets.io_managers import io_managers
+from mnist_assets.storage.io_managers import io_managers
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 

@@ -128,7 +128,7 @@ def run_stages(document: dict, storage: str, stages) -> dict:
     from mnist_assets import load, shards
     from mnist_assets.assets import dataset_assets
     from mnist_assets.catalog import FILE_KEYS, parse_catalog
-    from mnist_assets.io_managers import io_managers
+    from mnist_assets.storage.io_managers import io_managers
 
     after_imports = peak_rss_mb()
     assets = dataset_assets(parse_catalog(document)[DATASET])

@@ -355,7 +355,9 @@ def profile_summary(path: Path, wall: float, summary: dict, top: int = 15) -> di
             )
         ),
         "IO managers (handle_output + load_input)": cumulative(
-            lambda f, n: f.endswith("mnist_assets/io_managers.py") and n in ("handle_output", "load_input")
+            lambda f, n: (
+                f.endswith("mnist_assets/storage/artifact_io.py") and n in ("handle_output", "load_input")
+            )
         ),
     }
     work_seconds = sum(s for _c, s in work.values())

@@ -21,13 +21,15 @@ import pyarrow.parquet as pq
 import pydantic
 from pydantic import Field
 
-from mnist_assets import attempts, download, idx, leases, loader, manifest, metadata, models, pictures, shards
+from mnist_assets import attempts, download, idx, loader, manifest, metadata, models, pictures, shards
 from mnist_assets.automation import OBSERVED_DAILY
 from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, explain, redact_url
-from mnist_assets.io_managers import REPAIR, StorageError, Stored
 from mnist_assets.manifest import CheckpointRecord
 from mnist_assets.models import TrainConfig, TrainOverrides
 from mnist_assets.refresh import TOLERATES_FAILED_INPUTS
+from mnist_assets.storage import leases
+from mnist_assets.storage.backends import Stored
+from mnist_assets.storage.faults import REPAIR, StorageError
 from mnist_assets.versioning import code_version, json_version
 
 if TYPE_CHECKING:

@@ -3,7 +3,8 @@
 Settings come from the environment, read here only:
 - ``MNIST_ASSETS_CATALOG``: a catalog JSON file (default: the packaged ``catalog.json``), each entry
   parsed on its own: a wrong one becomes its dataset's placeholder (:mod:`mnist_assets.catalog_errors`);
-- ``MNIST_ASSETS_STORAGE``: where artifacts live, a directory or any fsspec URL (default ``data/artifacts``);
+- ``MNIST_ASSETS_STORAGE``: where artifacts live, a directory or a URL whose scheme has a backend
+  (``s3://``; see :mod:`mnist_assets.storage.registry`; default ``data/artifacts``);
 - ``MNIST_ASSETS_MIRROR_<DATASET>``: mirror override, read when the definitions load;
 - ``MNIST_ASSETS_REFRESH_CRON``: when the daily_refresh schedule observes the sources (default 04:00 UTC);
 - ``MNIST_ASSETS_RETRY_BACKOFF``: seconds the sensor waits before retrying a partition whose last attempt
@@ -12,7 +13,7 @@ Settings come from the environment, read here only:
   ``mnist-assets rollback`` (default 3; the current one always stays too);
 - ``MNIST_ASSETS_LEASE_SECONDS``: how long a partition's lease lasts unless its holder renews it (default
   30): another process waits while a live holder builds the partition, and takes a crashed holder's
-  lease over once it expired (see :mod:`mnist_assets.leases`);
+  lease over once it expired (see :mod:`mnist_assets.storage.leases`);
 - ``MNIST_ASSETS_EXECUTOR``: where steps run: ``in_process`` (default) or ``celery`` (Celery workers, see
   docs/deploy.md), which also needs ``MNIST_ASSETS_CELERY_BROKER``, the broker URL (e.g. Redis), read
   when a run starts.
@@ -32,8 +33,9 @@ from mnist_assets.assets import dataset_assets
 from mnist_assets.automation import DEFAULT_BACKOFF_SECONDS, DEFAULT_REFRESH_CRON, automation
 from mnist_assets.catalog import Catalog, CatalogError, Dataset, SettingError, read_catalog
 from mnist_assets.catalog_errors import placeholder
-from mnist_assets.io_managers import DEFAULT_LEASE_SECONDS, io_managers
-from mnist_assets.versions import DEFAULT_KEEP
+from mnist_assets.storage.artifact_io import DEFAULT_LEASE_SECONDS
+from mnist_assets.storage.io_managers import io_managers
+from mnist_assets.storage.versions import DEFAULT_KEEP
 
 DEFAULT_STORAGE = "data/artifacts"
 EXECUTORS = ("in_process", "celery")

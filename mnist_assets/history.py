@@ -1,6 +1,6 @@
 """Kept versions as Dagster knows them: ``history``, ``rollback`` and ``gc`` for the command line.
 
-Storage keeps the versions (:mod:`mnist_assets.versions`); the event log says what each one was. Every
+Storage keeps the versions (:mod:`mnist_assets.storage.versions`); the event log says what each one was. Every
 materialization's metadata names the version it stored, so a version's data version and metrics come
 from the materialization that recorded it. A rollback is recorded as a new materialization carrying
 the original one's tags: its data version, code version and input data versions (the provenance
@@ -16,10 +16,10 @@ from typing import Any
 
 import dagster as dg
 
-from mnist_assets import versions
 from mnist_assets.catalog_errors import catalog_errors
-from mnist_assets.io_managers import ArtifactIOManager
 from mnist_assets.staleness import stores_of
+from mnist_assets.storage import versions
+from mnist_assets.storage.artifact_io import ArtifactIOManager
 
 METRICS = {
     "test_accuracy": "test_accuracy",

@@ -29,8 +29,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mnist_assets import idx
-from mnist_assets.io_managers import OpenShardSet, ShardSetIOManager, StorageError, damaged_shard
 from mnist_assets.shards import SPLITS, to_numpy
+from mnist_assets.storage.faults import StorageError
+from mnist_assets.storage.io_managers import OpenShardSet, ShardSetIOManager, damaged_shard
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -199,7 +200,7 @@ def load_model(dataset: str, model: str = "best", *, storage: str | None = None)
     ``best_model`` promoted (``"best"``), verified against its recorded sha256. Imports TensorFlow."""
     from mnist_assets import training
     from mnist_assets.definitions import configured_storage
-    from mnist_assets.io_managers import JsonRecordIOManager, KerasIOManager
+    from mnist_assets.storage.io_managers import JsonRecordIOManager, KerasIOManager
 
     root = storage or configured_storage()
     keras_store = KerasIOManager(root=root)

@@ -14,8 +14,8 @@ import numpy as np
 
 from mnist_assets import manifest, pictures, shards
 from mnist_assets.catalog import Dataset
-from mnist_assets.io_managers import StorageError
 from mnist_assets.models import BestModelRecord
+from mnist_assets.storage.faults import StorageError
 
 PLACES = {"metric": 4, "seconds": 2}
 """Digits kept in metadata numbers: readable in the UI, still numbers so the Plots tab draws them."""

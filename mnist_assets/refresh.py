@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass, field
 
 import dagster as dg
 
-from mnist_assets import attempts, leases, quiet, staleness
+from mnist_assets import attempts, quiet, staleness
 from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.dagster_private import observe_sources, observed_data_versions, reconstructable_asset_job
 from mnist_assets.progress import Lines
+from mnist_assets.storage import leases
 
 Partition = tuple[dg.AssetKey, str | None]
 TOLERATES_FAILED_INPUTS = "mnist_assets/tolerates_failed_inputs"

@@ -15,7 +15,7 @@ import pytest
 from mnist_assets import download, idx
 from mnist_assets.assets import dataset_assets
 from mnist_assets.catalog import load_catalog, parse_catalog
-from mnist_assets.io_managers import GzipIOManager, io_managers
+from mnist_assets.storage.io_managers import GzipIOManager, io_managers
 from mnist_assets_tests.conftest import MINI_FILENAMES, REAL_MNIST, mini_catalog_document, real_mnist_file
 from mnist_assets_tests.faults import scenario
 

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from mnist_assets import shards
-from mnist_assets.io_managers import KerasIOManager, ShardSetIOManager, StorageError
+from mnist_assets.storage.faults import StorageError
+from mnist_assets.storage.io_managers import KerasIOManager, ShardSetIOManager
 from mnist_assets_tests.conftest import REPO
 from mnist_assets_tests.faults import scenario
 
@@ -69,11 +70,11 @@ def kill_during_store(store: str, key: str, value: str, kill_at_write: int, part
     return run_child(f"""
         import os, signal
         import dagster as dg
-        from mnist_assets import io_managers
+        from mnist_assets.storage import local
         from mnist_assets_tests.test_faults_crashes import *
 
         calls = 0
-        real_write = io_managers.write_atomic
+        real_write = local.write_atomic
         def dying_write(path, data):
             global calls
             calls += 1
@@ -82,7 +83,7 @@ def kill_during_store(store: str, key: str, value: str, kill_at_write: int, part
                     (path.parent / f".{{path.name}}.dying.tmp").write_bytes(data[: len(data) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
             real_write(path, data)
-        io_managers.write_atomic = dying_write
+        local.write_atomic = dying_write
         store = {store}
         store.store(store.asset_dir({key}), None, {value})
     """)
@@ -213,7 +214,7 @@ def test_refresh_verify_finds_damaged_artifacts_and_rebuilds_only_them(project):
 
 
 WRITER = """
-    from mnist_assets.io_managers import ShardSetIOManager
+    from mnist_assets.storage.io_managers import ShardSetIOManager
     from mnist_assets_tests.test_faults_crashes import *
     store = ShardSetIOManager(root={root!r}, keep_versions=1)  # only the winner's files stay
     value = synthetic_shard_set({seed}, {rows})
@@ -223,7 +224,7 @@ WRITER = """
 
 READER = """
     import json, time
-    from mnist_assets.io_managers import ShardSetIOManager
+    from mnist_assets.storage.io_managers import ShardSetIOManager
     from mnist_assets_tests.test_faults_crashes import *
     store = ShardSetIOManager(root={root!r})
     seen, errors, deadline = set(), [], time.monotonic() + 60
@@ -281,18 +282,18 @@ KILLED_REFRESH = """
     import json, os, signal
     import dagster as dg
     from dagster import deserialize_value
-    from mnist_assets import io_managers
+    from mnist_assets.storage import local
     from mnist_assets.catalog import parse_catalog
     from mnist_assets.definitions import build_definitions
     from mnist_assets.refresh import refresh
 
-    real_write = io_managers.write_atomic
+    real_write = local.write_atomic
     def dying_write(path, data):
         if path.suffix == ".keras":  # half of the new model on disk, then the machine "loses power"
             (path.parent / f".{{path.name}}.dying.tmp").write_bytes(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
         real_write(path, data)
-    io_managers.write_atomic = dying_write
+    local.write_atomic = dying_write
 
     instance = dg.DagsterInstance.from_ref(deserialize_value({ref!r}))
     defs = build_definitions(parse_catalog(json.loads({document!r})), {root!r})

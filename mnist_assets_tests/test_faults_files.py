@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from mnist_assets import idx
-from mnist_assets.io_managers import NumpyIOManager, StorageError
+from mnist_assets.storage.faults import StorageError
+from mnist_assets.storage.io_managers import NumpyIOManager
 from mnist_assets_tests.conftest import MINI_FILENAMES
 from mnist_assets_tests.faults import scenario
 

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 
-from mnist_assets.io_managers import KerasIOManager
+from mnist_assets.storage.io_managers import KerasIOManager
 from mnist_assets_tests.conftest import MINI_FILENAMES, write_idx_gz
 from mnist_assets_tests.faults import scenario
 

@@ -14,7 +14,7 @@ from PIL import Image
 from mnist_assets import idx
 from mnist_assets.assets import dataset_assets, materialization_steps
 from mnist_assets.catalog import FILE_KEYS, load_catalog, parse_catalog
-from mnist_assets.io_managers import io_managers
+from mnist_assets.storage.io_managers import io_managers
 from mnist_assets_tests.conftest import (
     FASHION_DEBIAN,
     MINI_TEST,
@@ -223,7 +223,7 @@ def test_idx_images_partitions_show_samples_with_their_class_names(built):
 
 def test_holdout_predictions_agree_with_the_recorded_metrics_and_plain_keras(built, mini_mirror):
     from mnist_assets import loader, training
-    from mnist_assets.io_managers import ShardSetIOManager
+    from mnist_assets.storage.io_managers import ShardSetIOManager
 
     base = built["root"] / "mini_mnist"
     record = json.loads((base / "checkpoint" / "cnn" / "checkpoint.json").read_text())

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from upath import UPath
 
-from mnist_assets.io_managers import KerasIOManager, NumpyIOManager, StorageError, write_atomic
+from mnist_assets.storage.faults import StorageError
+from mnist_assets.storage.files import write_atomic
+from mnist_assets.storage.io_managers import KerasIOManager, NumpyIOManager
 
 
 def test_atomic_write_replaces_whole_and_leaves_no_temporary_files(tmp_path):

@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 from upath import UPath
 
-from mnist_assets import leases
+from mnist_assets.storage import leases
 from mnist_assets_tests.faults import scenario
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mnist_assets import load, shards
-from mnist_assets.io_managers import ShardSetIOManager, StorageError
+from mnist_assets.storage.faults import StorageError
+from mnist_assets.storage.io_managers import ShardSetIOManager
 
 KEY = dg.AssetKey(["mini", "shards"])
 OPTIONS = shards.ShardOptions(rows_per_shard=300)

@@ -172,7 +172,7 @@ def test_training_returns_per_epoch_tensorboard_scalars_for_train_and_validation
     import tensorflow as tf
 
     from mnist_assets.assets import train_checkpoint
-    from mnist_assets.io_managers import ShardSetIOManager
+    from mnist_assets.storage.io_managers import ShardSetIOManager
 
     dataset = parse_catalog(project.document)["mini_mnist"]
     config = models.TrainConfig(**{**TINY_TRAINING, "epochs": 2})

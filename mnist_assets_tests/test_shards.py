@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mnist_assets import idx, shards
-from mnist_assets.io_managers import ShardSetIOManager, StorageError
 from mnist_assets.manifest import Manifest
+from mnist_assets.storage.faults import StorageError
+from mnist_assets.storage.io_managers import ShardSetIOManager
 from mnist_assets_tests.conftest import MINI_FILENAMES, TINY_TRAINING, write_idx_gz
 from mnist_assets_tests.faults import scenario
 

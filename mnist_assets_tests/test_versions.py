@@ -13,9 +13,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mnist_assets import history, loader, versions
-from mnist_assets.io_managers import KerasIOManager, NumpyIOManager, ShardSetIOManager, StorageError
+from mnist_assets import history, loader
 from mnist_assets.manifest import Manifest
+from mnist_assets.storage import versions
+from mnist_assets.storage.faults import StorageError
+from mnist_assets.storage.io_managers import KerasIOManager, NumpyIOManager, ShardSetIOManager
 from mnist_assets_tests.faults import scenario
 from mnist_assets_tests.test_faults_crashes import checkpoint_value, synthetic_shard_set
 
@@ -136,7 +138,7 @@ def checkpoint_digest(seed: int) -> str:
 
 WRITER = """
 import sys
-from mnist_assets.io_managers import ShardSetIOManager
+from mnist_assets.storage.io_managers import ShardSetIOManager
 from mnist_assets_tests.test_faults_crashes import synthetic_shard_set
 import dagster as dg
 

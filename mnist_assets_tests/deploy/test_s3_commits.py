@@ -19,7 +19,8 @@ import pytest
 from upath import UPath
 
 from mnist_assets import shards
-from mnist_assets.io_managers import CommitConflict, ShardSetIOManager
+from mnist_assets.storage.faults import CommitConflict
+from mnist_assets.storage.io_managers import ShardSetIOManager
 from mnist_assets_tests.conftest import REPO
 
 pytestmark = pytest.mark.deploy
@@ -83,7 +84,7 @@ def start_writer(root: str, seed: int, signals: Path, arrays_source: str) -> sub
     the error on stderr if its commit lost."""
     script = arrays_source + textwrap.dedent(f"""
         import sys, time
-        from mnist_assets.io_managers import CommitConflict
+        from mnist_assets.storage.faults import CommitConflict
         from mnist_assets_tests.deploy.test_s3_commits import KEY, shard_store, version
 
         encoded = version(arrays, {seed})

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from mnist_assets.io_managers import NumpyIOManager, ShardSetIOManager, StorageError
+from mnist_assets.storage.faults import StorageError
+from mnist_assets.storage.io_managers import NumpyIOManager, ShardSetIOManager
 from mnist_assets_tests.test_faults_crashes import synthetic_shard_set
 
 pytestmark = pytest.mark.deploy

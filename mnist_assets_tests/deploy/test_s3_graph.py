@@ -14,8 +14,8 @@ import dagster as dg
 import pytest
 from upath import UPath
 
-from mnist_assets.io_managers import io_managers
 from mnist_assets.shards import SPLITS
+from mnist_assets.storage.io_managers import io_managers
 from mnist_assets_tests.conftest import REPO, mini_catalog_document
 
 pytestmark = pytest.mark.deploy

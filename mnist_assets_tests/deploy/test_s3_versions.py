@@ -7,8 +7,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from mnist_assets import versions
-from mnist_assets.io_managers import NumpyIOManager, ShardSetIOManager
+from mnist_assets.storage import versions
+from mnist_assets.storage.io_managers import NumpyIOManager, ShardSetIOManager
 from mnist_assets_tests.test_faults_crashes import synthetic_shard_set
 
 pytestmark = pytest.mark.deploy

@@ -26,6 +26,8 @@ commit, rollback or ``gc`` of the artifact settles it, moving each kept version'
 
 Every change (commit, rollback, collection) happens under the artifact's exclusive lock (the lock
 commits already take; object storage has none), so a concurrent writer never loses a file it named.
+How each copy, comparison, move, deletion and lock is made is the storage's backend's business
+(:class:`~mnist_assets.storage.backends.Backend`): this module has no branch on the kind of storage.
 What Dagster's event log says about versions (data versions, metrics, recording a rollback) is
 :mod:`mnist_assets.history`'s business; this module only knows files.
 """
@@ -33,17 +35,24 @@ What Dagster's event log says about versions (data versions, metrics, recording 
 from __future__ import annotations
 
 import contextlib
-import filecmp
-import hashlib
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
 from upath import UPath
+
+from mnist_assets.storage.backends import Backend
+from mnist_assets.storage.files import (
+    file_sha256,
+    files_under,
+    is_temporary,
+    relative,
+    within,
+    write_atomic,
+)
+from mnist_assets.storage.records import RecordKind
 
 VERSIONS = "_versions"
 FILES = "files"
@@ -54,18 +63,6 @@ _ID_TIME = "%Y%m%dT%H%M%S%fZ"
 
 class VersionError(RuntimeError):
     """A version cannot be found, is damaged, or the request is ambiguous."""
-
-
-class Record(Protocol):
-    """What a record-committed artifact's record says (``io_managers.RecordKind`` is one)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def digests(self) -> Callable[[bytes], Mapping[str, str | None]]:
-        """Content file (relative path) → its sha256, or None where the record keeps none."""
-        ...
 
 
 def new_id() -> str:
@@ -95,9 +92,14 @@ class Artifact:
     kept_dir: UPath
     """Where its kept versions live."""
     keep: int
-    record: Record | None
-    lock: Callable[[], contextlib.AbstractContextManager[None]]
-    """The exclusive lock commits of this artifact take (a no-op on object storage)."""
+    record: RecordKind | None
+    backend: Backend
+    """The storage's own ways to lock, copy, compare, move and delete (no branch on its kind here)."""
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The exclusive lock commits of this artifact take (on its directory for a record artifact,
+        else on its kept versions'); a no-op where the backend has no locks."""
+        return self.backend.lock(self.directory if self.record else self.kept_dir)
 
     @property
     def suffix(self) -> str:
@@ -136,7 +138,8 @@ class Artifact:
         if self.record:
             data = self.current.read_bytes()
             return next((v for v in reversed(self.versions()) if self.path_of(v).read_bytes() == data), None)
-        return next((v for v in reversed(self.versions()) if _same_file(self.current, self.path_of(v))), None)
+        same = self.backend.same
+        return next((v for v in reversed(self.versions()) if same(self.current, self.path_of(v))), None)
 
     def named(self, dropping: Iterable[Removed] = ()) -> set[str]:
         """Content files the current record or any kept record names (record artifacts only), but for
@@ -154,41 +157,40 @@ class Artifact:
         return {name for path in records for name in _digests(self.record, path)}
 
 
-def _digests(record: Record, path: UPath) -> Mapping[str, str | None]:
+@dataclass(frozen=True)
+class Kept:
+    """A commit's version: the artifact as versions see it and the id the commit gets (what a backend's
+    commit calls back, as :class:`~mnist_assets.storage.backends.Keeping`)."""
+
+    artifact: Artifact
+    version: str
+
+    def named(self) -> set[str]:
+        return self.artifact.named()
+
+    def keep(self, record: bytes) -> None:
+        keep_record(self.artifact, record, self.version)
+
+    def settle(self) -> None:
+        settle(self.artifact)
+
+
+def _digests(record: RecordKind, path: UPath) -> Mapping[str, str | None]:
     try:
         return record.digests(path.read_bytes())
     except (ValueError, FileNotFoundError):  # a damaged record names nothing a reader could use
         return {}
 
 
-def _same_file(a: UPath, b: UPath) -> bool:
-    """Locally: the same inode (hard links), or the same bytes (a copy that did not keep the links, e.g.
-    ``cp -r`` or ``rsync`` without ``-H``). On object storage: the same ETag (a server-side copy of a
-    whole object keeps it)."""
-    try:
-        if not _is_local(a):
-            return a.fs.info(a.path)["ETag"] == b.fs.info(b.path)["ETag"]
-        if os.path.samefile(a.path, b.path):
-            return True
-        return a.stat().st_size == b.stat().st_size and filecmp.cmp(a.path, b.path, shallow=False)
-    except FileNotFoundError:
-        return False
-
-
 def keep_file(artifact: Artifact, publish: Callable[[], object]) -> str:
     """Publish a single-file artifact and keep it as a new version, under the artifact's lock (so two
     writers' versions never swap content); older versions beyond retention go. Returns the id."""
     version = new_id()
-    if _is_local(artifact.current) and not artifact.current.parent.exists():
+    if artifact.backend.vanished(artifact.current.parent):
         publish()  # its directory vanished (storage deleted or unmounted): this fails, and creates nothing
     with artifact.lock():
         publish()
-        target = artifact.path_of(version)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if _is_local(artifact.current):
-            os.link(artifact.current.path, target.path)
-        else:
-            artifact.current.fs.copy(artifact.current.path, target.path)
+        artifact.backend.keep_copy(artifact.current, artifact.path_of(version))
         _delete(artifact, prune(artifact))
     return version
 
@@ -196,7 +198,7 @@ def keep_file(artifact: Artifact, publish: Callable[[], object]) -> str:
 def keep_record(artifact: Artifact, data: bytes, version: str) -> None:
     """Keep a record just committed as ``version``; older versions beyond retention go. Called with the
     artifact's lock held (by the commit)."""
-    _replace(artifact.path_of(version), data)
+    write_atomic(artifact.path_of(version), data)
     _delete(artifact, prune(artifact))
 
 
@@ -222,7 +224,7 @@ def verify(artifact: Artifact, version: str) -> str | None:
         content = artifact.content(name)
         if not content.exists():
             return f"version {version}: {content} is missing"
-        if digest is not None and _sha256(content) != digest:
+        if digest is not None and file_sha256(content) != digest:
             return f"version {version}: {content} does not match its recorded sha256"
     return None
 
@@ -237,15 +239,11 @@ def rollback(artifact: Artifact, version: str) -> str | None:
         source = artifact.path_of(version)
         if artifact.record:
             data = source.read_bytes()  # verified: it names every file, each with its sha256
-            _place(artifact.record.digests(data), artifact.files_dir, artifact.directory)
-            _replace(artifact.current, data)  # the switch: all its files are beside it already
+            _place(artifact, artifact.record.digests(data), artifact.files_dir, artifact.directory)
+            write_atomic(artifact.current, data)  # the switch: all its files are beside it already
             settle(artifact)  # the replaced version's files go to the kept ones
-        elif _is_local(artifact.current):
-            temporary = artifact.current.with_name(f".{artifact.current.name}.{uuid.uuid4().hex}.tmp")
-            os.link(source.path, temporary.path)
-            os.replace(temporary.path, artifact.current.path)
         else:
-            artifact.current.fs.copy(source.path, artifact.current.path)
+            artifact.backend.restore(source, artifact.current)
     return previous
 
 
@@ -258,29 +256,21 @@ def settle(artifact: Artifact) -> None:
     any); on object storage replaced files leave it with the commits' grace period, as before."""
     current = artifact.named_by_current()
     kept = artifact.named_by_kept() - current
-    _place(current, artifact.files_dir, artifact.directory)
-    _place(kept, artifact.directory, artifact.files_dir)
-    gone = [p for p in _files(artifact.files_dir) if _relative(p, artifact.files_dir) not in kept]
-    if _is_local(artifact.current):
-        gone += unnamed(artifact.directory, current | {artifact.current.name})
+    _place(artifact, current, artifact.files_dir, artifact.directory)
+    _place(artifact, kept, artifact.directory, artifact.files_dir)
+    gone = [p for p in files_under(artifact.files_dir) if relative(p, artifact.files_dir) not in kept]
+    gone += artifact.backend.strays(artifact.directory, current | {artifact.current.name})
     _delete_paths(artifact, gone)
 
 
-def _place(names: Iterable[str], source_dir: UPath, target_dir: UPath) -> None:
-    """Each named file that is in ``source_dir`` and not yet in ``target_dir`` moved there: locally a
-    rename (no bytes copied; the directories it leaves empty go), on object storage a server-side copy
-    (the source goes by the rules of where it was)."""
+def _place(artifact: Artifact, names: Iterable[str], source_dir: UPath, target_dir: UPath) -> None:
+    """Each named file that is in ``source_dir`` and not yet in ``target_dir`` moved there by the
+    backend (locally a rename, no bytes copied; on object storage a server-side copy, the source going
+    by the rules of where it was)."""
     for name in sorted(names):
         source, target = source_dir / name, target_dir / name
-        if not source.exists() or target.exists():
-            continue
-        if _is_local(source):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source.path, target.path)
-            _drop_empty_parents(source, source_dir)
-        else:
-            source.fs.copy(source.path, target.path)
-            target.fs.invalidate_cache(target.parent.path)
+        if source.exists() and not target.exists():
+            artifact.backend.move(source, target, source_dir)
 
 
 def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Removed]:
@@ -290,7 +280,7 @@ def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Rem
     single files, written outside it: those untouched for ``grace_seconds``). Then (unless
     ``dry_run``) a record artifact is settled: storage of the old layout gets its kept content files
     moved out of the asset's directory (moves are not listed: nothing is lost)."""
-    if not _is_local(artifact.current):
+    if not artifact.backend.collects:
         raise VersionError(
             f"{artifact.current}: gc runs on local storage only for now; on object storage each commit "
             "already deletes what no record names once the grace period has passed"
@@ -302,14 +292,14 @@ def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Rem
         directory = artifact.current.parent
         if artifact.record:
             found += [_removal(p, "named by no kept version") for p in _unnamed(artifact, found)]
-            temporaries = [p for p in _files(directory) if _is_temporary(p)]
+            temporaries = [p for p in files_under(directory) if is_temporary(p)]
         else:
             cutoff = time.time() - grace_seconds
             prefix = f".{artifact.current.name}."
             temporaries = [
                 p
                 for p in (directory.iterdir() if directory.exists() else [])
-                if p.name.startswith(prefix) and _is_temporary(p) and p.stat().st_mtime < cutoff
+                if p.name.startswith(prefix) and is_temporary(p) and p.stat().st_mtime < cutoff
             ]
         found += [_removal(p, "temporary file of a writer that died") for p in temporaries]
         if not dry_run:
@@ -319,42 +309,16 @@ def collect(artifact: Artifact, dry_run: bool, grace_seconds: float) -> list[Rem
     return found
 
 
-def unnamed(directory: UPath, named: set[str]) -> list[UPath]:
-    """With the artifact's lock held: the files under ``directory`` to drop, those not ``named`` and
-    temporary files of writers that died (hidden files such as ``.lock`` stay)."""
-    return [
-        p
-        for p in _files(directory)
-        if _is_temporary(p) or not (p.name.startswith(".") or _relative(p, directory) in named)
-    ]
-
-
 def _unnamed(artifact: Artifact, dropping: list[Removed]) -> list[UPath]:
     """Content files, beside the current record or among the kept files, that no record names but for
     the version records being dropped."""
     named, directory = artifact.named(dropping) | {artifact.current.name}, artifact.directory
-    beside = [p for p in _files(directory) if not _is_temporary(p) and _relative(p, directory) not in named]
-    kept = [p for p in _files(artifact.files_dir) if _relative(p, artifact.files_dir) not in named]
+    beside = [
+        p for p in files_under(directory) if not is_temporary(p) and relative(p, directory) not in named
+    ]
+    files_dir = artifact.files_dir
+    kept = [p for p in files_under(files_dir) if relative(p, files_dir) not in named]
     return sorted(beside + kept, key=str)
-
-
-def _files(directory: UPath) -> Iterator[UPath]:
-    """Every file under ``directory`` except lock files, subdirectories included."""
-    if not directory.exists():
-        return
-    for path in directory.iterdir():
-        if path.is_dir():
-            yield from _files(path)
-        elif path.name != ".lock":
-            yield path
-
-
-def _relative(path: UPath, directory: UPath) -> str:
-    return path.path[len(directory.path.rstrip("/")) + 1 :]
-
-
-def _is_temporary(path: UPath) -> bool:
-    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def _removal(path: UPath, why: str) -> Removed:
@@ -368,52 +332,4 @@ def _delete(artifact: Artifact, removals: Iterable[Removed]) -> None:
 def _delete_paths(artifact: Artifact, paths: list[UPath]) -> None:
     """Delete files of the artifact, beside its current one or among its kept versions."""
     for top in (artifact.directory, artifact.kept_dir):
-        delete_files((p for p in paths if _within(p, top)), top)
-
-
-def _within(path: UPath, directory: UPath) -> bool:
-    return path.path.startswith(directory.path.rstrip("/") + "/")
-
-
-def delete_files(paths: Iterable[UPath], directory: UPath) -> None:
-    """Delete files under ``directory``, and (locally) the subdirectories they leave empty (a run's
-    logs)."""
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        if _is_local(path):
-            _drop_empty_parents(path, directory)
-
-
-def _drop_empty_parents(path: UPath, directory: UPath) -> None:
-    """Remove the empty directories between ``path`` and ``directory`` (which stays)."""
-    parent = path.parent
-    while _within(parent, directory) and not any(parent.iterdir()):
-        parent.rmdir()
-        parent = parent.parent
-
-
-def _replace(path: UPath, data: bytes) -> None:
-    """Write ``path`` whole: locally a temporary file renamed into place, on object storage one put."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not _is_local(path):
-        path.fs.pipe_file(path.path, data)
-        return
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary.path, path.path)
-    finally:  # a full disk must not keep the half-written copy (issue 16)
-        temporary.unlink(missing_ok=True)
-
-
-def _is_local(path: UPath) -> bool:
-    return path.protocol in ("", "file", "local")
-
-
-def _sha256(path: UPath) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        artifact.backend.delete([p for p in paths if within(p, top)], top)

@@ -12,7 +12,7 @@ lease with no service of its own. A lease is a small JSON record (who holds it: 
 and host; when it was last renewed; for how long) replaced only by compare-and-swap, which the storage
 makes atomic: on local disk under an ``flock`` of a file beside it; on object storage by conditional
 put (``If-None-Match: *`` creates it, ``If-Match: <etag>`` renews, releases or takes it over), the
-protocol :mod:`mnist_assets.io_managers` commits by.
+protocol :mod:`mnist_assets.storage.object` commits by.
 
 Expiry: a crashed holder must not block anyone for ever, so a lease lasts ``seconds``
 (``MNIST_ASSETS_LEASE_SECONDS``) from its last renewal; a holder renews it every third of that while
@@ -45,7 +45,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol, runtime_checkable
@@ -54,7 +53,9 @@ import dagster as dg
 from upath import UPath
 
 from mnist_assets import staleness
-from mnist_assets.io_managers import Stored, is_local, is_precondition_failure
+from mnist_assets.storage.backends import Stored
+from mnist_assets.storage.faults import is_precondition_failure
+from mnist_assets.storage.files import is_local, write_atomic
 
 LEASES = "_leases"
 HOLDER_TAG = "mnist_assets/lease_holder"
@@ -118,9 +119,7 @@ class _LocalCell:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if self.read()[1] != expected:
                 return None
-            temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-            temporary.write_bytes(data)
-            os.replace(str(temporary), str(self.path))
+            write_atomic(self.path, data)
         finally:
             os.close(fd)
         return hashlib.sha256(data).hexdigest()
