@@ -56,8 +56,10 @@ import dagster as dg
 import numpy as np
 from upath import UPath
 
-from mnist_assets import idx, versions
+from mnist_assets import versions
+from mnist_assets.hashing import sha256
 from mnist_assets.manifest import CheckpointRecord, Manifest
+from mnist_assets.settings import DEFAULT_KEEP, DEFAULT_LEASE_SECONDS, DEFAULT_STORAGE
 from mnist_assets.shards import EncodedShardSet, ShardSet, decode
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -226,17 +228,14 @@ class Stored:
     metadata: dict[str, Any]
 
 
-DEFAULT_LEASE_SECONDS = 30.0
-
-
 class ArtifactIOManager(dg.ConfigurableIOManager):
     """Shared layout and partition handling; subclasses say how one value becomes bytes."""
 
-    root: str = "data/artifacts"
+    root: str = DEFAULT_STORAGE
     grace_seconds: float = 3600.0
     """On object storage, how long a file no record names any more is kept: a reader that opened the
     record it belonged to has this long to finish (see :class:`ObjectStore`)."""
-    keep_versions: int = versions.DEFAULT_KEEP
+    keep_versions: int = DEFAULT_KEEP
     """How many committed versions of each artifact partition stay for rollback (see
     :mod:`mnist_assets.versions`), besides the current one."""
     lease_seconds: float = DEFAULT_LEASE_SECONDS
@@ -862,7 +861,7 @@ class KerasIOManager(ArtifactIOManager):
 
     def store(self, directory, partition, value):
         keras_bytes = value.keras_bytes
-        digest = idx.sha256(keras_bytes)
+        digest = sha256(keras_bytes)
         name = f"model-{digest[:16]}.keras"
         logs_dir = f"tensorboard/{digest[:16]}"
         logs = {
@@ -899,13 +898,13 @@ class KerasIOManager(ArtifactIOManager):
                     f"{what}: {target / 'checkpoint.json'} is invalid ({error}); {REPAIR}"
                 ) from error
             keras_bytes = _read(path, what)
-        if idx.sha256(keras_bytes) != record.sha256:
+        if sha256(keras_bytes) != record.sha256:
             raise StorageError(f"{what}: {path} does not match its recorded sha256; {REPAIR}")
         return StoredCheckpoint(keras_bytes, record, str(path))
 
 
 def io_managers(
-    root: str, keep_versions: int = versions.DEFAULT_KEEP, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    root: str, keep_versions: int = DEFAULT_KEEP, lease_seconds: float = DEFAULT_LEASE_SECONDS
 ) -> dict[str, ArtifactIOManager]:
     """The resource map the definitions bind, one IO manager per artifact kind."""
     kinds: dict[str, type[ArtifactIOManager]] = {

@@ -55,15 +55,12 @@ from upath import UPath
 
 from mnist_assets import staleness
 from mnist_assets.io_managers import Stored, is_local, is_precondition_failure
+from mnist_assets.tags import HOLDER_TAG, REUSED_FROM
 
 LEASES = "_leases"
-HOLDER_TAG = "mnist_assets/lease_holder"
-"""Run tag: the token of the leases the process that launched the run holds for its partitions."""
 REFRESH = "_refresh"
 """The file name of a dataset's refresh lease, beside its assets' directories (no asset name starts
 with ``_``)."""
-REUSED_FROM = "reused_from_run"
-"""Metadata of a materialization that reused another run's result: that run's id."""
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 

@@ -48,7 +48,6 @@ from upath import UPath
 VERSIONS = "_versions"
 FILES = "files"
 """Under a record artifact's kept directory: the content files only kept records name."""
-DEFAULT_KEEP = 3
 _ID_TIME = "%Y%m%dT%H%M%S%fZ"
 
 
