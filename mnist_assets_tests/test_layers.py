@@ -4,6 +4,8 @@ Every import counts, wherever it sits: at module level, inside a function (a laz
 the two modules together) and under ``TYPE_CHECKING`` (a type-only import still means the lower module
 knows the higher one). The walk reads the source with :mod:`ast`, so it imports nothing.
 ``python -m mnist_assets_tests.test_layers`` prints the figures (modules, edges, cycles, upward edges).
+The same walk checks the ground floor's promise: an ``MNIST_ASSETS_*`` variable is read in
+:mod:`mnist_assets.settings` only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ LAYERS: list[list[str]] = [
     # ground floor: what every module may read
     ["mnist_assets.settings", "mnist_assets.tags", "mnist_assets.hashing"],
     # the project's view of Dagster and its libraries: noise, private API, stale status, past attempts
+    # (below storage: a lease's holder judges staleness under the lease)
     ["mnist_assets.quiet", "mnist_assets.dagster_private", "mnist_assets.staleness", "mnist_assets.attempts"],
     # formats: what a dataset is and how its files and records are written
     [
