@@ -40,7 +40,7 @@ def _count_sha256() -> None:
     def sha256(data=b"", **kwargs):
         frame = sys._getframe(1)
         caller = f"{frame.f_globals.get('__name__', '?')}.{frame.f_code.co_name}"
-        if frame.f_code.co_name == "sha256" and frame.f_back is not None:  # idx.sha256: who asked it
+        if frame.f_code.co_name == "sha256" and frame.f_back is not None:  # hashing.sha256: who asked it
             up = frame.f_back
             caller += f" <- {up.f_globals.get('__name__', '?')}.{up.f_code.co_name}"
         digest = _CountingSha256(real(**kwargs), caller)
@@ -54,12 +54,12 @@ def _count_sha256() -> None:
 def refresh_ingest(dataset: str) -> dict:
     import dagster as dg
 
-    from mnist_assets import defs, quiet
+    from mnist_assets import defs, settings
     from mnist_assets.refresh import Refresher
 
     with dg.DagsterInstance.get() as instance:
         refresher = Refresher(
-            defs, instance, [dataset], console_log_level="DEBUG" if quiet.verbose() else "INFO"
+            defs, instance, [dataset], console_log_level="DEBUG" if settings.verbose() else "INFO"
         )
         refresher.keys = [k for k in refresher.keys if k.path[-1] not in ("checkpoint", "best_model")]
         summary = refresher.run(log=lambda m: print(m, file=sys.stderr))

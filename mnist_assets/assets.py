@@ -22,15 +22,16 @@ import pydantic
 from pydantic import Field
 
 from mnist_assets import attempts, download, idx, loader, manifest, metadata, models, pictures, shards
-from mnist_assets.automation import OBSERVED_DAILY
 from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, explain, redact_url
+from mnist_assets.hashing import code_version, json_version, sha256
 from mnist_assets.manifest import CheckpointRecord
 from mnist_assets.models import TrainConfig, TrainOverrides
-from mnist_assets.refresh import TOLERATES_FAILED_INPUTS
+from mnist_assets.settings import DEFAULT_STORAGE
+from mnist_assets.settings import STORAGE as STORAGE_VARIABLE
 from mnist_assets.storage import leases
 from mnist_assets.storage.backends import Stored
 from mnist_assets.storage.faults import REPAIR, StorageError
-from mnist_assets.versioning import code_version, json_version
+from mnist_assets.tags import COLUMN_SCHEMA, DATA_VERSION, OBSERVED_DAILY, ROW_COUNT, TOLERATES_FAILED_INPUTS
 
 if TYPE_CHECKING:
     from mnist_assets.training import TrainedModel
@@ -152,7 +153,7 @@ def read_back(store, asset_key: dg.AssetKey, split: str, what: str) -> tuple[man
         columns = []
         for entry in opened.manifest.shards:
             data = opened.files[entry.file].read()
-            if idx.sha256(data) != entry.sha256:
+            if sha256(data) != entry.sha256:
                 raise StorageError(f"{what}: {entry.file} does not match its manifest sha256; {REPAIR}")
             columns.append(pq.read_table(io.BytesIO(data), columns=["source_index"]).column(0).to_numpy())
     finally:
@@ -168,7 +169,7 @@ def recorded_version(context: dg.AssetExecutionContext, asset_key: dg.AssetKey, 
     ).records
     materialization = records[0].asset_materialization if records else None
     tags = (materialization.tags or {}) if materialization else {}
-    return tags.get("dagster/data_version", "unknown")
+    return tags.get(DATA_VERSION, "unknown")
 
 
 def split_check(split, source_rows, source_index, options) -> dg.AssetCheckResult:
@@ -208,7 +209,7 @@ def refuse_if_failed(checks: list[dg.AssetCheckResult], message: str):
         raise dg.Failure(f"{lead}{message} Failed checks: {names}.", metadata={"failed_checks": names})
 
 
-STORAGE = "the artifact storage (MNIST_ASSETS_STORAGE, default data/artifacts)"
+STORAGE = f"the artifact storage ({STORAGE_VARIABLE}, default {DEFAULT_STORAGE})"
 """How descriptions name where artifacts live; each materialization's ``path`` entry gives the file."""
 
 
@@ -539,7 +540,7 @@ def idx_asset(dataset: Dataset) -> dg.AssetsDefinition:
             stored,
             data_version=dg.DataVersion(parsed.payload_sha256),
             metadata={
-                "dagster/row_count": parsed.shape[0] if parsed.shape else 1,
+                ROW_COUNT: parsed.shape[0] if parsed.shape else 1,
                 "shape": str(parsed.shape),
                 "dtype": str(parsed.dtype),
                 "payload_sha256": parsed.payload_sha256,
@@ -622,12 +623,12 @@ def shards_asset(dataset: Dataset) -> dg.AssetsDefinition:
             stored,
             data_version=dg.DataVersion(encoded.root_sha256),
             metadata={
-                "dagster/column_schema": dg.TableSchema(
+                COLUMN_SCHEMA: dg.TableSchema(
                     columns=[
                         dg.TableColumn(c.name, c.type, description=c.description) for c in encoded.columns
                     ]
                 ),
-                "dagster/row_count": encoded.rows,
+                ROW_COUNT: encoded.rows,
                 "shard_files": metadata.shard_files(encoded),
                 **metadata.split_pictures(split, arrays[images_key], arrays[labels_key], options, dataset),
             },
@@ -713,7 +714,7 @@ def checkpoint_asset(dataset: Dataset, configs: dict[str, TrainConfig]) -> dg.As
         )
         yield dg.Output(
             model,
-            data_version=dg.DataVersion(idx.sha256(model.keras_bytes)),
+            data_version=dg.DataVersion(sha256(model.keras_bytes)),
             metadata={"model": name, **metadata.checkpoint_metadata(model, dataset, name)},
         )
         yield floor

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import dagster as dg
 
-DEFAULT_BACKOFF_SECONDS = 300.0
+from mnist_assets.settings import DEFAULT_BACKOFF_SECONDS
+from mnist_assets.tags import PARTITION, PROCESS_GONE_TAG
+
 MAX_BACKOFF_SECONDS = 86_400.0
-PROCESS_GONE_TAG = "mnist_assets/process_gone"
-"""Set on a run marked failed because its process disappeared (its value: the pid)."""
-PARTITION_TAG = "dagster/partition"
 FAILED_RUNS_COUNTED = 30
 """Enough for the backoff to reach its one-day cap (300 s doubled 9 times)."""
 
@@ -91,7 +90,7 @@ def last_failure(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str 
     failed_runs = instance.get_run_records(
         dg.RunsFilter(
             statuses=[dg.DagsterRunStatus.FAILURE],
-            tags={PARTITION_TAG: partition} if partition else {},
+            tags={PARTITION: partition} if partition else {},
             created_after=since,
         ),
         limit=FAILED_RUNS_COUNTED,

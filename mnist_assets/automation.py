@@ -17,15 +17,13 @@ from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
-from mnist_assets.attempts import DEFAULT_BACKOFF_SECONDS, BackingOff, fail_dead_runs
+from mnist_assets.attempts import BackingOff, fail_dead_runs
+from mnist_assets.settings import DEFAULT_BACKOFF_SECONDS, DEFAULT_REFRESH_CRON
 from mnist_assets.staleness import NeedsRebuild, Stores, stores_of
+from mnist_assets.tags import OBSERVED_DAILY
 
-__all__ = ["DEFAULT_BACKOFF_SECONDS", "DEFAULT_REFRESH_CRON", "automation", "refresh_condition"]
+__all__ = ["automation", "refresh_condition"]
 
-DEFAULT_REFRESH_CRON = "0 4 * * *"
-OBSERVED_DAILY = "mnist_assets/observed_daily"
-"""Tag of the sources that change outside the code (remote files), which daily_refresh observes; the
-catalog's model configurations change only with the code, and refresh observes them."""
 SENSOR_INTERVAL_SECONDS = 30
 DEAD_RUN_CHECK_SECONDS = 60
 

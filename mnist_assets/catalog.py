@@ -18,6 +18,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import pydantic
 
+from mnist_assets import settings
+from mnist_assets.settings import SettingError
+
 FILE_KEYS: tuple[str, ...] = ("train-images", "train-labels", "test-images", "test-labels")
 """The four files of an MNIST-format dataset; also the partition keys of the file-level assets."""
 
@@ -30,12 +33,6 @@ _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 DEFAULT_MODEL = "cnn"
 """The one training configuration of a dataset whose catalog entry lists no ``models``."""
-
-
-class SettingError(ValueError):
-    """A user's setting is wrong: a catalog entry, or an ``MNIST_ASSETS_*`` environment variable. The
-    message is the whole story, one line naming where, what was found and what is expected, so the
-    command line shows it alone (no traceback unless ``--verbose``) and exits 2."""
 
 
 class CatalogError(SettingError):
@@ -180,16 +177,15 @@ class Dataset(_Entry):
     @property
     def mirror_env_var(self) -> str:
         """The environment variable that overrides this dataset's mirror list."""
-        return f"MNIST_ASSETS_MIRROR_{self.id.upper()}"
+        return settings.mirror_variable(self.id)
 
     def resolve_mirrors(
         self, override: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
     ) -> list[str]:
         """The mirror base URLs to try, in order: run-config override, then env override, then catalog."""
-        environ = os.environ if environ is None else environ
         if override:
             return [normalize_mirror(m, self.id) for m in override]
-        if variable := environ.get(self.mirror_env_var, "").strip():
+        if variable := settings.mirror_override(self.id, environ):
             try:
                 return [normalize_mirror(m, self.id) for m in variable.split(",") if m.strip()]
             except CatalogError as error:

@@ -9,15 +9,13 @@ back with :func:`catalog_errors` and prints them instead of running anything for
 
 from __future__ import annotations
 
-import hashlib
-
 import dagster as dg
 
 from mnist_assets.catalog import CatalogError, validate_dataset_id
+from mnist_assets.hashing import sha256
+from mnist_assets.tags import CATALOG_DATASET, CATALOG_ERROR
 
 ERROR_ASSET = "catalog_error"
-ERROR_METADATA = "mnist_assets/catalog_error"
-DATASET_METADATA = "mnist_assets/dataset"
 INVALID_IDS = "invalid_dataset_ids"
 ERROR_CHECK = "catalog_entry_is_valid"
 
@@ -31,12 +29,12 @@ def placeholder(dataset_id: str, line: str) -> tuple[dg.AssetSpec, dg.AssetCheck
         key = dg.AssetKey([dataset_id, ERROR_ASSET])
     except CatalogError:
         group = INVALID_IDS
-        key = dg.AssetKey([INVALID_IDS, "id_" + hashlib.sha256(dataset_id.encode()).hexdigest()[:12]])
+        key = dg.AssetKey([INVALID_IDS, "id_" + sha256(dataset_id.encode())[:12]])
     spec = dg.AssetSpec(
         key,
         group_name=group,
         description=f"This dataset cannot be built until its catalog entry is fixed: {line}",
-        metadata={ERROR_METADATA: line, DATASET_METADATA: dataset_id},
+        metadata={CATALOG_ERROR: line, CATALOG_DATASET: dataset_id},
     )
 
     @dg.asset_check(asset=key, name=ERROR_CHECK, description=line)
@@ -52,8 +50,8 @@ def catalog_errors(defs: dg.Definitions) -> dict[str, str]:
     errors = {}
     for key in graph.get_all_asset_keys():
         metadata = graph.get(key).metadata
-        if (line := metadata.get(ERROR_METADATA)) is not None:
-            dataset = metadata[DATASET_METADATA]
+        if (line := metadata.get(CATALOG_ERROR)) is not None:
+            dataset = metadata[CATALOG_DATASET]
             # TextMetadataValues once the definitions resolved them
             errors[str(getattr(dataset, "value", dataset))] = str(getattr(line, "value", line))
     return errors

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from mnist_assets import quiet
+from mnist_assets import quiet, settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--verbose",
         action="store_true",
-        help=f"show Dagster's beta warnings and TensorFlow's start-up logs (same as {quiet.VERBOSE_ENV}=1)",
+        help="show Dagster's beta warnings and TensorFlow's start-up logs "
+        f"(same as {settings.VERBOSE_ENV}=1)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     refresh = commands.add_parser(
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     gc.add_argument("datasets", nargs="*", help="dataset ids (default: every dataset)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     args = parser.parse_args(argv)
-    if args.verbose and not quiet.verbose():
-        os.environ[quiet.VERBOSE_ENV] = "1"
+    if args.verbose and not settings.verbose():
+        settings.ask_verbose()
         if argv is None:  # Dagster loaded quietly along with this module (quiet imports it): start again
             os.execv(sys.executable, [sys.executable, "-m", "mnist_assets.cli", *sys.argv[1:]])
         quiet.uninstall()
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 verify=args.verify,
                 progress=shown,
                 # the steps' own messages (downloads, epochs, warnings), not Dagster's debug events
-                console_log_level="DEBUG" if quiet.verbose() else "INFO",
+                console_log_level="DEBUG" if settings.verbose() else "INFO",
             )
         except ValueError as error:
             print(f"mnist-assets {args.command}: {error}", file=sys.stderr)
@@ -111,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
 def _definitions_refused(command: str) -> int | None:
     """Load the definitions (catalog and MNIST_ASSETS_* settings); a mistake in a setting or in the
     catalog file as a whole is printed as its one line (a traceback only with --verbose): exit 2."""
-    from mnist_assets.catalog import SettingError
+    from mnist_assets.settings import SettingError
 
     try:
         from mnist_assets import definitions  # noqa: F401
     except SettingError as error:
-        if quiet.verbose():
+        if settings.verbose():
             raise
         print(f"mnist-assets {command}: {error}", file=sys.stderr)
         return 2
@@ -154,7 +155,6 @@ def _versions_command(args) -> int:
 
 def _print_prepared(instance, defs, dataset: str, summary) -> int:
     """What ``prepare`` prints: where everything is now, and whether all of it is there (exit 0)."""
-    from mnist_assets.definitions import configured_storage
     from mnist_assets.status import dataset_status
 
     rows = dataset_status(instance, defs, dataset)
@@ -162,7 +162,7 @@ def _print_prepared(instance, defs, dataset: str, summary) -> int:
     document = {
         "dataset": dataset,
         "ready": ready,
-        "storage": configured_storage(),
+        "storage": settings.storage(),
         "ran": [step.label for step in summary.ran],
         "failed": [{"asset": s.asset, "partition": s.partition, "error": s.error} for s in summary.failed],
         "blocked": [

@@ -36,6 +36,7 @@ from mnist_assets.catalog import (
     redact_text,
     redact_url,
 )
+from mnist_assets.hashing import file_sha256
 
 CHUNK = 1 << 20
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -462,6 +463,6 @@ def _local_state(path: Path, file: SourceFile, limit: int) -> dict[str, str]:
     except idx.IdxError as error:
         with path.open("rb") as source:
             return {
-                "gzip_sha256": hashlib.file_digest(source, "sha256").hexdigest(),
+                "gzip_sha256": file_sha256(source),
                 "unreadable": str(error),
             }

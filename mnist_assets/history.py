@@ -16,6 +16,7 @@ from typing import Any
 
 import dagster as dg
 
+from mnist_assets import tags
 from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.staleness import stores_of
 from mnist_assets.storage import versions
@@ -26,7 +27,7 @@ METRICS = {
     "holdout_accuracy": "holdout_accuracy",
     "parameter_count": "parameter_count",
     "bytes": "bytes",
-    "dagster/row_count": "rows",
+    tags.ROW_COUNT: "rows",
 }
 """Metadata shown per version (checkpoints: accuracy and size of the model; others: bytes and rows)."""
 UNKNOWN = "unknown"
@@ -111,7 +112,7 @@ def history(instance: dg.DagsterInstance, where: Target) -> list[Version]:
             Version(
                 version=version,
                 committed_at=versions.committed_at(version).isoformat(timespec="seconds"),
-                data_version=(event.tags or {}).get("dagster/data_version", UNKNOWN) if event else UNKNOWN,
+                data_version=(event.tags or {}).get(tags.DATA_VERSION, UNKNOWN) if event else UNKNOWN,
                 current=version == current,
                 metrics={shown: metadata[key].value for key, shown in METRICS.items() if key in metadata},
             )

@@ -244,7 +244,3 @@ def release_pages(array: np.ndarray) -> None:
     mapping = getattr(array, "_mmap", None)  # set by np.load(mmap_mode=...) on the np.memmap it returns
     if isinstance(mapping, mmap.mmap):
         mapping.madvise(mmap.MADV_DONTNEED)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -28,8 +28,9 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
-from mnist_assets import idx
-from mnist_assets.shards import SPLITS, to_numpy
+from mnist_assets import settings
+from mnist_assets.hashing import sha256
+from mnist_assets.shards import READ_AHEAD, SPLITS, to_numpy
 from mnist_assets.storage.faults import StorageError
 from mnist_assets.storage.io_managers import OpenShardSet, ShardSetIOManager, damaged_shard
 
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 Batch = tuple[np.ndarray, np.ndarray]
-READ_AHEAD = 2
-"""Shards read and decoded ahead of the one being batched."""
 
 
 class SplitLoader:
@@ -93,7 +92,7 @@ class SplitLoader:
             handle.seek(0)
             data = handle.read()
         if entry.file not in self._verified:
-            if idx.sha256(data) != entry.sha256:
+            if sha256(data) != entry.sha256:
                 raise StorageError(damaged_shard(self.what, entry.file, self.shard_set.location))
             self._verified.add(entry.file)
         images, labels = to_numpy(pq.read_table(io.BytesIO(data)), self.manifest.image_shape)
@@ -187,9 +186,7 @@ def load(
     """A loader over the committed ``split`` of ``dataset`` in ``storage`` (default: the configured one,
     ``MNIST_ASSETS_STORAGE`` or ``data/artifacts``). ``seed=None`` keeps the stored order; ``epochs=None``
     repeats forever. Materialize the dataset first (``mnist-assets prepare DATASET``)."""
-    from mnist_assets.definitions import configured_storage
-
-    store = ShardSetIOManager(root=storage or configured_storage())
+    store = ShardSetIOManager(root=storage or settings.storage())
     return open_split(
         store, dataset, split, batch_size=batch_size, seed=seed, epochs=epochs, drop_remainder=drop_remainder
     )
@@ -199,10 +196,9 @@ def load_model(dataset: str, model: str = "best", *, storage: str | None = None)
     """The ``keras.Model`` of ``dataset``'s checkpoint ``model`` (a configuration name), or of the one
     ``best_model`` promoted (``"best"``), verified against its recorded sha256. Imports TensorFlow."""
     from mnist_assets import training
-    from mnist_assets.definitions import configured_storage
     from mnist_assets.storage.io_managers import JsonRecordIOManager, KerasIOManager
 
-    root = storage or configured_storage()
+    root = storage or settings.storage()
     keras_store = KerasIOManager(root=root)
     expected = None
     if model == "best":

@@ -19,8 +19,8 @@ import pydantic
 from pydantic import Field
 
 from mnist_assets.catalog import CatalogError, Dataset, explain
+from mnist_assets.hashing import json_version
 from mnist_assets.manifest import CheckpointRecord
-from mnist_assets.versioning import json_version
 
 
 class TrainConfig(dg.Config):

@@ -42,7 +42,7 @@ from typing import cast
 import dagster as dg
 from dagster import BetaWarning
 
-VERBOSE_ENV = "MNIST_ASSETS_VERBOSE"
+from mnist_assets.settings import verbose
 
 WARNING_FILTERS: tuple[tuple[type[Warning], str, str], ...] = (
     # (category, message regex, module regex: where the warning points, "" for anywhere)
@@ -97,11 +97,6 @@ QUIET_TF_LOG_LEVEL = "3"
 _ABSL_LINE = re.compile(rb"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\s\]]+:\d+\] ")
 _ABSL_NOTICE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 _SEVERITY = {b"I": 0, b"W": 1, b"E": 2, b"F": 3}
-
-
-def verbose() -> bool:
-    """Whether the user asked to see everything (``MNIST_ASSETS_VERBOSE`` set and not 0/false/no/off)."""
-    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _below_error(record: logging.LogRecord) -> bool:

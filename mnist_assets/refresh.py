@@ -20,10 +20,10 @@ runs with them in one run; a child that might stay fresh still waits to be judge
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 
 import dagster as dg
 
@@ -31,49 +31,11 @@ from mnist_assets import attempts, quiet, staleness
 from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.dagster_private import observe_sources, observed_data_versions, reconstructable_asset_job
 from mnist_assets.progress import Lines
+from mnist_assets.steps import Step, Summary
 from mnist_assets.storage import leases
+from mnist_assets.tags import HOLDER_TAG, PARTITION, TOLERATES_FAILED_INPUTS
 
 Partition = tuple[dg.AssetKey, str | None]
-TOLERATES_FAILED_INPUTS = "mnist_assets/tolerates_failed_inputs"
-"""Tag of an asset that chooses among its inputs (best_model): one failed input does not block it."""
-
-
-@dataclass
-class Step:
-    asset: str
-    partition: str | None
-    causes: list[str]
-    seconds: float | None = None
-    error: str | None = None
-    blocked_by: list[str] = field(default_factory=list)
-    """The partitions that failed in this refresh and that this one is built from (directly or not)."""
-    last_failure: str | None = None
-    """How the previous attempt ended when it failed (before this refresh), e.g. while a mirror was down."""
-
-    @property
-    def label(self) -> str:
-        """``dataset/asset[partition]``, as people write it."""
-        return self.asset + (f"[{self.partition}]" if self.partition else "")
-
-
-@dataclass
-class Summary:
-    datasets: list[str]
-    dry_run: bool
-    ran: list[Step] = field(default_factory=list)
-    waiting_on_upstream: list[Step] = field(default_factory=list)
-    failed: list[Step] = field(default_factory=list)
-    blocked: list[Step] = field(default_factory=list)
-    """Not run: an input failed in this same refresh, so running would rebuild from stale data or fail
-    again with a message that hides the cause."""
-    fresh: int = 0
-    seconds: float = 0.0
-    artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
-    catalog_errors: dict[str, str] = field(default_factory=dict)
-    """The datasets asked for whose catalog entry is wrong (not refreshed), each with its one-line error."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _failure_message(result, step_key: str) -> str:
@@ -100,10 +62,11 @@ DEFINITIONS_MODULE = "mnist_assets.definitions"
 
 def _check_rebuildable(defs: dg.Definitions, executor: str) -> None:
     """Runs on another executor rebuild the job by importing :data:`DEFINITIONS_MODULE` (in this process
-    and in every worker), so only those very definitions can be refreshed that way."""
-    from mnist_assets import definitions
-
-    if defs is not definitions.defs:
+    and in every worker), so only those very definitions can be refreshed that way. They are looked up,
+    not imported: the definitions are built on top of this module, and definitions that were never
+    loaded cannot be the ones passed in."""
+    loaded = sys.modules.get(DEFINITIONS_MODULE)
+    if getattr(loaded, "defs", None) is not defs:
         raise ValueError(
             f"the {executor} executor runs the job rebuilt from {DEFINITIONS_MODULE} in every worker; "
             "refresh those definitions (catalog and storage through MNIST_ASSETS_CATALOG and "
@@ -312,7 +275,7 @@ class Refresher:
         In process unless the definitions chose another executor (``MNIST_ASSETS_EXECUTOR``): then this
         process orchestrates a real run whose steps run elsewhere (e.g. Celery workers).
         """
-        holder = {leases.HOLDER_TAG: self.token}  # its steps' leases are held (and renewed) here
+        holder = {HOLDER_TAG: self.token}  # its steps' leases are held (and renewed) here
         if self.job.executor_def is dg.in_process_executor:
             return contextlib.nullcontext(
                 self.job.execute_in_process(
@@ -328,7 +291,7 @@ class Refresher:
             reconstructable_asset_job(DEFINITIONS_MODULE),
             self.instance,
             run_config=self.run_config,
-            tags={**holder, "dagster/partition": partition} if partition else holder,
+            tags={**holder, PARTITION: partition} if partition else holder,
             asset_selection=keys,
             raise_on_error=False,
         )

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mnist_assets import idx
+from mnist_assets.hashing import sha256
 from mnist_assets.manifest import Column, Manifest, ShardEntry
 
 SPLITS: tuple[str, ...] = ("train", "test", "holdout")
@@ -33,6 +34,9 @@ COLUMNS = (
     Column(name="source_index", type="uint32", description="row in the source IDX file"),
 )
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
+READ_AHEAD = 2
+"""Shards a reader (:mod:`mnist_assets.loader`, and training's tf.data pipeline over it) reads and
+decodes ahead of the one being batched: a few shards in memory, whatever the split's size."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ def write(
         sink = io.BytesIO()
         pq.write_table(chunk, sink, compression=compression)
         data = sink.getvalue()
-        digest = idx.sha256(data)
+        digest = sha256(data)
         name = f"part-{number:05d}-{digest[:16]}.parquet"
         put(name, data)
         entries.append(ShardEntry(file=name, rows=chunk.num_rows, bytes=len(data), sha256=digest))
@@ -206,7 +210,7 @@ def decode(manifest: Manifest, files: Mapping[str, bytes]) -> pa.Table:
     tables = []
     for shard in manifest.shards:
         data = files[shard.file]
-        if idx.sha256(data) != shard.sha256:
+        if sha256(data) != shard.sha256:
             raise ValueError(f"shard {shard.file} does not match its manifest sha256")
         tables.append(pq.read_table(io.BytesIO(data)))
     return pa.concat_tables(tables)

@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 
+from mnist_assets import tags
 from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.staleness import stores_of
 
@@ -54,12 +55,12 @@ def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_i
                         else None
                         for s in instance.get_run_step_stats(event.run_id)
                     }
-                tags = materialization.tags or {}
+                recorded = materialization.tags or {}
                 path = materialization.metadata.get("path")
-                row_count = materialization.metadata.get("dagster/row_count")
+                row_count = materialization.metadata.get(tags.ROW_COUNT)
                 row.update(
-                    data_version=tags.get("dagster/data_version", ""),
-                    code_version=tags.get("dagster/code_version", ""),
+                    data_version=recorded.get(tags.DATA_VERSION, ""),
+                    code_version=recorded.get(tags.CODE_VERSION, ""),
                     # an event reported outside a run (report_runless_asset_event) has no step
                     seconds=step_seconds[event.run_id].get(event.step_key) if event.step_key else None,
                     path=path.value if path else None,

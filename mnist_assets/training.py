@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mnist_assets.loader import READ_AHEAD
 from mnist_assets.quiet import tensorflow_import
+from mnist_assets.shards import READ_AHEAD
 
 # TensorFlow's C++ start-up lines stay hidden unless MNIST_ASSETS_VERBOSE=1 or TF_CPP_MIN_LOG_LEVEL says
 # otherwise (mnist_assets.quiet); this must be the first import of TensorFlow in the process.

@@ -32,7 +32,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from mnist_assets import idx
+from mnist_assets import hashing, idx
 from mnist_assets.catalog import FILE_KEYS, parse_catalog
 from mnist_assets.definitions import build_definitions
 from mnist_assets.refresh import Refresher, refresh
@@ -184,7 +184,7 @@ def write_idx_gz(path: Path, array: np.ndarray, level: int = 6) -> str:
     """Write an IDX gz file; returns the payload sha256."""
     payload = idx.encode(array)
     path.write_bytes(gzip.compress(payload, compresslevel=level, mtime=0))
-    return idx.sha256(payload)
+    return hashing.sha256(payload)
 
 
 @pytest.fixture(scope="session")

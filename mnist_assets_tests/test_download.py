@@ -12,7 +12,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from mnist_assets import download, idx
+from mnist_assets import download, hashing, idx
 from mnist_assets.assets import dataset_assets
 from mnist_assets.catalog import load_catalog, parse_catalog
 from mnist_assets.storage.io_managers import GzipIOManager, io_managers
@@ -106,7 +106,7 @@ def test_file_pinned_by_its_published_gzip_md5_accepts_only_those_bytes(mnist):
     pinned = mnist.files["test-labels"].model_copy(
         update={"payload_sha256": None, "gzip_md5": hashlib.md5(original).hexdigest()}
     )
-    assert download.verify(original, pinned) == idx.sha256(gzip.decompress(original))
+    assert download.verify(original, pinned) == hashing.sha256(gzip.decompress(original))
     with pytest.raises(idx.IdxError, match="gzip md5"):
         download.verify(gzip.compress(gzip.decompress(original), 1), pinned)
 
@@ -151,7 +151,7 @@ def big(mnist, http_server, tmp_path):
     (tmp_path / "big.gz").write_bytes(body)
     url = http_server.mount(f"big-{tmp_path.name}", tmp_path) + "big.gz"
     file = mnist.files["test-images"].model_copy(
-        update={"filename": "big.gz", "payload_size": len(payload), "payload_sha256": idx.sha256(payload)}
+        update={"filename": "big.gz", "payload_size": len(payload), "payload_sha256": hashing.sha256(payload)}
     )
     yield {"url": url, "path": urlsplit(url).path, "body": body, "file": file}
     http_server.faults.pop(urlsplit(url).path, None)
@@ -253,9 +253,9 @@ def test_several_members_and_zero_padding_verify_as_gzip_reads_them(mnist):
     data = gzip.compress(payload[:split], 6) + bytes(1000) + gzip.compress(payload[split:], 1) + bytes(7)
     assert gzip.decompress(data) == payload
     pinned = mnist.files["test-images"].model_copy(
-        update={"payload_size": len(payload), "payload_sha256": idx.sha256(payload)}
+        update={"payload_size": len(payload), "payload_sha256": hashing.sha256(payload)}
     )
-    assert download.verify(data, pinned) == idx.sha256(payload)
+    assert download.verify(data, pinned) == hashing.sha256(payload)
     with pytest.raises(idx.IdxError, match="ends before its end-of-stream marker"):
         download.verify(data[: -7 - 4], pinned)  # the padding and the second member's size field cut
     with pytest.raises(idx.IdxError, match="not a valid gzip stream"):

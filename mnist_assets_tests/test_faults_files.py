@@ -17,7 +17,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from mnist_assets import idx
+from mnist_assets import hashing, idx
 from mnist_assets.storage.faults import StorageError
 from mnist_assets.storage.io_managers import NumpyIOManager
 from mnist_assets_tests.conftest import MINI_FILENAMES
@@ -241,7 +241,9 @@ def test_a_pinned_malformed_file_fails_idx_and_keeps_the_stored_array(project):
         sizes[key] = (len(whole), len(payload))
         (project.mirror / MINI_FILENAMES[key]).write_bytes(_gz(payload))
         # the catalog now pins the malformed payload, so the download verifies and idx must refuse it
-        project.dataset["files"][key].update(payload_size=len(payload), payload_sha256=idx.sha256(payload))
+        project.dataset["files"][key].update(
+            payload_size=len(payload), payload_sha256=hashing.sha256(payload)
+        )
 
     summary, delta = project.refresh()
 

@@ -4,7 +4,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from mnist_assets import idx
+from mnist_assets import hashing, idx
 from mnist_assets_tests.conftest import real_mnist_file
 
 
@@ -32,7 +32,7 @@ def test_real_mnist_labels_parse_to_the_published_payload():
     assert labels.shape == (60000,) and labels.dtype == np.uint8
     assert set(np.unique(labels)) == set(range(10))
     assert hashlib.md5(gzip.decompress(data)).hexdigest() == "a25bea736e30d166cdddb491f175f624"
-    assert digest == idx.sha256(gzip.decompress(data))
+    assert digest == hashing.sha256(gzip.decompress(data))
 
 
 def test_real_mnist_images_have_the_declared_shape():
@@ -92,7 +92,7 @@ def test_streaming_to_npy_gives_the_same_file_digests_and_array_as_parsing_whole
     with (tmp_path / "a.npy").open("wb") as sink:
         parsed = idx.gunzip_to_npy(gzip.compress(payload, compresslevel=1), sink)
     whole = idx.parse(payload)
-    assert parsed.payload_sha256 == idx.sha256(payload)
+    assert parsed.payload_sha256 == hashing.sha256(payload)
     assert (parsed.dtype, parsed.shape) == (whole.dtype, whole.shape)
     assert parsed.maximum == (whole.max().item() if whole.size else 0)
     np.save(tmp_path / "b.npy", whole, allow_pickle=False)

@@ -8,8 +8,8 @@ import pytest
 
 from mnist_assets import models
 from mnist_assets.catalog import CatalogError, parse_catalog
+from mnist_assets.hashing import json_version
 from mnist_assets.manifest import CheckpointRecord
-from mnist_assets.versioning import json_version
 from mnist_assets_tests.conftest import TINY_TRAINING, mini_catalog_document
 
 BEST = dg.AssetKey(["mini_mnist", "best_model"])

@@ -18,7 +18,7 @@ import warnings
 import dagster as dg
 import pytest
 
-from mnist_assets import quiet
+from mnist_assets import quiet, settings
 from mnist_assets_tests.conftest import REPO, mini_catalog_document
 
 PYTHON = sys.executable
@@ -28,7 +28,7 @@ TF_LINE = re.compile(r"^[IWEF]\d{4} .*\] |absl::InitializeLog|oneDNN|cuInit|cuda
 
 def run_together(*commands: tuple[list[str], dict]) -> list[subprocess.CompletedProcess]:
     """Start every (argv, extra environment) at once from the repository root, then wait for all."""
-    base = {k: v for k, v in os.environ.items() if k not in (quiet.VERBOSE_ENV, "TF_CPP_MIN_LOG_LEVEL")}
+    base = {k: v for k, v in os.environ.items() if k not in (settings.VERBOSE_ENV, "TF_CPP_MIN_LOG_LEVEL")}
     started = [
         subprocess.Popen(
             argv, cwd=REPO, env={**base, **extra}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -51,7 +51,7 @@ def test_loading_the_definitions_prints_nothing_even_with_every_warning_shown(tm
     load = "from mnist_assets import defs"  # built on first access, not by `import mnist_assets`
     quiet_run, verbose_run = run_together(
         ([PYTHON, "-c", load], env),
-        ([PYTHON, "-c", load], {**env, quiet.VERBOSE_ENV: "1"}),
+        ([PYTHON, "-c", load], {**env, settings.VERBOSE_ENV: "1"}),
     )
     assert quiet_run.returncode == 0 and quiet_run.stderr == ""
     # what the filters hide is there to hide: the test fails if the filters stop being the reason
@@ -104,7 +104,7 @@ def test_tensorflow_start_up_lines_are_hidden_by_default_and_shown_when_verbose(
     env = {"DAGSTER_HOME": str(tmp_path)}
     quiet_run, verbose_run = run_together(
         ([PYTHON, "-c", TINY_FIT], env),
-        ([PYTHON, "-c", TINY_FIT], {**env, quiet.VERBOSE_ENV: "1"}),
+        ([PYTHON, "-c", TINY_FIT], {**env, settings.VERBOSE_ENV: "1"}),
     )
     assert quiet_run.stdout == verbose_run.stdout == "fitted\n", quiet_run.stderr + verbose_run.stderr
     assert quiet_run.stderr == ""
@@ -141,7 +141,7 @@ def test_start_up_lines_below_the_level_are_dropped_and_everything_else_kept():
     [(None, None, 3), ("1", None, 0), (None, "1", 1), ("1", "2", 2), ("0", None, 3)],
 )
 def test_an_explicit_tf_log_level_wins_else_verbose_decides(monkeypatch, verbose, explicit, expected):
-    for name, value in ((quiet.VERBOSE_ENV, verbose), ("TF_CPP_MIN_LOG_LEVEL", explicit)):
+    for name, value in ((settings.VERBOSE_ENV, verbose), ("TF_CPP_MIN_LOG_LEVEL", explicit)):
         if value is None:
             monkeypatch.delenv(name, raising=False)
         else:
@@ -151,7 +151,7 @@ def test_an_explicit_tf_log_level_wins_else_verbose_decides(monkeypatch, verbose
 
 
 def test_the_filters_hide_exactly_the_features_used_on_purpose(monkeypatch):
-    monkeypatch.delenv(quiet.VERBOSE_ENV, raising=False)
+    monkeypatch.delenv(settings.VERBOSE_ENV, raising=False)
     beta = "Function `observable_source_asset` is currently in beta, and may have breaking changes"
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

@@ -131,9 +131,9 @@ def test_gc_dry_run_lists_what_gc_then_deletes_and_nothing_a_kept_version_names(
 
 
 def checkpoint_digest(seed: int) -> str:
-    from mnist_assets import idx
+    from mnist_assets import hashing
 
-    return idx.sha256(checkpoint_value(seed).keras_bytes)[:16]
+    return hashing.sha256(checkpoint_value(seed).keras_bytes)[:16]
 
 
 WRITER = """

@@ -27,7 +27,7 @@ esac
 python="$(dirname "$(command -v "$dagster")")/python"  # the interpreter Dagster's CLI runs in
 models=$("$python" -c 'import sys
 import dagster as dg
-from mnist_assets.catalog import SettingError
+from mnist_assets.settings import SettingError
 try:
     from mnist_assets.definitions import defs
 except SettingError as error:

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import dagster as dg
 from upath import UPath
 
+from mnist_assets.settings import DEFAULT_KEEP, DEFAULT_LEASE_SECONDS, DEFAULT_STORAGE
 from mnist_assets.storage import versions
 from mnist_assets.storage.backends import Backend, StagedFile, Stored
 from mnist_assets.storage.faults import StorageError, ensure_room, plainly, safe_name
@@ -40,17 +41,14 @@ def label(asset_key: dg.AssetKey, partition: str | None) -> str:
     return asset_key.to_user_string() + (f"[{partition}]" if partition else "")
 
 
-DEFAULT_LEASE_SECONDS = 30.0
-
-
 class ArtifactIOManager(dg.ConfigurableIOManager):
     """Shared layout and partition handling; subclasses say how one value becomes bytes."""
 
-    root: str = "data/artifacts"
+    root: str = DEFAULT_STORAGE
     grace_seconds: float = 3600.0
     """On object storage, how long a file no record names any more is kept: a reader that opened the
     record it belonged to has this long to finish (see :class:`ObjectBackend`)."""
-    keep_versions: int = versions.DEFAULT_KEEP
+    keep_versions: int = DEFAULT_KEEP
     """How many committed versions of each artifact partition stay for rollback (see
     :mod:`mnist_assets.storage.versions`), besides the current one."""
     lease_seconds: float = DEFAULT_LEASE_SECONDS

@@ -18,11 +18,11 @@ import dagster as dg
 import numpy as np
 from upath import UPath
 
-from mnist_assets import idx
+from mnist_assets.hashing import sha256
 from mnist_assets.manifest import CheckpointRecord, Manifest
+from mnist_assets.settings import DEFAULT_KEEP, DEFAULT_LEASE_SECONDS
 from mnist_assets.shards import EncodedShardSet, ShardSet, decode
-from mnist_assets.storage import versions
-from mnist_assets.storage.artifact_io import DEFAULT_LEASE_SECONDS, ArtifactIOManager, label
+from mnist_assets.storage.artifact_io import ArtifactIOManager, label
 from mnist_assets.storage.backends import Backend, Put, Stored
 from mnist_assets.storage.faults import (
     REPAIR,
@@ -36,6 +36,7 @@ from mnist_assets.storage.faults import (
 from mnist_assets.storage.files import file_sha256, is_local
 from mnist_assets.storage.records import CHECKPOINT, MANIFEST, RecordKind
 from mnist_assets.storage.versions import Kept
+from mnist_assets.tags import ROW_COUNT
 
 
 class GzipIOManager(ArtifactIOManager):
@@ -172,7 +173,7 @@ class ShardSetIOManager(ArtifactIOManager):
     def _metadata(self, directory: UPath, partition: str | None, manifest: Manifest) -> dict[str, Any]:
         return {
             "path": dg.MetadataValue.path(str(directory / (partition or "all") / "_manifest.json")),
-            "dagster/row_count": manifest.rows,
+            ROW_COUNT: manifest.rows,
             "shards": len(manifest.shards),
             "bytes": sum(s.bytes for s in manifest.shards),
             "root_sha256": manifest.root_sha256,
@@ -275,7 +276,7 @@ class KerasIOManager(ArtifactIOManager):
 
     def store(self, directory, partition, value):
         keras_bytes = value.keras_bytes
-        digest = idx.sha256(keras_bytes)
+        digest = sha256(keras_bytes)
         name = f"model-{digest[:16]}.keras"
         logs_dir = f"tensorboard/{digest[:16]}"
         logs = {
@@ -312,13 +313,13 @@ class KerasIOManager(ArtifactIOManager):
                     f"{what}: {target / 'checkpoint.json'} is invalid ({error}); {REPAIR}"
                 ) from error
             keras_bytes = read_stored(path, what)
-        if idx.sha256(keras_bytes) != record.sha256:
+        if sha256(keras_bytes) != record.sha256:
             raise StorageError(f"{what}: {path} does not match its recorded sha256; {REPAIR}")
         return StoredCheckpoint(keras_bytes, record, str(path))
 
 
 def io_managers(
-    root: str, keep_versions: int = versions.DEFAULT_KEEP, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    root: str, keep_versions: int = DEFAULT_KEEP, lease_seconds: float = DEFAULT_LEASE_SECONDS
 ) -> dict[str, ArtifactIOManager]:
     """The resource map the definitions bind, one IO manager per artifact kind."""
     kinds: dict[str, type[ArtifactIOManager]] = {

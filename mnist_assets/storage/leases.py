@@ -56,15 +56,12 @@ from mnist_assets import staleness
 from mnist_assets.storage.backends import Stored
 from mnist_assets.storage.faults import is_precondition_failure
 from mnist_assets.storage.files import is_local, write_atomic
+from mnist_assets.tags import DATA_VERSION, HOLDER_TAG, REUSED_FROM
 
 LEASES = "_leases"
-HOLDER_TAG = "mnist_assets/lease_holder"
-"""Run tag: the token of the leases the process that launched the run holds for its partitions."""
 REFRESH = "_refresh"
 """The file name of a dataset's refresh lease, beside its assets' directories (no asset name starts
 with ``_``)."""
-REUSED_FROM = "reused_from_run"
-"""Metadata of a materialization that reused another run's result: that run's id."""
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -349,7 +346,7 @@ def _reuse(context: dg.AssetExecutionContext, store, partition: str | None) -> l
     metadata = dict(materialization.metadata)
     origin = metadata.pop(REUSED_FROM, None)
     origin_run = origin.value if isinstance(origin, dg.TextMetadataValue) else records[0].run_id
-    data_version = (materialization.tags or {}).get("dagster/data_version")
+    data_version = (materialization.tags or {}).get(DATA_VERSION)
     context.log.info(f"{key.to_user_string()}: reused run {origin_run[:8]}'s result (built meanwhile)")
     checks = [
         dg.AssetCheckResult(

@@ -57,7 +57,6 @@ from mnist_assets.storage.records import RecordKind
 VERSIONS = "_versions"
 FILES = "files"
 """Under a record artifact's kept directory: the content files only kept records name."""
-DEFAULT_KEEP = 3
 _ID_TIME = "%Y%m%dT%H%M%S%fZ"
 
 

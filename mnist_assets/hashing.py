@@ -1,8 +1,9 @@
-"""Content hashes that Dagster's versioning is built on.
+"""Content hashes: the project's sha256, and the code and data versions Dagster's versioning is built on.
 
 Code versions hash the source text of the code that computes an asset, so editing it makes the asset
 stale without anyone bumping a string. Data versions hash content, so an identical result leaves
-everything downstream fresh.
+everything downstream fresh. Files, shards and checkpoints are checked by their sha256, written as 64
+lowercase hex digits; :func:`sha256` and :func:`file_sha256` are the one way to compute it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib.util
 import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def code_version(*objects: Any) -> str:
@@ -39,3 +40,16 @@ def code_version(*objects: Any) -> str:
 def json_version(value: Any) -> str:
     """A hash of a JSON-able value, independent of key order."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def sha256(data: bytes) -> str:
+    """The sha256 of ``data``, as 64 lowercase hex digits."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(file: BinaryIO) -> str:
+    """The sha256 of an open binary file from its current position, read in 1 MiB chunks (never whole)."""
+    digest = hashlib.sha256()
+    while chunk := file.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,47 @@
+"""What a refresh did, step by step: the records :mod:`mnist_assets.refresh` fills in and
+:mod:`mnist_assets.progress` shows while it runs (and ``mnist-assets`` prints as JSON at the end).
+
+Their own module, below both, so the display needs nothing of the refresh that drives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Step:
+    asset: str
+    partition: str | None
+    causes: list[str]
+    seconds: float | None = None
+    error: str | None = None
+    blocked_by: list[str] = field(default_factory=list)
+    """The partitions that failed in this refresh and that this one is built from (directly or not)."""
+    last_failure: str | None = None
+    """How the previous attempt ended when it failed (before this refresh), e.g. while a mirror was down."""
+
+    @property
+    def label(self) -> str:
+        """``dataset/asset[partition]``, as people write it."""
+        return self.asset + (f"[{self.partition}]" if self.partition else "")
+
+
+@dataclass
+class Summary:
+    datasets: list[str]
+    dry_run: bool
+    ran: list[Step] = field(default_factory=list)
+    waiting_on_upstream: list[Step] = field(default_factory=list)
+    failed: list[Step] = field(default_factory=list)
+    blocked: list[Step] = field(default_factory=list)
+    """Not run: an input failed in this same refresh, so running would rebuild from stale data or fail
+    again with a message that hides the cause."""
+    fresh: int = 0
+    seconds: float = 0.0
+    artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
+    catalog_errors: dict[str, str] = field(default_factory=dict)
+    """The datasets asked for whose catalog entry is wrong (not refreshed), each with its one-line error."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
