@@ -21,10 +21,9 @@ from mnist_assets.staleness import stores_of
 
 def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_id: str) -> list[dict]:
     graph = defs.resolve_asset_graph()
-    keys = sorted(
-        (k for k in graph.get_all_asset_keys() if k.path[0] == dataset_id and graph.get(k).is_materializable),
-        key=lambda k: ["raw_gzip", "idx", "shards", "checkpoint", "best_model"].index(k.path[-1]),
-    )
+    keys = [  # upstream first, in the graph's own order
+        k for k in graph.toposorted_asset_keys if k.path[0] == dataset_id and graph.get(k).is_materializable
+    ]
     if not keys:
         raise SystemExit(f"unknown dataset {dataset_id!r}")
     rows: list[dict] = []
