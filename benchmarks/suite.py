@@ -351,7 +351,7 @@ def profile_summary(path: Path, wall: float, summary: dict, top: int = 15) -> di
     work = {
         "asset bodies (raw_gzip, idx_arrays, shard_sets)": cumulative(
             lambda f, n: (
-                f.endswith("mnist_assets/assets.py") and n in ("raw_gzip", "idx_arrays", "shard_sets")
+                "mnist_assets/assets/" in f and n in ("raw_gzip", "idx_arrays", "shard_sets")
             )
         ),
         "IO managers (handle_output + load_input)": cumulative(
