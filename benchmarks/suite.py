@@ -350,9 +350,7 @@ def profile_summary(path: Path, wall: float, summary: dict, top: int = 15) -> di
     runs, in_runs = cumulative(lambda f, n: n == "execute_in_process" and "/dagster/" in f)
     work = {
         "asset bodies (raw_gzip, idx_arrays, shard_sets)": cumulative(
-            lambda f, n: (
-                f.endswith("mnist_assets/assets.py") and n in ("raw_gzip", "idx_arrays", "shard_sets")
-            )
+            lambda f, n: "mnist_assets/assets/" in f and n in ("raw_gzip", "idx_arrays", "shard_sets")
         ),
         "IO managers (handle_output + load_input)": cumulative(
             lambda f, n: (

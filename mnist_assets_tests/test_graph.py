@@ -1,6 +1,7 @@
 """The whole graph, materialized in-process into a real instance and a temporary directory."""
 
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -13,6 +14,7 @@ from PIL import Image
 
 from mnist_assets import hashing, idx
 from mnist_assets.assets import dataset_assets, materialization_steps
+from mnist_assets.assets.common import BlockingCheck, versioned_asset
 from mnist_assets.catalog import FILE_KEYS, load_catalog, parse_catalog
 from mnist_assets.storage.io_managers import io_managers
 from mnist_assets_tests.conftest import (
@@ -91,6 +93,29 @@ def test_every_check_ran_and_passed(built):
         ("checkpoint", "holdout_accuracy_above_floor"),
     }
     assert all(c.passed for c in built["checks"])
+
+
+def test_a_blocking_check_is_part_of_its_assets_code_version():
+    """A check is written once, as a BlockingCheck: it makes the asset's check spec, and adding or
+    rewording one changes the asset's code version, so the asset shows stale on that edit."""
+    floor = BlockingCheck("above_floor", "At least the floor. Judged before the result is stored.")
+    key = dg.AssetKey(["mini_mnist", "probe"])
+
+    def build(*checks: BlockingCheck) -> dg.AssetsDefinition:
+        @versioned_asset(checks=checks, key=key, io_manager_key="json_io_manager")
+        def probe(context):
+            return None
+
+        return probe
+
+    one, added = build(floor), build(floor, BlockingCheck("below_ceiling", "At most the ceiling."))
+    reworded = build(dataclasses.replace(floor, description="At least the new floor."))
+    versions = {assets_def.code_versions_by_key[key] for assets_def in (one, added, reworded)}
+    assert len(versions) == 3
+    assert [(spec.name, spec.blocking, spec.description) for spec in one.check_specs] == [
+        ("above_floor", True, floor.description)
+    ]
+    assert floor.result(False, {"floor": 1}).check_name == "above_floor"
 
 
 def test_every_asset_has_a_code_version_and_a_content_data_version(built, mini_mirror):

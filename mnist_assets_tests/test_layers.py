@@ -38,8 +38,8 @@ LAYERS: list[list[str]] = [
     ["mnist_assets.storage"],
     # machine learning: configurations, the only TensorFlow import, reading splits back
     ["mnist_assets.models", "mnist_assets.training", "mnist_assets.loader"],
-    # the asset graph and what it shows in the UI
-    ["mnist_assets.assets", "mnist_assets.metadata", "mnist_assets.pictures"],
+    # the asset graph and what it shows in the UI: the mnist_assets.assets package and everything in it
+    ["mnist_assets.assets"],
     # rebuilding: what ran and why, how it shows, the sensor and schedule, refresh
     ["mnist_assets.steps", "mnist_assets.progress", "mnist_assets.automation", "mnist_assets.refresh"],
     ["mnist_assets.definitions"],
@@ -47,7 +47,8 @@ LAYERS: list[list[str]] = [
     ["mnist_assets.cli", "mnist_assets.status", "mnist_assets.history", "mnist_assets"],
 ]
 """Bottom first. A module may import its own layer's modules and lower layers' ones, never higher ones.
-An entry names a module, or a package together with every module inside it (``mnist_assets.storage``);
+An entry names a module, or a package together with every module inside it (``mnist_assets.storage``,
+``mnist_assets.assets``);
 the package ``mnist_assets`` itself stands for its ``__init__`` only."""
 
 

@@ -171,7 +171,7 @@ def test_load_model_loads_the_promoted_checkpoint_verified(project):
 def test_training_returns_per_epoch_tensorboard_scalars_for_train_and_validation(project, tmp_path):
     import tensorflow as tf
 
-    from mnist_assets.assets import train_checkpoint
+    from mnist_assets.assets.checkpoints import train_checkpoint
     from mnist_assets.storage.io_managers import ShardSetIOManager
 
     dataset = parse_catalog(project.document)["mini_mnist"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_assets import pictures
+from mnist_assets.assets import pictures
 from mnist_assets.catalog import load_catalog
 from mnist_assets_tests.conftest import REPO
 

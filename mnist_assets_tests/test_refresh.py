@@ -4,6 +4,7 @@ import gzip
 import importlib.util
 import json
 import sys
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import dagster as dg
 import numpy as np
 
 import mnist_assets.assets
+import mnist_assets.assets.splits
 from mnist_assets.refresh import refresh
 from mnist_assets.status import dataset_status
 from mnist_assets_tests.conftest import MINI_FILENAMES, write_idx_gz
@@ -94,20 +96,28 @@ def test_new_bytes_that_break_the_pin_fail_clearly_and_keep_the_last_good_file(p
 
 
 def test_changed_compute_code_recomputes_that_asset_and_downstream_only(project, tmp_path):
-    """Load a copy of the assets module whose shards code differs, as an edit would."""
-    text = Path(mnist_assets.assets.__file__).read_text()
+    """Build the graph with a copy of the shards stage's module whose code differs, as an edit would."""
+    text = Path(mnist_assets.assets.splits.__file__).read_text()
     edited = text.replace(
         "        split, options = context.partition_key, config.options()\n",
         "        split, options = context.partition_key, config.options()  # edited: a comment is enough\n",
         1,
     )
     assert edited != text
-    module_path = tmp_path / "edited_assets.py"
+    module_path = tmp_path / "edited_splits.py"
     module_path.write_text(edited)
-    spec = importlib.util.spec_from_file_location("edited_assets", module_path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["edited_assets"] = module
-    spec.loader.exec_module(module)
+    spec = importlib.util.spec_from_file_location("edited_splits", module_path)
+    edited_splits = importlib.util.module_from_spec(spec)
+    sys.modules["edited_splits"] = edited_splits
+    spec.loader.exec_module(edited_splits)
+
+    def dataset_assets(dataset):
+        return [
+            edited_splits.shards_asset(dataset) if asset.key.path[-1] == "shards" else asset
+            for asset in mnist_assets.assets.dataset_assets(dataset)
+        ]
+
+    module = types.SimpleNamespace(dataset_assets=dataset_assets)
     summary, delta = project.refresh(project.defs(module))
     # the shards rerun; their content is identical, so the checkpoint stays fresh
     assert delta == Counter({("shards", "train"): 1, ("shards", "test"): 1, ("shards", "holdout"): 1})

@@ -38,7 +38,7 @@ if error := catalog_errors(defs).get(sys.argv[1]):
 checkpoint = defs.resolve_asset_graph().get(dg.AssetKey([sys.argv[1], "checkpoint"]))
 print(" ".join(checkpoint.partitions_def.get_partition_keys()))' "$dataset")
 
-for file in train-labels train-images test-labels test-images; do  # labels first: see assets.FILES
+for file in train-labels train-images test-labels test-images; do  # labels first: see mnist_assets.assets.common.FILES
   "$dagster" asset materialize -m mnist_assets --select "$dataset/urls,$dataset/raw_gzip,$dataset/idx" --partition "$file"
 done
 for split in train test holdout; do
