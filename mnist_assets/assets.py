@@ -21,11 +21,12 @@ import pyarrow.parquet as pq
 import pydantic
 from pydantic import Field
 
-from mnist_assets import attempts, download, idx, loader, manifest, metadata, models, pictures, shards
+from mnist_assets import download, idx, loader, manifest, metadata, models, pictures, shards
 from mnist_assets.catalog import FILE_KEYS, CatalogError, Dataset, explain, redact_url
 from mnist_assets.hashing import code_version, json_version, sha256
 from mnist_assets.manifest import CheckpointRecord
 from mnist_assets.models import TrainConfig, TrainOverrides
+from mnist_assets.rebuild import attempts
 from mnist_assets.settings import DEFAULT_STORAGE
 from mnist_assets.settings import STORAGE as STORAGE_VARIABLE
 from mnist_assets.storage import leases

@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from mnist_assets import defs, progress
-    from mnist_assets.refresh import refresh as run_refresh
+    from mnist_assets import defs
+    from mnist_assets.rebuild import progress
+    from mnist_assets.rebuild.refresh import refresh as run_refresh
 
     datasets = [args.dataset] if args.command == "prepare" else args.datasets
     with dg.DagsterInstance.get() as instance, progress.for_stream(sys.stderr) as shown:

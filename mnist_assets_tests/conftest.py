@@ -35,7 +35,7 @@ import pytest
 from mnist_assets import hashing, idx
 from mnist_assets.catalog import FILE_KEYS, parse_catalog
 from mnist_assets.definitions import build_definitions
-from mnist_assets.refresh import Refresher, refresh
+from mnist_assets.rebuild.refresh import Refresher, refresh
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MNIST = Path(__file__).with_name("data") / "mnist"

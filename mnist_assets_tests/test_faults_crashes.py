@@ -285,7 +285,7 @@ KILLED_REFRESH = """
     from mnist_assets.storage import local
     from mnist_assets.catalog import parse_catalog
     from mnist_assets.definitions import build_definitions
-    from mnist_assets.refresh import refresh
+    from mnist_assets.rebuild.refresh import refresh
 
     real_write = local.write_atomic
     def dying_write(path, data):

@@ -11,7 +11,7 @@ import dagster as dg
 import numpy as np
 
 import mnist_assets.assets
-from mnist_assets.refresh import refresh
+from mnist_assets.rebuild.refresh import refresh
 from mnist_assets.status import dataset_status
 from mnist_assets_tests.conftest import MINI_FILENAMES, write_idx_gz
 from mnist_assets_tests.faults import scenario

@@ -1,6 +1,6 @@
 """Materialize exactly what is stale or missing, per asset and partition, in one process.
 
-What needs a rebuild is judged by :mod:`mnist_assets.staleness` (Dagster's stale status plus storage),
+What needs a rebuild is judged by :mod:`mnist_assets.rebuild.staleness` (Dagster's stale status plus storage),
 the same judgement the automation sensor uses. Sources are observed first, so a changed catalog entry
 or remote file is seen. A dry run writes nothing to the instance: it observes the sources in this
 process only, judges what is built from them against those versions, and lists the dead runs it
@@ -27,11 +27,12 @@ from collections.abc import Iterable, Sequence
 
 import dagster as dg
 
-from mnist_assets import attempts, quiet, staleness
+from mnist_assets import quiet
 from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.dagster_private import observe_sources, observed_data_versions, reconstructable_asset_job
-from mnist_assets.progress import Lines
-from mnist_assets.steps import Step, Summary
+from mnist_assets.rebuild import attempts, staleness
+from mnist_assets.rebuild.progress import Lines
+from mnist_assets.rebuild.steps import Step, Summary
 from mnist_assets.storage import leases
 from mnist_assets.tags import HOLDER_TAG, PARTITION, TOLERATES_FAILED_INPUTS
 
