@@ -12,8 +12,8 @@ import dagster as dg
 import pytest
 
 from mnist_assets.definitions import build_definitions
-from mnist_assets_tests.conftest import REPO
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import REPO
 
 DAGSTER = os.path.join(os.path.dirname(sys.executable), "dagster")
 SUBCOMMANDS = ("refresh", "prepare", "status", "history", "rollback", "gc")

@@ -187,7 +187,9 @@ def test_the_walk_sees_lazy_and_type_only_imports(tmp_path):
     (package / "storage" / "__init__.py").write_text("from . import files\n")
     (package / "storage" / "files.py").write_text("from ..settings import DEFAULT\n")
     (package / "settings.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mnist_assets.rebuild.refresh import Step\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from mnist_assets.rebuild.refresh import Step\n"
     )
     (package / "rebuild" / "refresh.py").write_text(
         "def run():\n    from mnist_assets import storage, settings\n"

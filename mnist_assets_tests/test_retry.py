@@ -17,8 +17,8 @@ import dagster as dg
 
 from mnist_assets.catalog import FILE_KEYS
 from mnist_assets.rebuild import attempts
-from mnist_assets_tests.conftest import MINI_FILENAMES, REPO
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import MINI_FILENAMES, REPO
 from mnist_assets_tests.test_faults_crashes import kill_a_refresh_mid_checkpoint
 
 RAW = dg.AssetKey(["mini_mnist", "raw_gzip"])
