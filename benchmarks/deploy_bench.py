@@ -31,9 +31,9 @@ import report
 
 from mnist_assets import idx
 from mnist_assets.catalog import DEFAULT_CATALOG
-from mnist_assets_tests.conftest import real_mnist_file, write_mini_mirror
 from mnist_assets_tests.deploy import conftest as deploy
 from mnist_assets_tests.deploy.conftest import PG_BIN, Deployment, MotoS3
+from mnist_assets_tests.support import real_mnist_file, write_mini_mirror
 
 MINI = "mini_mnist"
 

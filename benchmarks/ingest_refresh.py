@@ -55,7 +55,7 @@ def refresh_ingest(dataset: str) -> dict:
     import dagster as dg
 
     from mnist_assets import defs, settings
-    from mnist_assets.refresh import Refresher
+    from mnist_assets.rebuild.refresh import Refresher
 
     with dg.DagsterInstance.get() as instance:
         refresher = Refresher(

@@ -12,6 +12,26 @@ from mnist_assets import quiet, settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.verbose and not settings.verbose():
+        _become_verbose(argv)
+    if (refused := _definitions_refused(args.command)) is not None:
+        return refused
+    if args.command == "status":
+        from mnist_assets.status import main as status_main
+
+        return status_main([args.dataset, *(["--json"] if args.json else [])], prog="mnist-assets status")
+    if args.command in ("history", "rollback", "gc"):
+        try:
+            return _versions_command(args)
+        except ValueError as error:
+            print(f"mnist-assets {args.command}: {error}", file=sys.stderr)
+            return 2
+    return _refresh_command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line: ``--verbose`` and one subcommand."""
     parser = argparse.ArgumentParser(prog="mnist-assets", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--verbose",
@@ -20,6 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         f"(same as {settings.VERBOSE_ENV}=1)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_refresh_commands(commands)
+    status = commands.add_parser("status", help="what is materialized, with data versions and paths")
+    status.add_argument("dataset")
+    status.add_argument("--json", action="store_true")
+    _add_version_commands(commands)
+    return parser
+
+
+def _add_refresh_commands(commands) -> None:
+    """``refresh`` and ``prepare``: bring assets up to date."""
     refresh = commands.add_parser(
         "refresh", help="materialize exactly the stale or missing asset partitions, upstream first"
     )
@@ -37,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     prepare.add_argument("dataset")
     prepare.add_argument("--verify", action="store_true", help="as refresh --verify")
-    status = commands.add_parser("status", help="what is materialized, with data versions and paths")
-    status.add_argument("dataset")
-    status.add_argument("--json", action="store_true")
+
+
+def _add_version_commands(commands) -> None:
+    """``history``, ``rollback`` and ``gc``: the kept versions of artifacts."""
     history = commands.add_parser("history", help="every kept version of an artifact, newest first")
     rollback = commands.add_parser(
         "rollback",
@@ -58,31 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     gc.add_argument("datasets", nargs="*", help="dataset ids (default: every dataset)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
-    args = parser.parse_args(argv)
-    if args.verbose and not settings.verbose():
-        settings.ask_verbose()
-        if argv is None:  # Dagster loaded quietly along with this module (quiet imports it): start again
-            os.execv(sys.executable, [sys.executable, "-m", "mnist_assets.cli", *sys.argv[1:]])
-        quiet.uninstall()
-    if (refused := _definitions_refused(args.command)) is not None:
-        return refused
 
-    if args.command == "status":
-        from mnist_assets.status import main as status_main
 
-        return status_main([args.dataset, *(["--json"] if args.json else [])], prog="mnist-assets status")
+def _become_verbose(argv: list[str] | None) -> None:
+    """Turn ``--verbose`` on: from the command line, by starting again (Dagster was loaded quietly along
+    with this module, since quiet imports it); when called in-process, by lifting the filters."""
+    settings.ask_verbose()
+    if argv is None:
+        os.execv(sys.executable, [sys.executable, "-m", "mnist_assets.cli", *sys.argv[1:]])
+    quiet.uninstall()
 
-    if args.command in ("history", "rollback", "gc"):
-        try:
-            return _versions_command(args)
-        except ValueError as error:
-            print(f"mnist-assets {args.command}: {error}", file=sys.stderr)
-            return 2
 
+def _refresh_command(args) -> int:
+    """``refresh`` or ``prepare``: run the stale steps with their progress on stderr, then print the
+    summary (``prepare``: where everything is). Exit 2 for a catalog error, 1 for a failed step."""
     import dagster as dg
 
-    from mnist_assets import defs, progress
-    from mnist_assets.refresh import refresh as run_refresh
+    from mnist_assets import defs
+    from mnist_assets.rebuild import progress
+    from mnist_assets.rebuild.refresh import refresh as run_refresh
 
     datasets = [args.dataset] if args.command == "prepare" else args.datasets
     with dg.DagsterInstance.get() as instance, progress.for_stream(sys.stderr) as shown:

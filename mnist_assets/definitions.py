@@ -14,9 +14,9 @@ import dagster as dg
 
 from mnist_assets import settings
 from mnist_assets.assets import dataset_assets
-from mnist_assets.automation import automation
 from mnist_assets.catalog import Catalog, CatalogError, Dataset, read_catalog
 from mnist_assets.catalog_errors import placeholder
+from mnist_assets.rebuild.automation import automation
 from mnist_assets.settings import (
     DEFAULT_BACKOFF_SECONDS,
     DEFAULT_KEEP,

@@ -18,7 +18,7 @@ import dagster as dg
 
 from mnist_assets import tags
 from mnist_assets.catalog_errors import catalog_errors
-from mnist_assets.staleness import stores_of
+from mnist_assets.rebuild.staleness import stores_of
 from mnist_assets.storage import versions
 from mnist_assets.storage.artifact_io import ArtifactIOManager
 

@@ -16,7 +16,7 @@ import dagster as dg
 
 from mnist_assets import tags
 from mnist_assets.catalog_errors import catalog_errors
-from mnist_assets.staleness import stores_of
+from mnist_assets.rebuild.staleness import stores_of
 
 
 def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_id: str) -> list[dict]:

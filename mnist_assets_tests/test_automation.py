@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 
 from mnist_assets.catalog import FILE_KEYS
-from mnist_assets_tests.conftest import MINI_FILENAMES
+from mnist_assets_tests.support import MINI_FILENAMES
 
 
 class Ticks:

@@ -38,7 +38,7 @@ def test_a_file_is_found_by_its_partition_key_and_an_unknown_key_names_the_files
 def test_fashion_mnist_pins_match_the_debian_payloads():
     """The pins are of the decompressed payload, so Debian's re-compressed files verify."""
     from mnist_assets.download import verify
-    from mnist_assets_tests.conftest import FASHION_DEBIAN
+    from mnist_assets_tests.support import FASHION_DEBIAN
 
     dataset = load_catalog()["fashion_mnist"]
     for file in dataset.files.values():

@@ -11,8 +11,8 @@ import dagster as dg
 import numpy as np
 
 from mnist_assets import load
-from mnist_assets_tests.conftest import MINI_TEST, MINI_TRAIN
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import MINI_TEST, MINI_TRAIN
 
 
 def test_prepare_builds_the_dataset_and_prints_where_everything_is(empty_project):

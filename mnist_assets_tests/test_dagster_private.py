@@ -12,7 +12,7 @@ import dagster as dg
 import yaml
 
 from mnist_assets import dagster_private
-from mnist_assets_tests.conftest import REPO
+from mnist_assets_tests.support import REPO
 
 PRIVATE_IMPORT = re.compile(r"^\s*(from|import)\s+dagster\._", re.MULTILINE)
 

@@ -4,7 +4,7 @@ import sys
 
 import dagster as dg
 
-from mnist_assets_tests.conftest import REPO
+from mnist_assets_tests.support import REPO
 
 PYTHON = sys.executable
 DAGSTER = os.path.join(os.path.dirname(sys.executable), "dagster")

@@ -25,8 +25,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mnist_assets_tests.conftest import REPO
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import REPO
 
 SENSORS = {"refresh_stale_assets", "fail_dead_runs"}
 STARTUP_SECONDS = 120  # bounds: the UI answering, then both sensors' first ticks

@@ -16,8 +16,8 @@ from mnist_assets import download, hashing, idx
 from mnist_assets.assets import dataset_assets
 from mnist_assets.catalog import load_catalog, parse_catalog
 from mnist_assets.storage.io_managers import GzipIOManager, io_managers
-from mnist_assets_tests.conftest import MINI_FILENAMES, REAL_MNIST, mini_catalog_document, real_mnist_file
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import MINI_FILENAMES, REAL_MNIST, mini_catalog_document, real_mnist_file
 
 FAST = download.FetchPolicy(connect_timeout=2, read_timeout=5, attempts=2, backoff_seconds=0.01)
 

@@ -14,9 +14,9 @@ import yaml
 
 from mnist_assets.catalog import parse_catalog
 from mnist_assets.definitions import build_definitions, configured_executor
-from mnist_assets.refresh import refresh
+from mnist_assets.rebuild.refresh import refresh
 from mnist_assets.settings import CELERY_BROKER_ENV
-from mnist_assets_tests.conftest import REPO
+from mnist_assets_tests.support import REPO
 
 
 def test_steps_run_in_process_unless_the_environment_says_otherwise(monkeypatch):

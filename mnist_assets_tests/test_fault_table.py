@@ -1,7 +1,7 @@
 """The fault table in the docs is the test suite's own list of proven scenarios."""
 
 from mnist_assets_tests import faults
-from mnist_assets_tests.conftest import REPO
+from mnist_assets_tests.support import REPO
 
 
 def test_docs_fault_table_matches_the_scenario_tests():

@@ -12,8 +12,8 @@ import dagster as dg
 import pytest
 
 from mnist_assets.definitions import build_definitions
-from mnist_assets_tests.conftest import REPO
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import REPO
 
 DAGSTER = os.path.join(os.path.dirname(sys.executable), "dagster")
 SUBCOMMANDS = ("refresh", "prepare", "status", "history", "rollback", "gc")
@@ -212,7 +212,7 @@ def test_the_code_location_loads_and_shows_a_broken_datasets_error(empty_project
 def test_an_entry_listed_under_a_key_that_is_no_dataset_id_breaks_only_itself(empty_project):
     from mnist_assets.catalog import read_catalog
     from mnist_assets.catalog_errors import catalog_errors
-    from mnist_assets.refresh import refresh
+    from mnist_assets.rebuild.refresh import refresh
 
     project = empty_project
     project.document["datasets"]["Bad/Id"] = json.loads(json.dumps(project.dataset))

@@ -22,8 +22,8 @@ import pytest
 from mnist_assets import shards
 from mnist_assets.storage.faults import StorageError
 from mnist_assets.storage.io_managers import KerasIOManager, ShardSetIOManager
-from mnist_assets_tests.conftest import REPO
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import REPO
 
 SHARDS_KEY = dg.AssetKey(["crash", "shards"])
 CHECKPOINT_KEY = dg.AssetKey(["crash", "checkpoint"])
@@ -285,7 +285,7 @@ KILLED_REFRESH = """
     from mnist_assets.storage import local
     from mnist_assets.catalog import parse_catalog
     from mnist_assets.definitions import build_definitions
-    from mnist_assets.refresh import refresh
+    from mnist_assets.rebuild.refresh import refresh
 
     real_write = local.write_atomic
     def dying_write(path, data):

@@ -20,8 +20,8 @@ import pytest
 from mnist_assets import hashing, idx
 from mnist_assets.storage.faults import StorageError
 from mnist_assets.storage.io_managers import NumpyIOManager
-from mnist_assets_tests.conftest import MINI_FILENAMES
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import MINI_FILENAMES
 
 SMALL_PEAK = 10 * 2**20
 """Bytes of Python/numpy memory a refused file may cost at most while being parsed."""

@@ -10,8 +10,8 @@ import pytest
 
 from mnist_assets import download
 from mnist_assets.catalog import load_catalog, redact_url
-from mnist_assets_tests.conftest import REAL_MNIST, real_mnist_file
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import REAL_MNIST, real_mnist_file
 
 POLICY = download.FetchPolicy(
     connect_timeout=2, read_timeout=1, attempts=2, backoff_seconds=0.01, max_redirects=3

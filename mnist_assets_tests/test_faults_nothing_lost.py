@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 import dagster as dg
 
 from mnist_assets.storage.io_managers import KerasIOManager
-from mnist_assets_tests.conftest import MINI_FILENAMES, write_idx_gz
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import MINI_FILENAMES, write_idx_gz
 
 
 def _latest_check_passed(instance, name: str) -> bool:

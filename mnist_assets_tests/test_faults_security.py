@@ -13,8 +13,8 @@ import pytest
 
 from mnist_assets import download, idx
 from mnist_assets.catalog import CatalogError, SettingError, load_catalog, parse_catalog
-from mnist_assets_tests.conftest import REPO, mini_catalog_document, write_idx_gz
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import REPO, mini_catalog_document, write_idx_gz
 
 PACKAGE = REPO / "mnist_assets"
 

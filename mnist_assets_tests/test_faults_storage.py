@@ -22,8 +22,8 @@ import pytest
 from mnist_assets.manifest import Manifest
 from mnist_assets.storage.faults import StorageError
 from mnist_assets.storage.io_managers import GzipIOManager, NumpyIOManager, ShardSetIOManager
-from mnist_assets_tests.conftest import MINI_FILENAMES
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import MINI_FILENAMES
 from mnist_assets_tests.test_faults_crashes import synthetic_shard_set
 
 PAGE = 4096

@@ -17,7 +17,7 @@ from mnist_assets.assets import dataset_assets, materialization_steps
 from mnist_assets.assets.common import BlockingCheck, versioned_asset
 from mnist_assets.catalog import FILE_KEYS, load_catalog, parse_catalog
 from mnist_assets.storage.io_managers import io_managers
-from mnist_assets_tests.conftest import (
+from mnist_assets_tests.support import (
     FASHION_DEBIAN,
     MINI_TEST,
     MINI_TRAIN,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mnist_assets import hashing, idx
-from mnist_assets_tests.conftest import real_mnist_file
+from mnist_assets_tests.support import real_mnist_file
 
 
 @pytest.mark.parametrize("code, dtype", sorted(idx.TYPE_CODES.items()))

@@ -22,9 +22,11 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: list[list[str]] = [
     # ground floor: what every module may read
     ["mnist_assets.settings", "mnist_assets.tags", "mnist_assets.hashing"],
-    # the project's view of Dagster and its libraries: noise, private API, stale status, past attempts
-    # (below storage: a lease's holder judges staleness under the lease)
-    ["mnist_assets.quiet", "mnist_assets.dagster_private", "mnist_assets.staleness", "mnist_assets.attempts"],
+    # the project's view of Dagster and its libraries: noise, the private API
+    ["mnist_assets.quiet", "mnist_assets.dagster_private"],
+    # rebuilding, judging: what is stale and why, past attempts (below storage and the assets: a lease's
+    # holder judges whether the partition it waited for is fresh; best_model lists last failures)
+    ["mnist_assets.rebuild.staleness", "mnist_assets.rebuild.attempts"],
     # formats: what a dataset is and how its files and records are written
     [
         "mnist_assets.catalog",
@@ -40,8 +42,9 @@ LAYERS: list[list[str]] = [
     ["mnist_assets.models", "mnist_assets.training", "mnist_assets.loader"],
     # the asset graph and what it shows in the UI: the mnist_assets.assets package and everything in it
     ["mnist_assets.assets"],
-    # rebuilding: what ran and why, how it shows, the sensor and schedule, refresh
-    ["mnist_assets.steps", "mnist_assets.progress", "mnist_assets.automation", "mnist_assets.refresh"],
+    # rebuilding, acting: the rest of mnist_assets.rebuild (what ran and why, how it shows, the sensor
+    # and schedule, refresh)
+    ["mnist_assets.rebuild"],
     ["mnist_assets.definitions"],
     # on top: the commands and the package's own face (``mnist_assets.defs``, ``load``)
     ["mnist_assets.cli", "mnist_assets.status", "mnist_assets.history", "mnist_assets"],
@@ -179,31 +182,38 @@ def test_the_walk_sees_lazy_and_type_only_imports(tmp_path):
     and ``from package import module`` resolve to the module."""
     package = tmp_path / PACKAGE
     (package / "storage").mkdir(parents=True)
+    (package / "rebuild").mkdir()
+    (package / "rebuild" / "__init__.py").write_text("")
     (package / "__init__.py").write_text("")
     (package / "storage" / "__init__.py").write_text("from . import files\n")
     (package / "storage" / "files.py").write_text("from ..settings import DEFAULT\n")
     (package / "settings.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mnist_assets.refresh import Step\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from mnist_assets.rebuild.refresh import Step\n"
     )
-    (package / "refresh.py").write_text("def run():\n    from mnist_assets import storage, settings\n")
+    (package / "rebuild" / "refresh.py").write_text(
+        "def run():\n    from mnist_assets import storage, settings\n"
+    )
     graph = import_graph(package)
     assert graph == {
         "mnist_assets": set(),
-        "mnist_assets.refresh": {"mnist_assets.storage", "mnist_assets.settings"},
-        "mnist_assets.settings": {"mnist_assets.refresh"},
+        "mnist_assets.rebuild": set(),
+        "mnist_assets.rebuild.refresh": {"mnist_assets.storage", "mnist_assets.settings"},
+        "mnist_assets.settings": {"mnist_assets.rebuild.refresh"},
         "mnist_assets.storage": {"mnist_assets.storage.files"},
         "mnist_assets.storage.files": {"mnist_assets.settings"},
     }
     # refresh -> storage -> storage.files -> settings -> refresh (the last one only for type checking)
     assert cycles(graph) == [
         [
-            "mnist_assets.refresh",
+            "mnist_assets.rebuild.refresh",
             "mnist_assets.settings",
             "mnist_assets.storage",
             "mnist_assets.storage.files",
         ]
     ]
-    assert ("mnist_assets.settings", "mnist_assets.refresh") in upward_edges(graph)
+    assert ("mnist_assets.settings", "mnist_assets.rebuild.refresh") in upward_edges(graph)
     assert ("mnist_assets.storage.files", "mnist_assets.settings") not in upward_edges(graph)
     assert layer_of("mnist_assets.storage.backends.s3") == layer_of("mnist_assets.storage.io_managers")
 

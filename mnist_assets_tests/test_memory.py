@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_assets_tests.conftest import REPO
+from mnist_assets_tests.support import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import scale_bench  # noqa: E402  (the benchmark's generator and stage runner)

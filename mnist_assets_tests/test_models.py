@@ -10,7 +10,7 @@ from mnist_assets import models
 from mnist_assets.catalog import CatalogError, parse_catalog
 from mnist_assets.hashing import json_version
 from mnist_assets.manifest import CheckpointRecord
-from mnist_assets_tests.conftest import TINY_TRAINING, mini_catalog_document
+from mnist_assets_tests.support import TINY_TRAINING, mini_catalog_document
 
 BEST = dg.AssetKey(["mini_mnist", "best_model"])
 WEAK = {"epochs": 1, "conv_filters": [2], "dense_units": 4, "accuracy_floor": 0.0}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mnist_assets.assets import pictures
 from mnist_assets.catalog import load_catalog
-from mnist_assets_tests.conftest import REPO
+from mnist_assets_tests.support import REPO
 
 FASHION_NAMES = load_catalog()["fashion_mnist"].class_names
 

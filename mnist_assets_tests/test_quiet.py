@@ -19,7 +19,7 @@ import dagster as dg
 import pytest
 
 from mnist_assets import quiet, settings
-from mnist_assets_tests.conftest import REPO, mini_catalog_document
+from mnist_assets_tests.support import REPO, mini_catalog_document
 
 PYTHON = sys.executable
 MNIST_ASSETS = os.path.join(os.path.dirname(sys.executable), "mnist-assets")

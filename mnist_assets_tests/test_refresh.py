@@ -13,10 +13,10 @@ import numpy as np
 
 import mnist_assets.assets
 import mnist_assets.assets.splits
-from mnist_assets.refresh import refresh
+from mnist_assets.rebuild.refresh import refresh
 from mnist_assets.status import dataset_status
-from mnist_assets_tests.conftest import MINI_FILENAMES, write_idx_gz
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import MINI_FILENAMES, write_idx_gz
 from mnist_assets_tests.test_faults_crashes import kill_a_refresh_mid_checkpoint
 
 

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 
-from mnist_assets import attempts
 from mnist_assets.catalog import FILE_KEYS
-from mnist_assets_tests.conftest import MINI_FILENAMES, REPO
+from mnist_assets.rebuild import attempts
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import MINI_FILENAMES, REPO
 from mnist_assets_tests.test_faults_crashes import kill_a_refresh_mid_checkpoint
 
 RAW = dg.AssetKey(["mini_mnist", "raw_gzip"])
@@ -230,7 +230,7 @@ def test_the_next_refresh_marks_a_sigkilled_run_failed_and_retries_its_partition
 def test_the_retry_backoff_comes_from_the_environment(mini_catalog):
     code = (
         "from mnist_assets import defs\n"
-        "from mnist_assets.attempts import BackingOff\n"
+        "from mnist_assets.rebuild.attempts import BackingOff\n"
         "def walk(c):\n"
         "    return [c] if isinstance(c, BackingOff) else [b for child in c.children for b in walk(child)]\n"
         "spec = next(s for s in defs.resolve_all_asset_specs() if s.automation_condition)\n"

@@ -14,8 +14,8 @@ from mnist_assets import idx, shards
 from mnist_assets.manifest import Manifest
 from mnist_assets.storage.faults import StorageError
 from mnist_assets.storage.io_managers import ShardSetIOManager
-from mnist_assets_tests.conftest import MINI_FILENAMES, TINY_TRAINING, write_idx_gz
 from mnist_assets_tests.faults import scenario
+from mnist_assets_tests.support import MINI_FILENAMES, TINY_TRAINING, write_idx_gz
 
 OPTIONS = shards.ShardOptions(seed=7, validation_fraction=0.1, rows_per_shard=300)
 SOURCES = {"train-images": "a" * 64, "train-labels": "b" * 64}

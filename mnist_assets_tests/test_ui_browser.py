@@ -29,7 +29,7 @@ import dagster as dg
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from mnist_assets_tests.conftest import REPO
+from mnist_assets_tests.support import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT_DIR_ENV = "MNIST_ASSETS_SCREENSHOT_DIR"

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from mnist_assets import attempts, loader, models, shards
+from mnist_assets import loader, models, shards
 from mnist_assets.assets import metadata, pictures
 from mnist_assets.assets.common import STORAGE, BlockingCheck, asset_key, refuse_if_failed, versioned_asset
 from mnist_assets.catalog import Dataset
 from mnist_assets.hashing import sha256
 from mnist_assets.manifest import CheckpointRecord
 from mnist_assets.models import TrainConfig, TrainOverrides
+from mnist_assets.rebuild import attempts
 from mnist_assets.storage.faults import REPAIR
 from mnist_assets.tags import TOLERATES_FAILED_INPUTS
 

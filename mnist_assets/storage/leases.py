@@ -52,7 +52,7 @@ from typing import Any, Protocol, runtime_checkable
 import dagster as dg
 from upath import UPath
 
-from mnist_assets import staleness
+from mnist_assets.rebuild import staleness
 from mnist_assets.storage.backends import Stored
 from mnist_assets.storage.faults import is_precondition_failure
 from mnist_assets.storage.files import is_local, write_atomic

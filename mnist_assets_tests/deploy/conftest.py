@@ -27,7 +27,7 @@ import dagster as dg
 import pytest
 from upath import UPath
 
-from mnist_assets_tests.conftest import REPO, mini_catalog_document
+from mnist_assets_tests.support import REPO, mini_catalog_document
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 REDIS_SERVER = Path("/usr/bin/redis-server")

@@ -21,7 +21,7 @@ from upath import UPath
 from mnist_assets import shards
 from mnist_assets.storage.faults import CommitConflict
 from mnist_assets.storage.io_managers import ShardSetIOManager
-from mnist_assets_tests.conftest import REPO
+from mnist_assets_tests.support import REPO
 
 pytestmark = pytest.mark.deploy
 
@@ -128,7 +128,7 @@ def arrays_source(mini_mirror) -> str:
         import gzip
         from pathlib import Path
         from mnist_assets import idx
-        from mnist_assets_tests.conftest import MINI_FILENAMES
+        from mnist_assets_tests.support import MINI_FILENAMES
         arrays = {{
             key: idx.parse(gzip.decompress((Path({directory!r}) / MINI_FILENAMES[key]).read_bytes()))
             for key in ("train-images", "train-labels")

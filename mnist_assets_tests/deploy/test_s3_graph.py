@@ -16,7 +16,7 @@ from upath import UPath
 
 from mnist_assets.shards import SPLITS
 from mnist_assets.storage.io_managers import io_managers
-from mnist_assets_tests.conftest import REPO, mini_catalog_document
+from mnist_assets_tests.support import REPO, mini_catalog_document
 
 pytestmark = pytest.mark.deploy
 

@@ -1,5 +1,5 @@
-"""What a refresh did, step by step: the records :mod:`mnist_assets.refresh` fills in and
-:mod:`mnist_assets.progress` shows while it runs (and ``mnist-assets`` prints as JSON at the end).
+"""What a refresh did, step by step: the records :mod:`mnist_assets.rebuild.refresh` fills in and
+:mod:`mnist_assets.rebuild.progress` shows while it runs (and ``mnist-assets`` prints as JSON at the end).
 
 Their own module, below both, so the display needs nothing of the refresh that drives it.
 """

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-    from mnist_assets.steps import Step
+    from mnist_assets.rebuild.steps import Step
 
 
 class Lines:

@@ -1,6 +1,6 @@
 """Materialize exactly what is stale or missing, per asset and partition, in one process.
 
-What needs a rebuild is judged by :mod:`mnist_assets.staleness` (Dagster's stale status plus storage),
+What needs a rebuild is judged by :mod:`mnist_assets.rebuild.staleness` (Dagster's stale status plus storage),
 the same judgement the automation sensor uses. Sources are observed first, so a changed catalog entry
 or remote file is seen. A dry run writes nothing to the instance: it observes the sources in this
 process only, judges what is built from them against those versions, and lists the dead runs it
@@ -24,18 +24,44 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 
-from mnist_assets import attempts, quiet, staleness
+from mnist_assets import quiet
 from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.dagster_private import observe_sources, observed_data_versions, reconstructable_asset_job
-from mnist_assets.progress import Lines
-from mnist_assets.steps import Step, Summary
+from mnist_assets.rebuild import attempts, staleness
+from mnist_assets.rebuild.progress import Lines
+from mnist_assets.rebuild.steps import Step, Summary
 from mnist_assets.storage import leases
 from mnist_assets.tags import HOLDER_TAG, PARTITION, TOLERATES_FAILED_INPUTS
 
 Partition = tuple[dg.AssetKey, str | None]
+
+
+@dataclass
+class _Pass:
+    """One walk of a refresh over the graph: what it has found so far, and how it was asked to run."""
+
+    summary: Summary
+    dry_run: bool
+    verify: bool
+    progress: Lines
+    judge: Any
+    """Dagster's stale-status resolver, renewed after each run (the event log moved on)."""
+    changed: dict[Partition, str]
+    """A dry run's observed source changes (see ``Refresher.unrecorded_changes``)."""
+    planned: set[Partition] = field(default_factory=set)
+    failed_roots: dict[Partition, set[str]] = field(default_factory=dict)
+    """Each failed or blocked partition → the failures behind it."""
+    done: set[Partition] = field(default_factory=set)
+    """Ran as a companion of an input's run."""
+
+    @property
+    def log(self):
+        return self.progress.log
 
 
 def _failure_message(result, step_key: str) -> str:
@@ -143,85 +169,116 @@ class Refresher:
         return lease.held(self.token, None, waiting, log)
 
     def _run(self, dry_run: bool, verify: bool, log, progress: Lines | None) -> Summary:
-        progress = progress or Lines(log)
-        log = progress.log
         started = time.perf_counter()
         summary = Summary(datasets=self.datasets, dry_run=dry_run, catalog_errors=self.catalog_errors)
         if not self.datasets:
             return summary
-        planned: set[Partition] = set()
-        failed_roots: dict[Partition, set[str]] = {}  # failed or blocked → the failures behind it
-        judge = self.look_around(dry_run, log)
+        shown = progress or Lines(log)
+        judge = self.look_around(dry_run, shown.log)
         changed = self.unrecorded_changes(judge) if dry_run else {}
-        done: set[Partition] = set()  # ran as a companion of an input's run
+        visit = _Pass(summary, dry_run, verify, shown, judge, changed)
         for key in self.keys:
             for partition in self.partitions(key):
-                if (key, partition) in done:
-                    continue
-                parents = self.parents(key, partition)
-                causes = staleness.causes(judge, self.stores[key], key, partition, verify=verify)
-                causes = causes or [changed[p] for p in parents if p in changed]
-                step = Step(key.to_user_string(), partition, causes)
-                if not causes:
-                    if dry_run and planned.intersection(parents):
-                        step.causes = ["runs if its upstream's content changes"]
-                        summary.waiting_on_upstream.append(step)
-                        planned.add((key, partition))
-                    else:
-                        summary.fresh += 1
-                    continue
-                planned.add((key, partition))
-                if failure := attempts.last_failure(self.instance, key, partition):
-                    step.last_failure = failure.describe()
-                    log(f"{step.label}: {step.last_failure}")
-                roots = set().union(*(failed_roots.get(p, set()) for p in parents))
-                if roots and self.blocked(key, parents, failed_roots):
-                    step.blocked_by = sorted(roots)
-                    step.error = f"not run: its input {', '.join(step.blocked_by)} failed in this refresh"
-                    summary.blocked.append(step)
-                    failed_roots[(key, partition)] = roots
-                    log(f"BLOCKED {step.label}: {step.error}")
-                    continue
-                claims = contextlib.ExitStack()
-                if not dry_run and not (causes := self.claim(claims, key, partition, verify, log)):
-                    claims.close()  # another process built it while this one waited: fresh now
-                    summary.fresh += 1
-                    continue
-                step.causes = causes
-                log(f"{'would run' if dry_run else 'running'} {step.label}: {'; '.join(causes)}")
-                if dry_run:
-                    summary.ran.append(step)
-                    continue
-                with claims:
-                    companions = [
-                        companion
-                        for companion in self.companions(judge, key, partition, verify)
-                        if self.claim(
-                            claims, dg.AssetKey.from_user_string(companion.asset), partition, verify, log
-                        )
-                    ]
-                    for companion in companions:
-                        log(f"running {companion.label} in the same run: {'; '.join(companion.causes)}")
-                        done.add((dg.AssetKey.from_user_string(companion.asset), partition))
-                    progress.started([step, *companions])
-                    outcomes = self.execute(partition, [step, *companions])
-                for outcome in outcomes:
-                    progress.finished(outcome)
-                    if outcome.error is None:
-                        summary.ran.append(outcome)
-                    elif outcome.blocked_by:
-                        summary.blocked.append(outcome)
-                        log(f"BLOCKED {outcome.label}: {outcome.error}")
-                    else:  # the last good artifact stays; what does not depend on it still refreshes
-                        summary.failed.append(outcome)
-                        log(f"FAILED {outcome.label}: {outcome.error}")
-                    if outcome.error is not None:
-                        outcome_key = (dg.AssetKey.from_user_string(outcome.asset), partition)
-                        failed_roots[outcome_key] = set(outcome.blocked_by) or {outcome.label}
-                judge = staleness.resolver(self.instance, self.graph)  # the event log moved on
+                if (key, partition) not in visit.done:
+                    self.refresh_partition(visit, key, partition)
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.artifacts = self.artifacts()
         return summary
+
+    def refresh_partition(self, visit: _Pass, key: dg.AssetKey, partition: str | None) -> None:
+        """Judge ``key[partition]`` and, when stale and not blocked by a failed input, run it (a dry run
+        only lists it)."""
+        parents = self.parents(key, partition)
+        step = self.judged(visit, key, partition, parents)
+        if step is None or self.stopped_by_failed_input(visit, step, key, partition, parents):
+            return
+        claims = contextlib.ExitStack()
+        if not visit.dry_run and not (causes := self.claim(claims, key, partition, visit.verify, visit.log)):
+            claims.close()  # another process built it while this one waited: fresh now
+            visit.summary.fresh += 1
+            return
+        if not visit.dry_run:
+            step.causes = causes
+        visit.log(f"{'would run' if visit.dry_run else 'running'} {step.label}: {'; '.join(step.causes)}")
+        if visit.dry_run:
+            visit.summary.ran.append(step)
+            return
+        with claims:
+            steps = [step, *self.claimed_companions(visit, claims, key, partition)]
+            visit.progress.started(steps)
+            outcomes = self.execute(partition, steps)
+        for outcome in outcomes:
+            self.record(visit, outcome, partition)
+        visit.judge = staleness.resolver(self.instance, self.graph)  # the event log moved on
+
+    def judged(
+        self, visit: _Pass, key: dg.AssetKey, partition: str | None, parents: list[Partition]
+    ) -> Step | None:
+        """The step that rebuilds ``key[partition]``, with its causes and its last failure; None when it
+        is fresh (counted as fresh, or, in a dry run, listed as waiting on a planned upstream rebuild)."""
+        causes = staleness.causes(visit.judge, self.stores[key], key, partition, verify=visit.verify)
+        causes = causes or [visit.changed[p] for p in parents if p in visit.changed]
+        step = Step(key.to_user_string(), partition, causes)
+        if not causes:
+            if visit.dry_run and visit.planned.intersection(parents):
+                step.causes = ["runs if its upstream's content changes"]
+                visit.summary.waiting_on_upstream.append(step)
+                visit.planned.add((key, partition))
+            else:
+                visit.summary.fresh += 1
+            return None
+        visit.planned.add((key, partition))
+        if failure := attempts.last_failure(self.instance, key, partition):
+            step.last_failure = failure.describe()
+            visit.log(f"{step.label}: {step.last_failure}")
+        return step
+
+    def stopped_by_failed_input(
+        self, visit: _Pass, step: Step, key: dg.AssetKey, partition: str | None, parents: list[Partition]
+    ) -> bool:
+        """Whether an input that failed in this refresh blocks ``step``; if so it is listed as blocked."""
+        roots = set().union(*(visit.failed_roots.get(p, set()) for p in parents))
+        if not roots or not self.blocked(key, parents, visit.failed_roots):
+            return False
+        step.blocked_by = sorted(roots)
+        step.error = f"not run: its input {', '.join(step.blocked_by)} failed in this refresh"
+        visit.summary.blocked.append(step)
+        visit.failed_roots[(key, partition)] = roots
+        visit.log(f"BLOCKED {step.label}: {step.error}")
+        return True
+
+    def claimed_companions(
+        self, visit: _Pass, claims: contextlib.ExitStack, key: dg.AssetKey, partition: str | None
+    ) -> list[Step]:
+        """The companions of ``key[partition]`` (see :meth:`companions`) still stale under their own
+        lease, held in ``claims``: they run in its run and are not visited again."""
+        companions = [
+            companion
+            for companion in self.companions(visit.judge, key, partition, visit.verify)
+            if self.claim(
+                claims, dg.AssetKey.from_user_string(companion.asset), partition, visit.verify, visit.log
+            )
+        ]
+        for companion in companions:
+            visit.log(f"running {companion.label} in the same run: {'; '.join(companion.causes)}")
+            visit.done.add((dg.AssetKey.from_user_string(companion.asset), partition))
+        return companions
+
+    def record(self, visit: _Pass, outcome: Step, partition: str | None) -> None:
+        """Show a finished step and file it as ran, blocked or failed; a failure blocks what is built
+        from it. The last good artifact of a failed step stays; what does not depend on it still refreshes."""
+        visit.progress.finished(outcome)
+        if outcome.error is None:
+            visit.summary.ran.append(outcome)
+            return
+        if outcome.blocked_by:
+            visit.summary.blocked.append(outcome)
+            visit.log(f"BLOCKED {outcome.label}: {outcome.error}")
+        else:
+            visit.summary.failed.append(outcome)
+            visit.log(f"FAILED {outcome.label}: {outcome.error}")
+        outcome_key = (dg.AssetKey.from_user_string(outcome.asset), partition)
+        visit.failed_roots[outcome_key] = set(outcome.blocked_by) or {outcome.label}
 
     def blocked(self, key: dg.AssetKey, parents: list[Partition], failed_roots: dict) -> bool:
         """Whether an input failing in this refresh keeps ``key`` from running: any failed input does,

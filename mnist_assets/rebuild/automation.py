@@ -6,7 +6,7 @@ rebuilds missing partitions (including those missing from the start), stale ones
 without clicks, upstream first, one hop per tick. The ``daily_refresh`` schedule observes every
 dataset's sources; a changed remote file or catalog entry then makes exactly its raw partition stale
 and the sensor takes it from there. A partition whose last attempt failed waits for a change or a
-backoff (:mod:`mnist_assets.attempts`), and the ``fail_dead_runs`` sensor marks failed the runs whose
+backoff (:mod:`mnist_assets.rebuild.attempts`), and the ``fail_dead_runs`` sensor marks failed the runs whose
 process was killed, so they neither stay STARTED nor block their partitions. All are listed, with
 descriptions, under Automation in the UI.
 """
@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
-from mnist_assets.attempts import BackingOff, fail_dead_runs
+from mnist_assets.rebuild.attempts import BackingOff, fail_dead_runs
+from mnist_assets.rebuild.staleness import NeedsRebuild, Stores, stores_of
 from mnist_assets.settings import DEFAULT_BACKOFF_SECONDS, DEFAULT_REFRESH_CRON
-from mnist_assets.staleness import NeedsRebuild, Stores, stores_of
 from mnist_assets.tags import OBSERVED_DAILY
 
 __all__ = ["automation", "refresh_condition"]
