@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
+
+Split = Literal["train", "test", "holdout"]
+"""A shard set's split: a seeded share of the official train file cut in two, and the official test file."""
+SPLITS: tuple[Split, ...] = get_args(Split)
+Codec = Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"]
+"""The Parquet compression of a shard set's files."""
+CODECS: tuple[Codec, ...] = get_args(Codec)
 
 FORMAT = "mnist_assets.shards/1"
 
@@ -38,7 +45,7 @@ class Manifest(BaseModel):
 
     format: str = FORMAT
     dataset: str
-    split: str
+    split: Split
     rows: int
     image_shape: tuple[int, int]
     class_names: tuple[str, ...]
@@ -48,7 +55,7 @@ class Manifest(BaseModel):
     seed: int
     validation_fraction: float
     rows_per_shard: int
-    compression: str
+    compression: Codec
     source_payload_sha256: dict[str, str]
 
     @staticmethod

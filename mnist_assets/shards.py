@@ -18,10 +18,9 @@ import pyarrow.parquet as pq
 
 from mnist_assets import idx
 from mnist_assets.hashing import sha256
-from mnist_assets.manifest import Column, Manifest, ShardEntry
+from mnist_assets.manifest import CODECS, SPLITS, Codec, Column, Manifest, ShardEntry, Split
 
-SPLITS: tuple[str, ...] = ("train", "test", "holdout")
-SPLIT_SOURCES: dict[str, tuple[str, str]] = {
+SPLIT_SOURCES: dict[Split, tuple[str, str]] = {
     "train": ("train-images", "train-labels"),
     "test": ("train-images", "train-labels"),
     "holdout": ("test-images", "test-labels"),
@@ -33,7 +32,7 @@ COLUMNS = (
     Column(name="label", type="uint8", description="class index into class_names"),
     Column(name="source_index", type="uint32", description="row in the source IDX file"),
 )
-COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
+COMPRESSIONS = CODECS
 READ_AHEAD = 2
 """Shards a reader (:mod:`mnist_assets.loader`, and training's tf.data pipeline over it) reads and
 decodes ahead of the one being batched: a few shards in memory, whatever the split's size."""
@@ -44,7 +43,7 @@ class ShardOptions:
     seed: int = 20261122
     validation_fraction: float = 0.1
     rows_per_shard: int = 10_000
-    compression: str = "zstd"
+    compression: Codec = "zstd"
 
     def __post_init__(self):
         if not 0 < self.validation_fraction < 1:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mnist_assets.manifest import Split
 from mnist_assets.quiet import tensorflow_import
 from mnist_assets.shards import READ_AHEAD
 
@@ -106,7 +107,7 @@ def evaluate(model: keras.Model, split: ShardSource) -> dict[str, float]:
 
 
 def train(
-    splits: Mapping[str, ShardSource], num_classes: int, params: Hyperparameters, log=None
+    splits: Mapping[Split, ShardSource], num_classes: int, params: Hyperparameters, log=None
 ) -> TrainedModel:
     """Fit on train, validate on test each epoch, evaluate every split once at the end, and keep the
     holdout predictions the checkpoint's pictures show (:func:`predict_holdout`).

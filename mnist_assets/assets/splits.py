@@ -3,7 +3,7 @@ as stored (read back from storage, not from memory) before anything downstream r
 
 import io
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, cast
 
 import dagster as dg
 import numpy as np
@@ -24,6 +24,7 @@ from mnist_assets.assets.common import (
 )
 from mnist_assets.catalog import Dataset
 from mnist_assets.hashing import sha256
+from mnist_assets.manifest import Codec, Split
 from mnist_assets.storage.backends import Stored
 from mnist_assets.storage.faults import REPAIR, StorageError
 from mnist_assets.tags import COLUMN_SCHEMA, DATA_VERSION, ROW_COUNT
@@ -45,7 +46,9 @@ class ShardConfig(dg.Config):
     )
 
     def options(self) -> shards.ShardOptions:
-        return shards.ShardOptions(self.seed, self.validation_fraction, self.rows_per_shard, self.compression)
+        # a str in the run config (Dagster's config types have no Literal); ShardOptions checks it is a Codec
+        codec = cast(Codec, self.compression)
+        return shards.ShardOptions(self.seed, self.validation_fraction, self.rows_per_shard, codec)
 
     @pydantic.model_validator(mode="after")
     def _valid(self) -> Self:
@@ -117,7 +120,7 @@ def split_check(split, source_rows, source_index, options) -> dg.AssetCheckResul
 
 def cut_split(
     dataset: Dataset,
-    split: str,
+    split: Split,
     arrays: dict[str, np.ndarray],
     sources: dict[str, str],
     options: shards.ShardOptions,
@@ -160,7 +163,7 @@ def check_committed_split(
 
 
 def split_metadata(
-    dataset: Dataset, split: str, arrays: dict[str, np.ndarray], encoded: manifest.Manifest, options
+    dataset: Dataset, split: Split, arrays: dict[str, np.ndarray], encoded: manifest.Manifest, options
 ) -> dict[str, Any]:
     """What a split's materialization shows: its columns, rows, shard files and sample pictures."""
     images_key, labels_key = shards.SPLIT_SOURCES[split]
@@ -220,7 +223,7 @@ def shards_asset(dataset: Dataset) -> dg.AssetsDefinition:
     def shard_sets(
         context: dg.AssetExecutionContext, config: DatasetShardConfig, arrays: dict[str, np.ndarray]
     ):
-        split, options = context.partition_key, config.options()
+        split, options = cast(Split, context.partition_key), config.options()  # a SPLITS partition
         images_key, labels_key = shards.SPLIT_SOURCES[split]
         sources = {
             k: recorded_version(context, asset_key(dataset, "idx"), k) for k in (images_key, labels_key)
