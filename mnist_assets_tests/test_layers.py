@@ -75,8 +75,15 @@ def _resolved(name: str, modules: dict[str, Path]) -> str | None:
     return None
 
 
-def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The package modules ``module`` imports, anywhere in its source."""
+def imports_of(
+    module: str, path: Path, modules: dict[str, Path], loading: frozenset[str] = frozenset()
+) -> set[str]:
+    """The package modules ``module`` imports, anywhere in its source.
+
+    ``loading``: the subpackages whose ``__init__`` imports modules of the package. ``from pkg import
+    mod`` names such a package, so it is an edge to its ``__init__`` too (inside ``pkg`` it closes a
+    cycle when ``pkg/__init__`` imports what imports ``mod``; write ``import pkg.mod as mod`` there); an
+    ``__init__`` that imports nothing is a namespace, not a dependency."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -93,7 +100,8 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
             targets = [
                 f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
             ]
-        for target in targets:
+        named = [node.module] if isinstance(node, ast.ImportFrom) and node.module in loading else []
+        for target in [*targets, *named]:
             resolved = _resolved(target, modules)
             if resolved is not None and resolved != module:
                 found.add(resolved)
@@ -103,7 +111,9 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
 def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     """Each module of the package → the package modules it imports."""
     modules = module_names(root)
-    return {module: imports_of(module, path, modules) for module, path in modules.items()}
+    inits = {m: p for m, p in modules.items() if p.name == "__init__.py" and m != PACKAGE}
+    loading = frozenset(m for m, p in inits.items() if imports_of(m, p, modules))
+    return {module: imports_of(module, path, modules, loading) for module, path in modules.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -179,7 +189,8 @@ GRAPH = import_graph()
 
 def test_the_walk_sees_lazy_and_type_only_imports(tmp_path):
     """An import inside a function or under TYPE_CHECKING is an edge like any other; relative imports
-    and ``from package import module`` resolve to the module."""
+    and ``from package import module`` resolve to the module, and to the package too when its
+    ``__init__`` imports modules (it runs first)."""
     package = tmp_path / PACKAGE
     (package / "storage").mkdir(parents=True)
     (package / "rebuild").mkdir()
@@ -195,7 +206,17 @@ def test_the_walk_sees_lazy_and_type_only_imports(tmp_path):
     (package / "rebuild" / "refresh.py").write_text(
         "def run():\n    from mnist_assets import storage, settings\n"
     )
+    (package / "assets").mkdir()
+    (package / "assets" / "__init__.py").write_text("from mnist_assets.assets.graph import build\n")
+    (package / "assets" / "graph.py").write_text("from mnist_assets.assets.raw import raw\n")
+    (package / "assets" / "raw.py").write_text("from mnist_assets.assets import pictures\n")
+    (package / "assets" / "pictures.py").write_text("")
     graph = import_graph(package)
+    # raw's import runs assets/__init__ first, which imports graph, which imports raw
+    assert {"mnist_assets.assets", "mnist_assets.assets.raw"} <= set().union(*cycles(graph))
+    for toy in ("mnist_assets.assets", "mnist_assets.assets.graph", "mnist_assets.assets.raw"):
+        del graph[toy]
+    del graph["mnist_assets.assets.pictures"]
     assert graph == {
         "mnist_assets": set(),
         "mnist_assets.rebuild": set(),
@@ -205,7 +226,7 @@ def test_the_walk_sees_lazy_and_type_only_imports(tmp_path):
         "mnist_assets.storage.files": {"mnist_assets.settings"},
     }
     # refresh -> storage -> storage.files -> settings -> refresh (the last one only for type checking)
-    assert cycles(graph) == [
+    assert cycles(graph) == [  # rebuild/__init__ imports nothing: importing from it is no edge to it
         [
             "mnist_assets.rebuild.refresh",
             "mnist_assets.settings",

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+import mnist_assets.assets.metadata as metadata
+import mnist_assets.assets.pictures as pictures
 from mnist_assets import loader, models, shards
-from mnist_assets.assets import metadata, pictures
 from mnist_assets.assets.common import STORAGE, BlockingCheck, asset_key, refuse_if_failed, versioned_asset
 from mnist_assets.catalog import Dataset
 from mnist_assets.hashing import sha256

@@ -12,8 +12,8 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
+import mnist_assets.assets.pictures as pictures
 from mnist_assets import manifest, shards
-from mnist_assets.assets import pictures
 from mnist_assets.catalog import Dataset
 from mnist_assets.models import BestModelRecord
 from mnist_assets.storage.faults import StorageError

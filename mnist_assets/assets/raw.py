@@ -11,8 +11,9 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+import mnist_assets.assets.metadata as metadata
+import mnist_assets.assets.pictures as pictures
 from mnist_assets import download, idx
-from mnist_assets.assets import metadata, pictures
 from mnist_assets.assets.common import (
     FILES,
     STORAGE,

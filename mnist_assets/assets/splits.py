@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pydantic
 from pydantic import Field
 
+import mnist_assets.assets.metadata as metadata
+import mnist_assets.assets.pictures as pictures
 from mnist_assets import manifest, shards
-from mnist_assets.assets import metadata, pictures
 from mnist_assets.assets.common import (
     FILES_TO_SPLITS,
     SPLITS,
