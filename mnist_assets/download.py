@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -36,19 +36,11 @@ from mnist_assets.catalog import (
     redact_text,
     redact_url,
 )
+from mnist_assets.download_progress import DownloadProgress, Log
 from mnist_assets.hashing import file_sha256
 
 CHUNK = 1 << 20
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
-
-
-class Log(Protocol):
-    """Where a download reports (``context.log`` in an asset): progress as info, failed attempts as
-    warnings."""
-
-    def info(self, message: str, /) -> None: ...
-
-    def warning(self, message: str, /) -> None: ...
 
 
 class DownloadError(dg.Failure):
@@ -163,58 +155,11 @@ def verify(gzip_bytes: bytes, file: SourceFile) -> str:
     return content.verified()
 
 
-def _size(count: float) -> str:
-    """A byte count (or rate) for people: 512 bytes, 4.5 KB, 47.0 MB, 5.50 GB."""
-    if count < 1000:
-        return f"{count:.0f} bytes"
-    for unit in ("KB", "MB"):
-        count /= 1000
-        if count < 1000:
-            return f"{count:.1f} {unit}"
-    return f"{count / 1000:.2f} GB"
-
-
-class _Progress:
-    """Progress lines of one download: bytes so far, of how many, and the rate, at most one line every
-    ``every`` seconds, then one when the file verified. A download shorter than ``every`` logs only that
-    last line."""
-
-    def __init__(self, log: Log | None, what: str, every: float):
-        self.log, self.what, self.every = log, what, every
-        self.total: int | None = None  # the size, when the mirror says it
-        self.received = 0
-        self.started = self.shown = time.monotonic()
-
-    def expect(self, total: int | None) -> None:
-        self.total = total
-
-    def advance(self, received: int) -> None:
-        self.received = received
-        now = time.monotonic()
-        finished = self.received == self.total  # the last line says so: a one-chunk file logs one line
-        if self.log is not None and now - self.shown >= self.every and not finished:
-            self.shown = now
-            # floored: 100% is for the last line
-            of = f" of {_size(self.total)} ({100 * self.received // self.total}%)" if self.total else ""
-            self.log.info(f"{self.what}: {_size(self.received)}{of}, {self._rate(now)}")
-
-    def done(self) -> None:
-        if self.log is not None:
-            now = time.monotonic()
-            self.log.info(
-                f"{self.what}: {_size(self.received)} in {now - self.started:.1f} s "
-                f"({self._rate(now)}), payload verified"
-            )
-
-    def _rate(self, now: float) -> str:
-        return f"{_size(self.received / max(now - self.started, 1e-6))}/s"
-
-
 class _Receiver:
     """One attempt's bytes as they arrive: into the sink, into the content check, counted for progress.
     Refuses a body larger than ``limit`` as soon as it says so or grows past it."""
 
-    def __init__(self, file: SourceFile, sink: BinaryIO | None, limit: int, progress: _Progress):
+    def __init__(self, file: SourceFile, sink: BinaryIO | None, limit: int, progress: DownloadProgress):
         self.content, self.sink, self.limit, self.progress = _Content(file), sink, limit, progress
         self.received = 0
 
@@ -344,7 +289,7 @@ def fetch_into(
             scheme = urlsplit(url).scheme.lower()
             shown = redact_url(url)
             for attempt in range(1, policy.attempts + 1):
-                progress = _Progress(log, f"{dataset.id}/{file.key}: {shown}", policy.progress_seconds)
+                progress = DownloadProgress(log, f"{dataset.id}/{file.key}: {shown}", policy.progress_seconds)
                 receiver = _Receiver(file, restart(), limit, progress)
                 try:
                     if scheme not in ALLOWED_SCHEMES:
@@ -456,7 +401,7 @@ def fingerprint(
 def _local_state(path: Path, file: SourceFile, limit: int) -> dict[str, str]:
     """A local mirror file's payload sha256, streamed; a damaged file is a state too (its gzip sha256
     and why it is unreadable): the download will say why."""
-    receiver = _Receiver(file, None, limit, _Progress(None, str(path), every=0))
+    receiver = _Receiver(file, None, limit, DownloadProgress(None, str(path), every=0))
     try:
         _read_local(path, receiver)
         return {"payload_sha256": receiver.content.payload_digest()}
