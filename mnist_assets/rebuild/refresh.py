@@ -34,7 +34,7 @@ from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.dagster_private import observe_sources, observed_data_versions, reconstructable_asset_job
 from mnist_assets.rebuild import attempts, staleness
 from mnist_assets.rebuild.progress import Lines
-from mnist_assets.rebuild.steps import Step, Summary
+from mnist_assets.rebuild.steps import Step, Summary, failure_message
 from mnist_assets.storage import leases
 from mnist_assets.tags import HOLDER_TAG, PARTITION, TOLERATES_FAILED_INPUTS
 
@@ -62,25 +62,6 @@ class _Pass:
     @property
     def log(self):
         return self.progress.log
-
-
-def _failure_message(result, step_key: str) -> str:
-    """What the step raised, not a Dagster traceback."""
-    for event in result.all_events:
-        if event.step_key != step_key or not (event.is_step_failure and event.step_failure_data):
-            continue
-        # a dagster Failure (raised on purpose, and every StorageError): its text is the whole story
-        if (on_purpose := event.step_failure_data.user_failure_data) and on_purpose.description:
-            return on_purpose.description.strip()
-        if error := event.step_failure_data.error:
-            while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
-                error = error.cause
-            return error.message.strip()
-    for event in result.all_events:  # no step failure: e.g. the process running the step was killed
-        if event.is_run_failure and event.event_specific_data and event.event_specific_data.error:
-            message = event.event_specific_data.error.message.split("\nStack Trace:")[0]
-            return f"the run failed: {message.strip()}"  # the workers' tracebacks stay in the event log
-    return "the run failed (see the Dagster event log)"
 
 
 DEFINITIONS_MODULE = "mnist_assets.definitions"
@@ -159,12 +140,19 @@ class Refresher:
 
     def refresh_lease(self, dataset: str, log):
         """Hold ``dataset``'s refresh lease for the block, waiting while another refresh holds it."""
-        store = self.stores[next(k for k in self.keys if k.path[0] == dataset)]
-        assert isinstance(store, leases.LeaseSettings), f"{dataset}: its store has no leases"
-        lease = leases.refresh_lease_of(store, dataset)
+        key = next(k for k in self.keys if k.path[0] == dataset)
+        return self.hold(leases.refresh_lease_of(self.lease_store(key), dataset), log)
+
+    def lease_store(self, key: dg.AssetKey) -> leases.LeaseSettings:
+        store = self.stores[key]
+        assert isinstance(store, leases.LeaseSettings), f"{key.to_user_string()}: its store has no leases"
+        return store
+
+    def hold(self, lease: leases.Lease, log):
+        """``lease`` held by this refresh for the block; who it waits for is said once."""
 
         def waiting(holder: leases.Holder) -> None:
-            log(f"waiting for {dataset}: {holder.describe()} is building it")
+            log(f"waiting for {lease.label}: {holder.describe()} is building it")
 
         return lease.held(self.token, None, waiting, log)
 
@@ -292,16 +280,10 @@ class Refresher:
     ) -> list[str]:
         """Hold the partition's lease until ``claims`` closes (waiting while another process builds it),
         then judge it again under the lease: what another process finished meanwhile is fresh now."""
-        store = self.stores[key]
-        assert isinstance(store, leases.LeaseSettings), f"{key.to_user_string()}: its store has no leases"
-        lease = leases.lease_of(store, key, partition)
-
-        def waiting(holder: leases.Holder) -> None:
-            log(f"waiting for {lease.label}: {holder.describe()} is building it")
-
-        claims.enter_context(lease.held(self.token, None, waiting, log))
+        store = self.lease_store(key)
+        claims.enter_context(self.hold(leases.lease_of(store, key, partition), log))
         judge = staleness.resolver(self.instance, self.graph)
-        return staleness.causes(judge, store, key, partition, verify=verify)
+        return staleness.causes(judge, self.stores[key], key, partition, verify=verify)
 
     def companions(self, judge, key: dg.AssetKey, partition: str | None, verify: bool) -> list[Step]:
         """The same-partition descendants built only from ``key[partition]`` (directly or through each
@@ -369,7 +351,7 @@ class Refresher:
                 step.blocked_by = list(failed)
                 step.error = f"not run: its input {', '.join(failed)} failed in this refresh"
                 continue
-            step.error = _failure_message(result, step_key)
+            step.error = failure_message(result, step_key)
             failed.append(step.label)
         return steps
 

@@ -45,3 +45,23 @@ class Summary:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def failure_message(result, step_key: str) -> str:
+    """A failed step's :attr:`Step.error` from its run's result: what the step raised, not a Dagster
+    traceback."""
+    for event in result.all_events:
+        if event.step_key != step_key or not (event.is_step_failure and event.step_failure_data):
+            continue
+        # a dagster Failure (raised on purpose, and every StorageError): its text is the whole story
+        if (on_purpose := event.step_failure_data.user_failure_data) and on_purpose.description:
+            return on_purpose.description.strip()
+        if error := event.step_failure_data.error:
+            while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
+                error = error.cause
+            return error.message.strip()
+    for event in result.all_events:  # no step failure: e.g. the process running the step was killed
+        if event.is_run_failure and event.event_specific_data and event.event_specific_data.error:
+            message = event.event_specific_data.error.message.split("\nStack Trace:")[0]
+            return f"the run failed: {message.strip()}"  # the workers' tracebacks stay in the event log
+    return "the run failed (see the Dagster event log)"
