@@ -38,9 +38,11 @@ run: $(BIN)/.installed
 	$(BIN)/mnist-assets status $(DATASET)
 
 ## refresh: rebuild exactly the stale or missing partitions of DATASET; DRY_RUN=1 prints the plan only,
-## VERIFY=1 also reads every stored artifact against its checksums and rebuilds what is damaged
+## VERIFY=1 also reads every stored artifact against its checksums and rebuilds what is damaged,
+## SELECT=ASSETS only those (e.g. SELECT=+shards, SELECT='checkpoint[cnn]'; README: Recompute only what is stale)
 refresh: $(BIN)/.installed
-	$(BIN)/mnist-assets refresh $(DATASET) $(if $(DRY_RUN),--dry-run) $(if $(VERIFY),--verify)
+	$(BIN)/mnist-assets refresh $(DATASET) $(if $(DRY_RUN),--dry-run) $(if $(VERIFY),--verify) \
+	  $(if $(SELECT),--select '$(SELECT)')
 
 FASHION_DEBIAN := /usr/share/datasets/fashion-mnist
 

@@ -56,6 +56,12 @@ def _add_refresh_commands(commands) -> None:
     refresh.add_argument("datasets", nargs="*", help="dataset ids (default: every dataset)")
     refresh.add_argument("--dry-run", action="store_true", help="print the plan with causes, run nothing")
     refresh.add_argument(
+        "--select",
+        metavar="ASSETS",
+        help="only these assets, in Dagster's selection syntax with names within the dataset and "
+        "partitions in brackets: shards, +shards (and everything upstream), checkpoint[cnn], 'shards or idx'",
+    )
+    refresh.add_argument(
         "--verify",
         action="store_true",
         help="also read every stored artifact and check it against its record; rebuild what is damaged",
@@ -119,6 +125,7 @@ def _refresh_command(args) -> int:
                 dry_run=getattr(args, "dry_run", False),
                 verify=args.verify,
                 progress=shown,
+                select=getattr(args, "select", None),
                 # the steps' own messages (downloads, epochs, warnings), not Dagster's debug events
                 console_log_level="DEBUG" if settings.verbose() else "INFO",
             )

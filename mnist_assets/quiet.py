@@ -79,6 +79,13 @@ WARNING_FILTERS: tuple[tuple[type[Warning], str, str], ...] = (
         r"Parameter `include_sources` of function `AssetSelection\.all` is currently in beta",
         r"dagster\._core\.definitions\.declarative_automation\.automation_condition_tester",
     ),
+    # Dagster's selection parser (AssetSelection.from_string, which `mnist-assets refresh --select` uses)
+    # passes that beta parameter to AssetSelection.all, groups and tag itself, for `not`, `group:`, `tag:`.
+    (
+        BetaWarning,
+        r"Parameter `include_sources` of function `AssetSelection\.(all|groups|tag)` is currently in beta",
+        r"dagster\._core\.definitions\.antlr_asset_selection",
+    ),
     # Keras 3.15 model.save() converts each variable with np.array(variable), whose __array__ lacks
     # NumPy 2's copy keyword (training.train saves the model the documented way, model.save(path)).
     (
