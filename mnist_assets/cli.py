@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     """The command line: ``--verbose`` and one subcommand."""
-    parser = argparse.ArgumentParser(prog="mnist-assets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mnist-assets", description=description())
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     _add_version_commands(commands)
     return parser
+
+
+def description() -> str:
+    """What ``--help`` says the command is: the module docstring's first paragraph, whole (its first line
+    alone stops mid-sentence)."""
+    return " ".join(__doc__.split("\n\n")[0].replace("``", "").split())
 
 
 def _add_refresh_commands(commands) -> None:

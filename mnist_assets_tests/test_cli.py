@@ -9,6 +9,7 @@ import shutil
 
 import dagster as dg
 import numpy as np
+import pytest
 
 from mnist_assets import load
 from mnist_assets_tests.faults import scenario
@@ -132,3 +133,12 @@ def test_refresh_select_plans_only_the_selection_and_refuses_an_unknown_name(emp
         "it has best_model, checkpoint, idx, model_configs, raw_gzip, shards, urls"
     )
 
+
+def test_the_help_describes_the_command_in_whole_sentences(capsys):
+    from mnist_assets import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert cli.description().endswith(".") and cli.description() in shown
+    assert cli.description().startswith("mnist-assets: the project's command line")
