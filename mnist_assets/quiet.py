@@ -23,7 +23,8 @@ as TensorFlow prints them and Dagster's console as Dagster prints it. An explici
 Two copies live elsewhere because this module cannot reach them: pyproject.toml's pytest
 ``filterwarnings`` repeats ``WARNING_FILTERS`` (pytest resets the filters for every test;
 ``mnist_assets_tests/test_quiet.py`` checks that both lists agree), and ``scripts/materialize.sh`` hides the
-``dagster asset materialize`` supersession warning, raised by the Dagster CLI before this project loads.
+``dagster asset materialize`` supersession warning, raised by the Dagster CLI before this project loads,
+and sets its runs' console to INFO (run config: the steps' messages, not Dagster's DEBUG events).
 This module imports neither TensorFlow nor anything heavy: loading the definitions stays fast.
 """
 
