@@ -32,9 +32,12 @@ lock: $(BIN)/uv
 	  --generate-hashes --no-strip-extras --custom-compile-command 'make lock' \
 	  $(if $(UPGRADE),--upgrade) --quiet -o $(LOCK)
 
-## run: materialize every asset and partition of DATASET (default fashion_mnist) into data/
+## run: build every asset and partition of DATASET (default fashion_mnist) into data/ with `mnist-assets refresh`
+## (what is missing or stale; the steps' progress on stderr, its JSON summary in data/refresh-DATASET.json),
+## then print the status; EPOCHS=N materializes everything with the plain Dagster CLI instead
+## (scripts/materialize.sh), training N epochs (a one-off run config, which staleness does not track)
 run: $(BIN)/.installed
-	scripts/materialize.sh $(DATASET) $(EPOCHS)
+	$(if $(EPOCHS),scripts/materialize.sh $(DATASET) $(EPOCHS),$(BIN)/mnist-assets refresh $(DATASET) > data/refresh-$(DATASET).json)
 	$(BIN)/mnist-assets status $(DATASET)
 
 ## refresh: rebuild exactly the stale or missing partitions of DATASET; DRY_RUN=1 prints the plan only,
