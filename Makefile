@@ -56,8 +56,15 @@ $(FASHION_DEBIAN):
 offline: | $(FASHION_DEBIAN)
 	$(MAKE) run DATASET=fashion_mnist MNIST_ASSETS_MIRROR_FASHION_MNIST=/usr/share/datasets/fashion-mnist
 
-## test: the test suite on 2 workers (real loopback mirrors, real instances, tiny TensorFlow)
-test: $(BIN)/.installed | $(FASHION_DEBIAN)
+# the browser the UI test drives (mnist_assets_tests/test_ui_browser.py; skipped where it is missing)
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update && apt-get install -y --no-install-recommends chromium
+
+## test: the test suite on 2 workers (real loopback mirrors, real instances, tiny TensorFlow, a real browser);
+## installs what its tests need when missing, through apt-get: Debian's dataset-fashion-mnist and chromium
+test: $(BIN)/.installed | $(FASHION_DEBIAN) $(CHROMIUM)
 	$(BIN)/python -m pytest -q -n 2
 
 ## test-deploy: the deployment tests (issue 13): the small graph on PostgreSQL 15 with two Celery workers,
