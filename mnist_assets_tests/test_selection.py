@@ -76,6 +76,7 @@ def test_a_partition_in_brackets_and_what_plus_reaches_from_it(graph):
             "--select '*shards' is not a Dagster asset selection (e.g. shards, +shards, checkpoint[cnn]",
         ),
         ("urls", "--select 'urls' selects no asset of mini_mnist; it has best_model, "),
+        ("key:check*[cnn]", "--select: partitions in brackets need one asset's name, not check*[cnn]"),
     ],
 )
 def test_a_wrong_selection_is_one_line_with_what_is_valid(graph, text, error):

@@ -84,6 +84,8 @@ def _in_dataset(
         else:
             return match[0]
         name = name.removeprefix(f"{dataset}/")
+        if "*" in name and parts is not None:
+            raise ValueError(f"--select: partitions in brackets need one asset's name, not {name}[{parts}]")
         if "*" not in name:
             key = _known(name, dataset, names)
             if parts is None:
