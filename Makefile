@@ -32,15 +32,20 @@ lock: $(BIN)/uv
 	  --generate-hashes --no-strip-extras --custom-compile-command 'make lock' \
 	  $(if $(UPGRADE),--upgrade) --quiet -o $(LOCK)
 
-## run: materialize every asset and partition of DATASET (default fashion_mnist) into data/
+## run: build every asset and partition of DATASET (default fashion_mnist) into data/ with `mnist-assets refresh`
+## (what is missing or stale; the steps' progress on stderr, its JSON summary in data/refresh-DATASET.json),
+## then print the status; EPOCHS=N materializes everything with the plain Dagster CLI instead
+## (scripts/materialize.sh), training N epochs (a one-off run config, which staleness does not track)
 run: $(BIN)/.installed
-	scripts/materialize.sh $(DATASET) $(EPOCHS)
+	$(if $(EPOCHS),scripts/materialize.sh $(DATASET) $(EPOCHS),$(BIN)/mnist-assets refresh $(DATASET) > data/refresh-$(DATASET).json)
 	$(BIN)/mnist-assets status $(DATASET)
 
 ## refresh: rebuild exactly the stale or missing partitions of DATASET; DRY_RUN=1 prints the plan only,
-## VERIFY=1 also reads every stored artifact against its checksums and rebuilds what is damaged
+## VERIFY=1 also reads every stored artifact against its checksums and rebuilds what is damaged,
+## SELECT=ASSETS only those (e.g. SELECT=+shards, SELECT='checkpoint[cnn]'; README: Recompute only what is stale)
 refresh: $(BIN)/.installed
-	$(BIN)/mnist-assets refresh $(DATASET) $(if $(DRY_RUN),--dry-run) $(if $(VERIFY),--verify)
+	$(BIN)/mnist-assets refresh $(DATASET) $(if $(DRY_RUN),--dry-run) $(if $(VERIFY),--verify) \
+	  $(if $(SELECT),--select '$(SELECT)')
 
 FASHION_DEBIAN := /usr/share/datasets/fashion-mnist
 
@@ -51,8 +56,15 @@ $(FASHION_DEBIAN):
 offline: | $(FASHION_DEBIAN)
 	$(MAKE) run DATASET=fashion_mnist MNIST_ASSETS_MIRROR_FASHION_MNIST=/usr/share/datasets/fashion-mnist
 
-## test: the test suite on 2 workers (real loopback mirrors, real instances, tiny TensorFlow)
-test: $(BIN)/.installed | $(FASHION_DEBIAN)
+# the browser the UI test drives (mnist_assets_tests/test_ui_browser.py; skipped where it is missing)
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update && apt-get install -y --no-install-recommends chromium
+
+## test: the test suite on 2 workers (real loopback mirrors, real instances, tiny TensorFlow, a real browser);
+## installs what its tests need when missing, through apt-get: Debian's dataset-fashion-mnist and chromium
+test: $(BIN)/.installed | $(FASHION_DEBIAN) $(CHROMIUM)
 	$(BIN)/python -m pytest -q -n 2
 
 ## test-deploy: the deployment tests (issue 13): the small graph on PostgreSQL 15 with two Celery workers,

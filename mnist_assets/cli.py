@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     """The command line: ``--verbose`` and one subcommand."""
-    parser = argparse.ArgumentParser(prog="mnist-assets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mnist-assets", description=description())
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def description() -> str:
+    """What ``--help`` says the command is: the module docstring's first paragraph, whole (its first line
+    alone stops mid-sentence)."""
+    return " ".join(__doc__.split("\n\n")[0].replace("``", "").split())
+
+
 def _add_refresh_commands(commands) -> None:
     """``refresh`` and ``prepare``: bring assets up to date."""
     refresh = commands.add_parser(
@@ -55,6 +61,12 @@ def _add_refresh_commands(commands) -> None:
     )
     refresh.add_argument("datasets", nargs="*", help="dataset ids (default: every dataset)")
     refresh.add_argument("--dry-run", action="store_true", help="print the plan with causes, run nothing")
+    refresh.add_argument(
+        "--select",
+        metavar="ASSETS",
+        help="only these assets, in Dagster's selection syntax with names within the dataset and "
+        "partitions in brackets: shards, +shards (and everything upstream), checkpoint[cnn], 'shards or idx'",
+    )
     refresh.add_argument(
         "--verify",
         action="store_true",
@@ -119,6 +131,7 @@ def _refresh_command(args) -> int:
                 dry_run=getattr(args, "dry_run", False),
                 verify=args.verify,
                 progress=shown,
+                select=getattr(args, "select", None),
                 # the steps' own messages (downloads, epochs, warnings), not Dagster's debug events
                 console_log_level="DEBUG" if settings.verbose() else "INFO",
             )

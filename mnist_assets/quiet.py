@@ -23,7 +23,8 @@ as TensorFlow prints them and Dagster's console as Dagster prints it. An explici
 Two copies live elsewhere because this module cannot reach them: pyproject.toml's pytest
 ``filterwarnings`` repeats ``WARNING_FILTERS`` (pytest resets the filters for every test;
 ``mnist_assets_tests/test_quiet.py`` checks that both lists agree), and ``scripts/materialize.sh`` hides the
-``dagster asset materialize`` supersession warning, raised by the Dagster CLI before this project loads.
+``dagster asset materialize`` supersession warning, raised by the Dagster CLI before this project loads,
+and sets its runs' console to INFO (run config: the steps' messages, not Dagster's DEBUG events).
 This module imports neither TensorFlow nor anything heavy: loading the definitions stays fast.
 """
 
@@ -78,6 +79,13 @@ WARNING_FILTERS: tuple[tuple[type[Warning], str, str], ...] = (
         BetaWarning,
         r"Parameter `include_sources` of function `AssetSelection\.all` is currently in beta",
         r"dagster\._core\.definitions\.declarative_automation\.automation_condition_tester",
+    ),
+    # Dagster's selection parser (AssetSelection.from_string, which `mnist-assets refresh --select` uses)
+    # passes that beta parameter to AssetSelection.all, groups and tag itself, for `not`, `group:`, `tag:`.
+    (
+        BetaWarning,
+        r"Parameter `include_sources` of function `AssetSelection\.(all|groups|tag)` is currently in beta",
+        r"dagster\._core\.definitions\.antlr_asset_selection",
     ),
     # Keras 3.15 model.save() converts each variable with np.array(variable), whose __array__ lacks
     # NumPy 2's copy keyword (training.train saves the model the documented way, model.save(path)).

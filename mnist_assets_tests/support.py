@@ -269,11 +269,17 @@ class Project:
             return build_definitions(datasets, str(self.storage))
         return build_definitions(datasets, str(self.storage), assets_module.dataset_assets)
 
-    def refresh(self, defs=None, dry_run=False, verify=False):
+    def refresh(self, defs=None, dry_run=False, verify=False, select=None):
         defs = defs or self.defs()
         before = materialized(self.instance, defs)
         summary = refresh(
-            defs, self.instance, ["mini_mnist"], dry_run=dry_run, verify=verify, log=lambda m: None
+            defs,
+            self.instance,
+            ["mini_mnist"],
+            dry_run=dry_run,
+            verify=verify,
+            log=lambda m: None,
+            select=select,
         )
         delta = materialized(self.instance, defs) - before
         return summary, delta

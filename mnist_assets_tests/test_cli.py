@@ -9,6 +9,7 @@ import shutil
 
 import dagster as dg
 import numpy as np
+import pytest
 
 from mnist_assets import load
 from mnist_assets_tests.faults import scenario
@@ -105,3 +106,39 @@ def test_a_failed_step_is_reported_once_in_its_own_words_without_stack_traces(em
 
     stderr, _ = refresh("--verbose")
     assert stderr.count("STEP_FAILURE") == len(wrong) and "Stack Trace:" in stderr
+
+
+def test_refresh_select_plans_only_the_selection_and_refuses_an_unknown_name(empty_project):
+    project = empty_project  # nothing built: everything is missing, only the selection is planned
+    planned = project.cli("refresh", "mini_mnist", "--select", "+shards[holdout]", "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    assert [(s["asset"].split("/")[1], s["partition"]) for s in plan["ran"]] == [
+        ("raw_gzip", "test-labels"),  # labels first, as always
+        ("raw_gzip", "test-images"),
+        ("idx", "test-labels"),
+        ("idx", "test-images"),
+        ("shards", "holdout"),
+    ]
+    test_files = "[test-images,test-labels]"
+    shown = (
+        f"selected: mini_mnist/idx{test_files}, mini_mnist/raw_gzip{test_files}, mini_mnist/shards[holdout]"
+    )
+    assert shown in planned.stderr.splitlines()
+
+    refused = project.cli("refresh", "mini_mnist", "--select", "+shard")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip() == (
+        "mnist-assets refresh: --select: mini_mnist has no asset 'shard'; "
+        "it has best_model, checkpoint, idx, model_configs, raw_gzip, shards, urls"
+    )
+
+
+def test_the_help_describes_the_command_in_whole_sentences(capsys):
+    from mnist_assets import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert cli.description().endswith(".") and cli.description() in shown
+    assert cli.description().startswith("mnist-assets: the project's command line")

@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATASET = "fashion_mnist"
 
 Run = tuple[frozenset[str], str | None, dict | None]
-"""What one `dagster asset materialize` does: the selection, the partition and the run config."""
+"""What one `dagster asset materialize` does: the selection, the partition and the run config (its
+``loggers`` aside: how the run prints is not what it runs, see :func:`console_levels`)."""
+QUIET_CONSOLE = {"console": {"config": {"log_level": "INFO"}}}
 
 
 def expected_runs(epochs: int | None) -> list[Run]:
@@ -55,26 +57,46 @@ def stand_in_dagster(directory: Path) -> Path:
 
 def parse(stdout: str) -> list[Run]:
     runs = []
+    for options in _invocations(stdout):
+        config = json.loads(options.get("--config-json", "{}"))
+        config.pop("loggers", None)
+        runs.append((frozenset(options["--select"].split(",")), options.get("--partition"), config or None))
+    return runs
+
+
+def console_levels(stdout: str) -> list[dict | None]:
+    """Each run's ``loggers`` run config (None: Dagster's default console, which prints DEBUG events)."""
+    return [json.loads(options.get("--config-json", "{}")).get("loggers") for options in _invocations(stdout)]
+
+
+def _invocations(stdout: str) -> list[dict[str, str]]:
+    invocations = []
     for line in stdout.splitlines():
         args = json.loads(line)
         assert args[:4] == ["asset", "materialize", "-m", "mnist_assets"], args
-        options = dict(zip(args[4::2], args[5::2], strict=True))
-        config = json.loads(options.get("--config-json", "{}")) or None
-        runs.append((frozenset(options["--select"].split(",")), options.get("--partition"), config))
-    return runs
+        invocations.append(dict(zip(args[4::2], args[5::2], strict=True)))
+    return invocations
+
+
+def materialize_sh(fake: Path, *args: str, verbose: str | None = None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_ASSETS_VERBOSE"}
+    env.update({"DAGSTER": str(fake), **({"MNIST_ASSETS_VERBOSE": verbose} if verbose else {})})
+    script = [str(REPO / "scripts/materialize.sh"), DATASET, *args]
+    return subprocess.run(["bash", *script], env=env, capture_output=True, text=True, check=True).stdout
 
 
 def test_scripts_materialize_runs_exactly_the_materialization_steps(tmp_path):
     fake = stand_in_dagster(tmp_path)
     for epochs in (None, 1):
-        done = subprocess.run(
-            ["bash", str(REPO / "scripts/materialize.sh"), DATASET, *([str(epochs)] if epochs else [])],
-            env={**os.environ, "DAGSTER": str(fake)},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert parse(done.stdout) == expected_runs(epochs)
+        assert parse(materialize_sh(fake, *([str(epochs)] if epochs else []))) == expected_runs(epochs)
+
+
+def test_scripts_materialize_prints_the_steps_messages_not_dagsters_debug_events_unless_verbose(tmp_path):
+    """CI's plain CLI path: every run's console at INFO (the event log keeps every event whatever it is)."""
+    fake = stand_in_dagster(tmp_path)
+    quiet = console_levels(materialize_sh(fake, "1"))
+    assert len(quiet) == len(expected_runs(1)) and all(level == QUIET_CONSOLE for level in quiet)
+    assert set(console_levels(materialize_sh(fake, "1", verbose="1"))) == {None}
 
 
 def test_the_readmes_plain_cli_block_runs_exactly_the_materialization_steps(tmp_path):

@@ -208,3 +208,42 @@ def test_a_cold_refresh_builds_each_file_and_its_array_in_one_run(empty_project)
     for file_key in MINI_FILENAMES:
         assert run_of[("raw_gzip", file_key)] == run_of[("idx", file_key)]
     assert len(set(run_of.values())) == 4 + 3 + 1 + 1  # files, splits, checkpoint[cnn], best_model
+
+
+def test_a_selection_judges_and_runs_only_what_it_selects(project):
+    """``--select``: each selected partition judged as a whole refresh judges it; nothing else is run,
+    however stale (the deleted gzip file, the checkpoint built from the new shards)."""
+    (project.storage / "mini_mnist/raw_gzip/test-labels.gz").unlink()
+    project.dataset["shards"] = {"rows_per_shard": 700}
+
+    summary, delta = project.refresh(select="shards[holdout]")
+    assert delta == Counter({("shards", "holdout"): 1}) and summary.fresh == 0
+
+    summary, delta = project.refresh(select="shards")  # holdout is fresh now
+    assert delta == Counter({("shards", "train"): 1, ("shards", "test"): 1}) and summary.fresh == 1
+
+    summary, delta = project.refresh(select="+shards")  # upstream too: the missing file
+    assert delta == Counter({("raw_gzip", "test-labels"): 1})
+    assert summary.fresh == 3 + 4 + 3  # its content is the same, so what is built from it stays fresh
+
+    _, delta = project.refresh()  # what the selections left: the checkpoint and the choice
+    assert delta == Counter({("checkpoint", "cnn"): 1, ("best_model", None): 1})
+
+
+def test_a_partition_selection_takes_no_companion_it_did_not_select(empty_project):
+    """A cold raw_gzip[x] shares its run with idx[x] only when idx[x] is selected too; ``+`` from a
+    partition reaches the partitions it is built from, not the asset's others."""
+    _, delta = empty_project.refresh(select="raw_gzip[train-labels]")
+    assert delta == Counter({("raw_gzip", "train-labels"): 1})
+
+    _, delta = empty_project.refresh(select="+idx[test-labels]")
+    assert delta == Counter({("raw_gzip", "test-labels"): 1, ("idx", "test-labels"): 1})
+    runs = {
+        record.run_id
+        for asset in ("raw_gzip", "idx")
+        for record in empty_project.instance.fetch_materializations(
+            dg.AssetRecordsFilter(dg.AssetKey(["mini_mnist", asset]), asset_partitions=["test-labels"]),
+            limit=9,
+        ).records
+    }
+    assert len(runs) == 1  # both selected, both missing: one run, as in a whole cold refresh

@@ -14,13 +14,28 @@ dagster=${DAGSTER:-dagster}
 # project does not install) before it loads anything of ours. This is the plain Dagster CLI the README
 # documents on purpose, so exactly that warning (FutureWarning is SupersessionWarning's base; naming
 # dagster's class here would import dagster while Python starts) is ignored, unless MNIST_ASSETS_VERBOSE.
+# Each run's console shows the steps' own messages (downloads, epochs) at INFO, not Dagster's DEBUG events
+# (~15 a step: STEP_START, HANDLED_OUTPUT, ...), which the event log keeps all the same; verbose, Dagster's
+# default (DEBUG) stays.
 verbose=${MNIST_ASSETS_VERBOSE:-}
+console=()  # the run config's member that sets the console's level
 case "${verbose,,}" in
   "" | 0 | false | no | off)
     superseded='ignore:Function `asset_materialize_command` is superseded:FutureWarning'
     export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}$superseded"
+    console=('"loggers": {"console": {"config": {"log_level": "INFO"}}}')
     ;;
 esac
+
+# config=(--config-json '{...}') for one run: the members given (e.g. its ops' config) and the console's
+run_config() {
+  local members=("$@" "${console[@]}")
+  config=()
+  if [ ${#members[@]} -gt 0 ]; then
+    local IFS=,
+    config=(--config-json "{${members[*]}}")
+  fi
+}
 
 # the checkpoint's partitions (the catalog's model configurations), asked of the definitions first: a
 # mistake in the dataset's catalog entry or in a setting is its one line (exit 2), before any run
@@ -38,17 +53,16 @@ if error := catalog_errors(defs).get(sys.argv[1]):
 checkpoint = defs.resolve_asset_graph().get(dg.AssetKey([sys.argv[1], "checkpoint"]))
 print(" ".join(checkpoint.partitions_def.get_partition_keys()))' "$dataset")
 
+run_config
 for file in train-labels train-images test-labels test-images; do  # labels first: see mnist_assets.assets.common.FILES
-  "$dagster" asset materialize -m mnist_assets --select "$dataset/urls,$dataset/raw_gzip,$dataset/idx" --partition "$file"
+  "$dagster" asset materialize -m mnist_assets --select "$dataset/urls,$dataset/raw_gzip,$dataset/idx" --partition "$file" "${config[@]}"
 done
 for split in train test holdout; do
-  "$dagster" asset materialize -m mnist_assets --select "$dataset/shards" --partition "$split"
+  "$dagster" asset materialize -m mnist_assets --select "$dataset/shards" --partition "$split" "${config[@]}"
 done
-config='{}'
-if [ -n "$epochs" ]; then
-  config="{\"ops\": {\"${dataset}__checkpoint\": {\"config\": {\"epochs\": $epochs}}}}"
-fi
+run_config ${epochs:+"\"ops\": {\"${dataset}__checkpoint\": {\"config\": {\"epochs\": $epochs}}}"}
 for model in $models; do
-  "$dagster" asset materialize -m mnist_assets --select "$dataset/model_configs,$dataset/checkpoint" --partition "$model" --config-json "$config"
+  "$dagster" asset materialize -m mnist_assets --select "$dataset/model_configs,$dataset/checkpoint" --partition "$model" "${config[@]}"
 done
-"$dagster" asset materialize -m mnist_assets --select "$dataset/best_model"
+run_config
+"$dagster" asset materialize -m mnist_assets --select "$dataset/best_model" "${config[@]}"

@@ -32,7 +32,7 @@ import dagster as dg
 from mnist_assets import quiet
 from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.dagster_private import observe_sources, observed_data_versions, reconstructable_asset_job
-from mnist_assets.rebuild import attempts, staleness
+from mnist_assets.rebuild import attempts, selection, staleness
 from mnist_assets.rebuild.progress import Lines
 from mnist_assets.rebuild.steps import Step, Summary, failure_message
 from mnist_assets.storage import leases
@@ -90,6 +90,7 @@ class Refresher:
         instance: dg.DagsterInstance,
         datasets: Sequence[str],
         console_log_level: str = "DEBUG",
+        select: str | None = None,
     ):
         self.defs, self.instance = defs, instance
         # what runs print to stderr; every event still goes to the instance's event log
@@ -109,6 +110,8 @@ class Refresher:
         ours = [k for k in self.graph.toposorted_asset_keys if k.path[0] in self.datasets]
         self.keys = [k for k in ours if self.graph.get(k).is_materializable]
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
+        self.selected = None if select is None else selection.in_datasets(select, self.datasets, self.graph)
+        """``--select``: the only partitions this refresh judges and runs (None: every one)."""
         self.stores = staleness.stores_of(defs.assets or (), defs.resources or {})
         # its runs' console: the steps' messages; refresh reports each failure itself (quiet.console_logger)
         with_console = dg.Definitions.merge(defs, dg.Definitions(loggers={"console": quiet.console_logger}))
@@ -117,6 +120,10 @@ class Refresher:
         """This refresh's leases: held before a partition's run is launched, so no other process starts it."""
         if self.job.executor_def is not dg.in_process_executor:
             _check_rebuildable(defs, self.job.executor_def.name)
+
+    def visits(self, key: dg.AssetKey, partition: str | None) -> bool:
+        """Whether this refresh judges ``key[partition]``: an asset of its datasets, and selected."""
+        return key in self.keys and (self.selected is None or (key, partition) in self.selected)
 
     def partitions(self, key: dg.AssetKey) -> list[str | None]:
         partitions_def = self.graph.get(key).partitions_def
@@ -162,12 +169,14 @@ class Refresher:
         if not self.datasets:
             return summary
         shown = progress or Lines(log)
+        if self.selected is not None:
+            shown.log(f"selected: {selection.described(self.selected)}")
         judge = self.look_around(dry_run, shown.log)
         changed = self.unrecorded_changes(judge) if dry_run else {}
         visit = _Pass(summary, dry_run, verify, shown, judge, changed)
         for key in self.keys:
             for partition in self.partitions(key):
-                if (key, partition) not in visit.done:
+                if (key, partition) not in visit.done and self.visits(key, partition):
                     self.refresh_partition(visit, key, partition)
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.artifacts = self.artifacts()
@@ -293,6 +302,8 @@ class Refresher:
         while frontier:
             parent = frontier.pop(0)
             for child in sorted(self.graph.get(parent).child_keys):
+                if not self.visits(child, partition):
+                    continue
                 if child not in self.keys or self.parents(child, partition) != [(parent, partition)]:
                     continue
                 causes = staleness.causes(judge, self.stores[child], child, partition, verify=verify)
@@ -431,7 +442,9 @@ def refresh(
     log=print,
     console_log_level: str = "DEBUG",
     progress: Lines | None = None,
+    select: str | None = None,
 ) -> Summary:
-    """Refresh ``datasets`` (all when empty); ``log`` takes plain lines, or ``progress`` shows the steps."""
-    refresher = Refresher(defs, instance, list(datasets), console_log_level)
+    """Refresh ``datasets`` (all when empty), or only what ``select`` selects in them
+    (:mod:`mnist_assets.rebuild.selection`); ``log`` takes plain lines, or ``progress`` shows the steps."""
+    refresher = Refresher(defs, instance, list(datasets), console_log_level, select)
     return refresher.run(dry_run=dry_run, verify=verify, log=log, progress=progress)
