@@ -105,10 +105,12 @@ status: $(BIN)/.installed
 docs: $(BIN)/.installed
 	$(BIN)/python -m mnist_assets_tests.faults > docs/faults.md
 
-## bench: issue 11's suite (figures 1-4 and 6, each a ratio to a baseline measured in the same run, on
-## full-size Fashion-MNIST served by a loopback mirror) -> docs/benchmarks.md and docs/benchmarks.json (~15 min)
+## bench: issues 11 and 23's suite (figures 1-4 and 6-8, each a ratio to a baseline measured in the same run,
+## on full-size Fashion-MNIST served by a loopback mirror; 7 and 8 beside DVC and TensorFlow Datasets,
+## installed here from their own locks) -> docs/benchmarks.md and docs/benchmarks.json (~20 min);
+## FIGURES=7,8 measures only those and merges them into the existing report
 bench: $(BIN)/.bench-installed $(DVC_VENV)/bin/dvc | $(FASHION_DEBIAN)
-	$(BIN)/python benchmarks/suite.py --out docs
+	$(BIN)/python benchmarks/suite.py --out docs --dvc $(DVC_VENV)/bin/dvc $(if $(FIGURES),--figures $(FIGURES))
 
 ## bench-graph: full-size Fashion-MNIST graph with the default training config, beside a plain script
 bench-graph: $(BIN)/.installed
