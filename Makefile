@@ -5,11 +5,14 @@ BIN     := $(VENV)/bin
 DATASET ?= fashion_mnist
 EPOCHS  ?=
 LOCK    := requirements.lock
+BENCH_LOCK := requirements-bench.lock
+DVC_LOCK   := requirements-dvc.lock
+DVC_VENV   := .venv-dvc
 UV_VERSION := 0.13.9
 export DAGSTER_HOME := $(CURDIR)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help run refresh offline test test-deploy dev status docs bench bench-graph bench-refresh bench-scale bench-models lint lock clean-data
+.PHONY: help run refresh offline test test-deploy dev status docs bench bench-graph bench-refresh bench-scale bench-models lint lock lock-bench clean-data
 
 # The whole dependency tree comes from the lock (exact versions, every file's sha256); pyproject.toml's
 # ranges only decide what the lock may pick (`make lock`). The lock holds the test and deploy extras, so
@@ -26,11 +29,36 @@ $(BIN)/uv:
 
 ## lock: re-resolve requirements.lock from pyproject.toml ([project] dependencies + the test and deploy
 ## extras) for Python 3.11, keeping the current pins where they still fit; UPGRADE=1 takes the newest
-## allowed versions
+## allowed versions; then the benchmark's locks (lock-bench)
 lock: $(BIN)/uv
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra deploy --universal --python-version 3.11 \
 	  --generate-hashes --no-strip-extras --custom-compile-command 'make lock' \
 	  $(if $(UPGRADE),--upgrade) --quiet -o $(LOCK)
+	$(MAKE) lock-bench
+
+## lock-bench: re-resolve the benchmark's locks (`make bench` only; CI and `make test` never install them):
+## requirements-bench.lock is requirements.lock (its pins as constraints, so none moves) plus the bench
+## extra (TensorFlow Datasets, which needs the locked TensorFlow), installed into .venv; requirements-dvc.lock
+## is the bench-dvc group alone, installed into .venv-dvc: DVC's hydra-core pins antlr4 4.9, which cannot
+## share an environment with Dagster (its asset selection parser needs the 4.13 runtime)
+lock-bench: $(BIN)/uv
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra deploy --extra bench -c $(LOCK) --universal \
+	  --python-version 3.11 --generate-hashes --no-strip-extras --custom-compile-command 'make lock-bench' \
+	  $(if $(UPGRADE),--upgrade) --quiet -o $(BENCH_LOCK)
+	$(BIN)/uv pip compile --group pyproject.toml:bench-dvc --universal --python-version 3.11 \
+	  --generate-hashes --no-strip-extras --custom-compile-command 'make lock-bench' \
+	  $(if $(UPGRADE),--upgrade) --quiet -o $(DVC_LOCK)
+
+# The benchmark's peers: TensorFlow Datasets into .venv (the same pins as the lock, plus its own), DVC
+# into a virtualenv of its own (figure 7 runs it as a command)
+$(BIN)/.bench-installed: $(BIN)/.installed $(BENCH_LOCK)
+	$(BIN)/pip install --quiet --require-hashes -r $(BENCH_LOCK)
+	touch $@
+
+$(DVC_VENV)/bin/dvc: $(DVC_LOCK)
+	$(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/pip install --quiet --require-hashes -r $(DVC_LOCK)
+	touch $@
 
 ## run: build every asset and partition of DATASET (default fashion_mnist) into data/ with `mnist-assets refresh`
 ## (what is missing or stale; the steps' progress on stderr, its JSON summary in data/refresh-DATASET.json),
@@ -89,10 +117,12 @@ status: $(BIN)/.installed
 docs: $(BIN)/.installed
 	$(BIN)/python -m mnist_assets_tests.faults > docs/faults.md
 
-## bench: issue 11's suite (figures 1-4 and 6, each a ratio to a baseline measured in the same run, on
-## full-size Fashion-MNIST served by a loopback mirror) -> docs/benchmarks.md and docs/benchmarks.json (~15 min)
-bench: $(BIN)/.installed | $(FASHION_DEBIAN)
-	$(BIN)/python benchmarks/suite.py --out docs
+## bench: issues 11 and 23's suite (figures 1-4 and 6-8, each a ratio to a baseline measured in the same run,
+## on full-size Fashion-MNIST served by a loopback mirror; 7 and 8 beside DVC and TensorFlow Datasets,
+## installed here from their own locks) -> docs/benchmarks.md and docs/benchmarks.json (~20 min);
+## FIGURES=7,8 measures only those and merges them into the existing report
+bench: $(BIN)/.bench-installed $(DVC_VENV)/bin/dvc | $(FASHION_DEBIAN)
+	$(BIN)/python benchmarks/suite.py --out docs --dvc $(DVC_VENV)/bin/dvc $(if $(FIGURES),--figures $(FIGURES))
 
 ## bench-graph: full-size Fashion-MNIST graph with the default training config, beside a plain script
 bench-graph: $(BIN)/.installed
