@@ -346,8 +346,8 @@ class Refresher:
         return judged and upstream not in visit.failed_roots
 
     def execute(self, partition: str | None, steps: list[Step]) -> list[Step]:
-        """Materialize ``steps`` (one partition, upstream first) in one run; fills in each step's seconds,
-        and its error when it failed or did not run."""
+        """Materialize ``steps`` (of ``partition`` or unpartitioned, upstream first) in one run; fills in
+        each step's seconds, and its error when it failed or did not run."""
         keys = [dg.AssetKey.from_user_string(step.asset) for step in steps]
         with self.launch(keys, partition) as result:
             return self.outcomes(result, keys, steps)
