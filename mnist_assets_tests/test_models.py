@@ -129,6 +129,12 @@ def test_new_configurations_train_alone_and_a_failed_one_does_not_keep_the_other
     assert [(s.asset, s.partition) for s in summary.failed] == [("mini_mnist/checkpoint", "doomed")]
     assert "checkpoint[doomed] reached holdout accuracy" in summary.failed[0].error
     assert not summary.blocked and cnn.read_bytes() == before
+    # the choice, due once checkpoint[weak] ran, joined the last checkpoint's run; skipped there when
+    # that checkpoint failed, it ran in its own turn with the configurations that are left
+    failed = project.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+    assert [sorted(k.path[-1] for k in r.dagster_run.asset_selection or ()) for r in failed] == [
+        ["best_model", "checkpoint"]
+    ]
     chosen = best_record(project)
     ranking = {c["model"]: c for c in chosen["ranking"]}
     assert chosen["winner"] == "cnn" and [ranking[m]["rank"] for m in ("cnn", "weak")] == [1, 2]

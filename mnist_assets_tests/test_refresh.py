@@ -194,8 +194,9 @@ def test_a_dry_run_writes_nothing_to_the_instance_and_still_plans_what_a_refresh
 
 
 def test_a_cold_refresh_builds_each_file_and_its_array_in_one_run(empty_project):
-    """Both must be built whatever the download yields, so they share a run (each run has a fixed cost);
-    a partition that might stay fresh is still judged after its input (the tests above)."""
+    """Both must be built whatever the download yields, so they share a run (each run has a fixed cost),
+    as do the last checkpoint and the choice built from every checkpoint; a partition that might stay
+    fresh is still judged after its input (the tests above)."""
     summary, delta = empty_project.refresh()
     assert not summary.failed and not summary.blocked and len(summary.ran) == 13
     assert all(step.seconds is not None and step.seconds > 0 for step in summary.ran)
@@ -207,7 +208,9 @@ def test_a_cold_refresh_builds_each_file_and_its_array_in_one_run(empty_project)
     assert len(run_of) == 13 and sum(delta.values()) == 13
     for file_key in MINI_FILENAMES:
         assert run_of[("raw_gzip", file_key)] == run_of[("idx", file_key)]
-    assert len(set(run_of.values())) == 4 + 3 + 1 + 1  # files, splits, checkpoint[cnn], best_model
+    # files, splits, checkpoint[cnn] with best_model: never built, it is due whatever the checkpoint is
+    assert run_of[("checkpoint", "cnn")] == run_of[("best_model", None)]
+    assert len(set(run_of.values())) == 4 + 3 + 1
 
 
 def test_a_selection_judges_and_runs_only_what_it_selects(project):

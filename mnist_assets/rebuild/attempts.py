@@ -16,6 +16,7 @@ STARTED forever; :func:`fail_dead_runs` marks it failed, which makes it such an 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,6 +109,24 @@ def last_failure(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str 
     )
 
 
+def failure_suspects(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: Iterable[str]) -> set[str]:
+    """The partitions among ``partitions`` whose latest plan no materialization followed: the only ones
+    :func:`last_failure` can find a failure for. Two queries for the whole asset, where asking
+    :func:`last_failure` of each partition costs one to five (nothing failed, mostly)."""
+    asked = set(partitions)
+    if not asked:  # the query would read every partition
+        return set()
+    planned = instance.get_latest_storage_id_by_partition(
+        key, dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, asked
+    )
+    if not planned:
+        return set()
+    built = instance.get_latest_storage_id_by_partition(
+        key, dg.DagsterEventType.ASSET_MATERIALIZATION, set(planned)
+    )
+    return {partition for partition, plan in planned.items() if built.get(partition, -1) < plan}
+
+
 def _label(key: dg.AssetKey, partition: str | None) -> str:
     return key.to_user_string() + (f"[{partition}]" if partition else "")
 
@@ -183,7 +202,11 @@ class BackingOff(dg.AutomationCondition):
         instance, graph = context.asset_graph_view.instance, context.asset_graph
         now = context.evaluation_time.timestamp()
         subset = context.candidate_subset
-        partitions = sorted(subset.expensively_compute_partition_keys()) if subset.is_partitioned else [None]
+        if subset.is_partitioned:
+            keys = subset.expensively_compute_partition_keys()
+            partitions: list[str | None] = [*sorted(failure_suspects(instance, context.key, keys) & keys)]
+        else:
+            partitions = [None]
         found = {
             p or "-": text for p in partitions if (text := self.waiting(instance, graph, context.key, p, now))
         }

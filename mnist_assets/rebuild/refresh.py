@@ -13,8 +13,11 @@ retries a partition whose last attempt failed at once (a person asked) and names
 process died are marked failed first, so they do not look in progress forever.
 
 Every Dagster run costs a fixed ~0.3-0.6 s (run record, event log, plan), so a partition whose
-same-partition children must be rebuilt anyway (e.g. a cold build: raw_gzip[x] and idx[x] both missing)
-runs with them in one run; a child that might stay fresh still waits to be judged after its input.
+children must be rebuilt anyway runs with them in one run when one run can build them: children of the
+same partition, or unpartitioned ones, whose other inputs are settled already (a cold build: raw_gzip[x]
+with idx[x], the last checkpoint with best_model); a child that might stay fresh still waits to be
+judged after its input. Partitions of one asset never share a run: Dagster records one data version per
+asset for all the partitions a run writes.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class _Pass:
     """Each failed or blocked partition → the failures behind it."""
     done: set[Partition] = field(default_factory=set)
     """Ran as a companion of an input's run."""
+    settled: set[Partition] = field(default_factory=set)
+    """Judged, and run when stale: what a later run's companions may be built from (unless it failed)."""
 
     @property
     def log(self):
@@ -178,6 +183,7 @@ class Refresher:
             for partition in self.partitions(key):
                 if (key, partition) not in visit.done and self.visits(key, partition):
                     self.refresh_partition(visit, key, partition)
+                    visit.settled.add((key, partition))
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.artifacts = self.artifacts()
         return summary
@@ -205,7 +211,10 @@ class Refresher:
             visit.progress.started(steps)
             outcomes = self.execute(partition, steps)
         for outcome in outcomes:
-            self.record(visit, outcome, partition)
+            if outcome.blocked_by and self.tolerates_failed_inputs(_partition_of(outcome)[0]):
+                self.judge_later(visit, outcome)
+            else:
+                self.record(visit, outcome)
         visit.judge = staleness.resolver(self.instance, self.graph)  # the event log moved on
 
     def judged(
@@ -251,17 +260,15 @@ class Refresher:
         lease, held in ``claims``: they run in its run and are not visited again."""
         companions = [
             companion
-            for companion in self.companions(visit.judge, key, partition, visit.verify)
-            if self.claim(
-                claims, dg.AssetKey.from_user_string(companion.asset), partition, visit.verify, visit.log
-            )
+            for companion in self.companions(visit, key, partition)
+            if self.claim(claims, *_partition_of(companion), visit.verify, visit.log)
         ]
         for companion in companions:
             visit.log(f"running {companion.label} in the same run: {'; '.join(companion.causes)}")
-            visit.done.add((dg.AssetKey.from_user_string(companion.asset), partition))
+            visit.done.add(_partition_of(companion))
         return companions
 
-    def record(self, visit: _Pass, outcome: Step, partition: str | None) -> None:
+    def record(self, visit: _Pass, outcome: Step) -> None:
         """Show a finished step and file it as ran, blocked or failed; a failure blocks what is built
         from it. The last good artifact of a failed step stays; what does not depend on it still refreshes."""
         visit.progress.finished(outcome)
@@ -274,13 +281,25 @@ class Refresher:
         else:
             visit.summary.failed.append(outcome)
             visit.log(f"FAILED {outcome.label}: {outcome.error}")
-        outcome_key = (dg.AssetKey.from_user_string(outcome.asset), partition)
-        visit.failed_roots[outcome_key] = set(outcome.blocked_by) or {outcome.label}
+        visit.failed_roots[_partition_of(outcome)] = set(outcome.blocked_by) or {outcome.label}
+
+    def tolerates_failed_inputs(self, key: dg.AssetKey) -> bool:
+        """Whether ``key`` chooses among its inputs (:data:`TOLERATES_FAILED_INPUTS`): one failing does
+        not keep it from running."""
+        return TOLERATES_FAILED_INPUTS in self.graph.get(key).tags
+
+    def judge_later(self, visit: _Pass, companion: Step) -> None:
+        """A companion that chooses among its inputs (:data:`TOLERATES_FAILED_INPUTS`) was skipped
+        because one failed in its run: it is visited again in its turn, as if it had never joined the
+        run, and runs with the inputs that are left."""
+        visit.done.discard(_partition_of(companion))
+        visit.progress.finished(companion)
+        visit.log(f"{companion.label} is judged again in its turn: {companion.error}")
 
     def blocked(self, key: dg.AssetKey, parents: list[Partition], failed_roots: dict) -> bool:
         """Whether an input failing in this refresh keeps ``key`` from running: any failed input does,
         unless the asset chooses among its inputs (:data:`TOLERATES_FAILED_INPUTS`) and one is left."""
-        if TOLERATES_FAILED_INPUTS not in self.graph.get(key).tags:
+        if not self.tolerates_failed_inputs(key):
             return True
         return all(parent in failed_roots for parent in parents)
 
@@ -294,27 +313,52 @@ class Refresher:
         judge = staleness.resolver(self.instance, self.graph)
         return staleness.causes(judge, self.stores[key], key, partition, verify=verify)
 
-    def companions(self, judge, key: dg.AssetKey, partition: str | None, verify: bool) -> list[Step]:
-        """The same-partition descendants built only from ``key[partition]`` (directly or through each
-        other) that need a rebuild whatever it produces: they can share its run."""
+    def companions(self, visit: _Pass, key: dg.AssetKey, partition: str | None) -> list[Step]:
+        """The descendants of ``key[partition]`` that can share its run, upstream first: of its partition
+        (or unpartitioned: those run in a run of any partition), every input in the run or settled
+        earlier in this refresh and not failed, and already due for a rebuild, so they must be rebuilt
+        whatever this run produces (e.g. a cold build's idx[x] with raw_gzip[x], best_model with the
+        last checkpoint). A child that might stay fresh waits to be judged after its input."""
+        in_run: list[Partition] = [(key, partition)]
         found: list[Step] = []
         frontier = [key]
         while frontier:
-            parent = frontier.pop(0)
-            for child in sorted(self.graph.get(parent).child_keys):
-                if not self.visits(child, partition):
+            for child in sorted(self.graph.get(frontier.pop(0)).child_keys):
+                candidate = self.built_in_run_of(child, key, partition)
+                if candidate is None or child not in self.keys or candidate in in_run:
                     continue
-                if child not in self.keys or self.parents(child, partition) != [(parent, partition)]:
+                if not self.visits(*candidate):  # outside a --select
                     continue
-                causes = staleness.causes(judge, self.stores[child], child, partition, verify=verify)
+                if not all(p in in_run or self.settled(visit, p) for p in self.parents(*candidate)):
+                    continue
+                causes = staleness.causes(visit.judge, self.stores[child], *candidate, verify=visit.verify)
                 if causes:
-                    found.append(Step(child.to_user_string(), partition, causes))
+                    found.append(Step(child.to_user_string(), candidate[1], causes))
+                    in_run.append(candidate)
                     frontier.append(child)
         return found
 
+    def built_in_run_of(
+        self, child: dg.AssetKey, key: dg.AssetKey, partition: str | None
+    ) -> Partition | None:
+        """The partition of ``child`` that a run of ``key[partition]`` can build: the same one when they
+        share partitions, ``child`` itself when it has none; None when no run of that partition can."""
+        partitions_def = self.graph.get(child).partitions_def
+        if partitions_def is None:
+            return child, None
+        return (child, partition) if partitions_def == self.graph.get(key).partitions_def else None
+
+    def settled(self, visit: _Pass, upstream: Partition) -> bool:
+        """Whether ``upstream`` will not change again in this refresh: a source (observed before
+        judging), or judged (and run when stale) already, and not failed."""
+        if upstream[0] not in self.keys:
+            return True
+        judged = upstream in visit.settled or upstream in visit.done
+        return judged and upstream not in visit.failed_roots
+
     def execute(self, partition: str | None, steps: list[Step]) -> list[Step]:
-        """Materialize ``steps`` (one partition, upstream first) in one run; fills in each step's seconds,
-        and its error when it failed or did not run."""
+        """Materialize ``steps`` (of ``partition`` or unpartitioned, upstream first) in one run; fills in
+        each step's seconds, and its error when it failed or did not run."""
         keys = [dg.AssetKey.from_user_string(step.asset) for step in steps]
         with self.launch(keys, partition) as result:
             return self.outcomes(result, keys, steps)
@@ -431,6 +475,10 @@ class Refresher:
             }
             for key in self.keys
         }
+
+
+def _partition_of(step: Step) -> Partition:
+    return dg.AssetKey.from_user_string(step.asset), step.partition
 
 
 def refresh(

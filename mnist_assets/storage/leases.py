@@ -293,7 +293,7 @@ def shared_step(fn: Callable[..., Any], io_manager_key: str) -> Callable[..., An
     @functools.wraps(fn)
     def step(context: dg.AssetExecutionContext, *args, **kwargs):
         store = getattr(context.resources, io_manager_key)
-        partition = context.partition_key if context.has_partition_key else None
+        partition = _partition(context)
         lease = lease_of(store, context.asset_key, partition)
         launcher = context.run.tags.get(HOLDER_TAG)
         holder = lease.holder()[0]
@@ -317,6 +317,14 @@ def shared_step(fn: Callable[..., Any], io_manager_key: str) -> Callable[..., An
         return_annotation=inspect.Signature.empty
     )
     return step
+
+
+def _partition(context: dg.AssetExecutionContext) -> str | None:
+    """The step's own partition: an unpartitioned asset in a partitioned run (e.g. best_model with the
+    last checkpoint) sees the run's partition key, which is not its own."""
+    if context.assets_def.partitions_def is None or not context.has_partition_key:
+        return None
+    return context.partition_key
 
 
 def _results(result: Any) -> Iterator[Any]:
