@@ -358,9 +358,10 @@ def _run_on_a_terminal(command: list[str], env: dict[str, str]) -> subprocess.Co
 BUILT_MOUNT = "built-project"
 """The URL prefix of every built project's mirror on a worker's loopback server.
 
-The mirror URL is in the catalog, so in the ``urls`` source's data versions: a copy of a built project
-is fresh only when served at the URL it was built from. Tests on one worker run one at a time, so each
-``project`` remounts this prefix to its own mirror copy."""
+A changed file is evidence of other bytes only where the last verified download came from (the ``urls``
+source compares a HEAD with the headers recorded for that URL), so a copy of a built project sees its
+mirror's changes only when served at the URL it was built from. Tests on one worker run one at a time,
+so each ``project`` remounts this prefix to its own mirror copy."""
 
 
 class BuiltProject:
