@@ -77,8 +77,9 @@ def observe_urls(
     silent = [k for k, seen in remote.items() if seen is None]
     if silent:
         warn(
-            f"{dataset.id}: no mirror answered for {', '.join(silent)}; their previous observation "
-            f"stands (set {dataset.mirror_env_var} to a reachable mirror)"
+            f"{dataset.id}: no mirror answered for {', '.join(silent)}; their previous data version "
+            f"stands, or the pinned payload's on a first observation (set {dataset.mirror_env_var} to a "
+            "reachable mirror)"
         )
     return [url_observation(dataset, k, remote[k], instance) for k in FILE_KEYS]
 
