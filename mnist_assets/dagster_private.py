@@ -9,9 +9,12 @@ against a real instance and fails if a private import appears anywhere else in t
    and why?" for a definitions object and an instance. The UI and the declarative automation use this
    very resolver internally; ``refresh``, ``status`` and the sensor must agree with the UI, so they use
    it too instead of re-deriving staleness from the event log.
-2. In-process observation of source assets (``observe``). Missing public API: the counterpart of
-   ``dg.materialize`` for observable source assets; ``refresh`` observes before it plans, and a dry
-   run observes into a throwaway instance, recording nothing.
+2. The tag that carries an observation's data version (``DATA_VERSION_TAG``, ``dagster/data_version``).
+   Missing public API: ``dg.AssetObservation`` takes no data version, yet the stale-status resolver
+   reads a source's version from that tag of its latest observation. ``refresh`` and the daily
+   schedule compute the sources' versions with plain functions and record them as runless
+   observations (``instance.report_runless_asset_event``), with no run and no event-log database per
+   observation; an observable source's own observe function writes the same tag the same way.
 3. The implicit asset job as a ``ReconstructableJob`` (``ReconstructableRepository``). Missing public
    API: ``dg.reconstructable`` refuses that job (its name is reserved), yet it is the only job that
    spans assets with different partitions; on another executor (Celery) every worker rebuilds it by
@@ -24,23 +27,20 @@ instance keeps artifacts and compute logs); the test imports those too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import dagster as dg
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.definitions.observe import observe
+from dagster._core.definitions.data_version import DATA_VERSION_TAG, CachingStaleStatusResolver, StaleStatus
 from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
 from dagster._core.definitions.temporal_context import TemporalContext
 from dagster._time import get_current_datetime
 
 __all__ = [
+    "DATA_VERSION_TAG",
     "AssetGraphView",
     "StaleStatus",
     "StaleStatusResolver",
-    "observe_sources",
-    "observed_data_versions",
+    "observation",
     "reconstructable_asset_job",
     "stale_status_resolver",
 ]
@@ -60,27 +60,17 @@ def stale_status_resolver(
     return CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
 
 
-def observe_sources(
-    sources: Sequence[dg.SourceAsset | dg.AssetsDefinition], instance: dg.DagsterInstance, run_config=None
-):
-    """Observe source assets in this process and record their data versions in ``instance``."""
-    return observe(list(sources), instance=instance, run_config=run_config)
-
-
-def observed_data_versions(
-    sources: Sequence[dg.SourceAsset | dg.AssetsDefinition], run_config=None
-) -> dict[tuple[dg.AssetKey, str | None], str]:
-    """What observing ``sources`` now would record, per asset partition, recorded nowhere: the same
-    observation runs against an in-memory instance that is thrown away."""
-    with dg.DagsterInstance.ephemeral() as scratch:
-        result = observe(list(sources), instance=scratch, run_config=run_config)
-        observations = [
-            e.asset_observation_data.asset_observation for e in result.get_asset_observation_events()
-        ]
-    return {(o.asset_key, o.partition): o.data_version for o in observations if o.data_version is not None}
-
-
 def reconstructable_asset_job(module: str, attribute: str = "defs") -> ReconstructableJob:
     """The implicit asset job of the ``Definitions`` at ``module.attribute``, rebuilt by importing it."""
     repository = ReconstructableRepository.for_module(module, attribute)
     return repository.get_reconstructable_job(IMPLICIT_ASSET_JOB_NAME)
+
+
+def observation(
+    asset_key: dg.AssetKey, partition: str | None, data_version: str, metadata: dict
+) -> dg.AssetObservation:
+    """An observation of ``asset_key[partition]`` carrying ``data_version`` as the stale-status resolver
+    reads it (what Dagster's own observe writes), to report as a runless event or log in a run."""
+    return dg.AssetObservation(
+        asset_key=asset_key, partition=partition, tags={DATA_VERSION_TAG: data_version}, metadata=metadata
+    )

@@ -70,11 +70,13 @@ class _MirrorFailed(Exception):
 
 @dataclass(frozen=True)
 class Fetched:
-    """A file whose content verified: where it came from, its payload sha256 and its gzip size."""
+    """A file whose content verified: where it came from, its payload sha256 and its gzip size, and
+    how the server identified what it sent (:data:`IDENTIFYING_HEADERS`; empty for a local file)."""
 
     payload_sha256: str
     url: str
     gzip_size: int
+    served: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,18 @@ def _chunks_of(source: BinaryIO) -> Iterator[bytes]:
         raise _MirrorFailed(f"cannot read: {error.strerror or error}", retry=False) from None
 
 
-def _read_http_url(session: requests.Session, url: str, receiver: _Receiver, policy: FetchPolicy) -> None:
+IDENTIFYING_HEADERS = ("ETag", "Last-Modified", "Content-Length")
+"""The response headers a server changes when the file it serves changes (a HEAD answers them too)."""
+
+
+def _identity(response: requests.Response) -> dict[str, str]:
+    return {h: v for h in IDENTIFYING_HEADERS if (v := response.headers.get(h)) is not None}
+
+
+def _read_http_url(
+    session: requests.Session, url: str, receiver: _Receiver, policy: FetchPolicy
+) -> dict[str, str]:
+    """Stream ``url``'s body into ``receiver``; the response's identifying headers."""
     try:
         with session.get(url, stream=True, timeout=(policy.connect_timeout, policy.read_timeout)) as response:
             if response.status_code != 200:
@@ -243,6 +256,7 @@ def _read_http_url(session: requests.Session, url: str, receiver: _Receiver, pol
                 receiver.write(chunk)
             if declared_size is not None and receiver.received != declared_size:
                 raise _MirrorFailed(f"body ended after {receiver.received} of {declared} bytes", retry=True)
+            return _identity(response)
     except requests.TooManyRedirects:
         raise _MirrorFailed(f"more than {policy.max_redirects} redirects", retry=False) from None
     except requests.RequestException as error:
@@ -295,16 +309,17 @@ def fetch_into(
                     if scheme not in ALLOWED_SCHEMES:
                         raise _MirrorFailed(f"scheme {scheme!r} is not allowed", retry=False)
                     try:
+                        served: dict[str, str] = {}
                         if scheme == "file":
                             _read_local(_local_path(url, file.filename), receiver)
                         else:
-                            _read_http_url(session, url, receiver, policy)
+                            served = _read_http_url(session, url, receiver, policy)
                         digest = receiver.content.verified()
                     except idx.IdxError as error:
                         pin = error.pin if isinstance(error, PinMismatch) else None
                         raise _MirrorFailed(f"content rejected: {error}", retry=False, pin=pin) from None
                     progress.done()
-                    return Fetched(digest, shown, receiver.received)
+                    return Fetched(digest, shown, receiver.received, served)
                 except _MirrorFailed as failure:
                     failures.append(f"{shown} (attempt {attempt}): {failure}")
                     if failure.pin is not None:
@@ -359,7 +374,9 @@ def fetch(
         return buffer
 
     fetched = fetch_into(restart, dataset, file, urls, policy, log)
-    return FetchedBytes(fetched.payload_sha256, fetched.url, fetched.gzip_size, buffer.getvalue())
+    return FetchedBytes(
+        fetched.payload_sha256, fetched.url, fetched.gzip_size, fetched.served, buffer.getvalue()
+    )
 
 
 def fingerprint(
@@ -391,8 +408,7 @@ def fingerprint(
                 )
                 if response.status_code != 200:
                     continue
-                headers = {h: response.headers.get(h) for h in ("ETag", "Last-Modified", "Content-Length")}
-                return {"url": redact_url(url), **{k: v for k, v in headers.items() if v is not None}}
+                return {"url": redact_url(url), **_identity(response)}
             except (_MirrorFailed, requests.RequestException):
                 continue
     return None

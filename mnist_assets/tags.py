@@ -28,6 +28,15 @@ CATALOG_ERROR = "mnist_assets/catalog_error"
 """Metadata of a broken dataset's placeholder asset: its one-line catalog error."""
 CATALOG_DATASET = "mnist_assets/dataset"
 """Metadata of a broken dataset's placeholder asset: the dataset id as the catalog lists it."""
+FETCHED_FROM = "url"
+"""Metadata of a raw_gzip materialization: the URL (credentials redacted) its verified bytes came from."""
+SERVED_AS = "served_as"
+"""Metadata of a raw_gzip materialization: how the server identified the bytes it sent (ETag,
+Last-Modified, Content-Length of the response); the next urls observation compares a HEAD with it."""
+PINNED = "pinned"
+"""Metadata of a urls observation: the data version of the catalog's pins it was judged against."""
+ANSWERED = "mirror_answered"
+"""Metadata of a urls observation: whether a mirror answered (a failed one keeps the previous version)."""
 
 # -- Dagster's own keys, as this project reads them
 PARTITION = "dagster/partition"

@@ -69,7 +69,7 @@ def built_project(mini_mirror, http_server, tmp_path_factory) -> BuiltProject:
 
 
 def _forget_faults_and_requests(server: LoopbackServer, prefix: str) -> None:
-    for table in (server.faults, server.requests):
+    for table in (server.faults, server.head_faults, server.requests):
         for path in [p for p in table if p.startswith(f"/{prefix}/")]:
             del table[path]
 

@@ -77,8 +77,9 @@ class LoopbackServer:
 
     ``faults[url_path]`` injects what a bad network does, per GET: a list is consumed one fault per
     request (then the file is served normally); a bare fault, not in a list, applies to every request.
-    A fault is an HTTP status (int) or one of ``FAULTS``; HEAD requests ignore faults. Files carry an
-    ETag (md5 of the content, as S3 sends) besides Last-Modified and Content-Length.
+    A fault is an HTTP status (int) or one of ``FAULTS``; HEAD requests ignore them and follow
+    ``head_faults[url_path]`` instead (HTTP statuses only, consumed alike). Files carry an ETag (md5 of
+    the content, as S3 sends) besides Last-Modified and Content-Length.
     """
 
     FAULTS = ("reset", "short", "corrupt", "stall", "redirect-loop", "not-gzip", "slow")
@@ -90,9 +91,18 @@ class LoopbackServer:
         self.mounts: dict[str, Path] = {}
         self.requests: Counter[str] = Counter()
         self.faults: dict[str, list | int | str] = {}
+        self.head_faults: dict[str, list[int] | int] = {}
         server = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_HEAD(self):
+                fault = server.next_fault(self.path, server.head_faults)
+                if fault is None:
+                    super().do_HEAD()
+                    return
+                server.requests[self.path] += 1
+                self.send_error(fault)
+
             def do_GET(self):
                 fault = server.next_fault(self.path)
                 if fault is None:
@@ -162,8 +172,8 @@ class LoopbackServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def next_fault(self, url_path: str):
-        planned = self.faults.get(url_path)
+    def next_fault(self, url_path: str, table: dict | None = None):
+        planned = (self.faults if table is None else table).get(url_path)
         if isinstance(planned, list):
             return planned.pop(0) if planned else None
         return planned
@@ -286,7 +296,16 @@ class Project:
 
     def observe(self) -> None:
         """Record every source's observation, as a refresh does first (a dry run records none)."""
-        Refresher(self.defs(), self.instance, ["mini_mnist"]).observe()
+        Refresher(self.defs(), self.instance, ["mini_mnist"]).observe(log=lambda line: None)
+
+    def run_daily_schedule(self) -> str:
+        """One evaluation of the daily_refresh schedule, as the daemon ticks it: it observes the sources
+        and launches no run. Its skip message."""
+        schedule = self.defs().resolve_schedule_def("daily_refresh")
+        with dg.build_schedule_context(instance=self.instance) as context:
+            result = schedule.evaluate_tick(context)
+        assert not result.run_requests, result.run_requests
+        return result.skip_message or ""
 
     def cli(self, *args: str, terminal: bool = False) -> subprocess.CompletedProcess:
         """``mnist-assets ARGS`` as a user runs it: a real process on this catalog and storage, with a
@@ -345,9 +364,10 @@ def _run_on_a_terminal(command: list[str], env: dict[str, str]) -> subprocess.Co
 BUILT_MOUNT = "built-project"
 """The URL prefix of every built project's mirror on a worker's loopback server.
 
-The mirror URL is in the catalog, so in the ``urls`` source's data versions: a copy of a built project
-is fresh only when served at the URL it was built from. Tests on one worker run one at a time, so each
-``project`` remounts this prefix to its own mirror copy."""
+A changed file is evidence of other bytes only where the last verified download came from (the ``urls``
+source compares a HEAD with the headers recorded for that URL), so a copy of a built project sees its
+mirror's changes only when served at the URL it was built from. Tests on one worker run one at a time,
+so each ``project`` remounts this prefix to its own mirror copy."""
 
 
 class BuiltProject:

@@ -11,7 +11,7 @@ import re
 import dagster as dg
 import yaml
 
-from mnist_assets import dagster_private
+from mnist_assets import dagster_private, tags
 from mnist_assets_tests.support import REPO
 
 PRIVATE_IMPORT = re.compile(r"^\s*(from|import)\s+dagster\._", re.MULTILINE)
@@ -27,7 +27,10 @@ def test_only_dagster_private_imports_private_dagster_modules():
     assert offenders == [], "import private Dagster names through mnist_assets/dagster_private.py"
 
 
-def test_stale_status_resolver_and_observe_work_on_a_real_instance():
+def test_stale_status_resolver_and_runless_observations_work_on_a_real_instance():
+    """An observation made with ``dagster_private.observation`` and reported without a run carries its
+    data version as Dagster's own observe does: the resolver judges from it, and no run is made."""
+
     @dg.observable_source_asset(key="source")
     def source():
         return dg.DataVersion("v1")
@@ -42,23 +45,22 @@ def test_stale_status_resolver_and_observe_work_on_a_real_instance():
         judge = dagster_private.stale_status_resolver(instance, graph)
         assert judge.get_status(built.key, None) == dagster_private.StaleStatus.MISSING
 
-        dagster_private.observe_sources([source], instance)
+        instance.report_runless_asset_event(dagster_private.observation(source.key, None, "v1", {}))
         dg.materialize([built], instance=instance, selection=[built.key])
         fresh = dagster_private.stale_status_resolver(instance, graph)
         assert fresh.get_status(built.key, None) == dagster_private.StaleStatus.FRESH
+        assert fresh.get_current_data_version(source.key, None).value == "v1"
 
-        @dg.observable_source_asset(key="source")
-        def changed_source():
-            return dg.DataVersion("v2")
-
-        before = instance.event_log_storage.get_maximum_record_id()
-        assert dagster_private.observed_data_versions([changed_source]) == {(source.key, None): "v2"}
-        assert instance.event_log_storage.get_maximum_record_id() == before  # recorded nowhere
-        dagster_private.observe_sources([changed_source], instance)
+        instance.report_runless_asset_event(dagster_private.observation(source.key, None, "v2", {"m": 1}))
         stale = dagster_private.stale_status_resolver(instance, graph)
         assert stale.get_status(built.key, None) == dagster_private.StaleStatus.STALE
         reasons = [c.reason for c in stale.get_stale_causes(built.key, None)]
         assert reasons == ["has a new dependency data version"]
+        assert len(instance.get_runs()) == 1  # the materialization's; observing made none
+
+
+def test_the_data_version_tag_the_project_reads_is_the_one_dagster_writes():
+    assert tags.DATA_VERSION == dagster_private.DATA_VERSION_TAG
 
 
 def test_the_private_classes_named_in_dagster_yaml_import():

@@ -76,6 +76,8 @@ def test_a_redownload_with_an_identical_payload_recomputes_nothing_downstream(pr
     assert delta == Counter({("raw_gzip", "test-images"): 1})
     assert summary.ran[0].causes == ["has a new dependency data version (mini_mnist/urls[test-images])"]
     assert (project.storage / "mini_mnist/raw_gzip/test-images.gz").read_bytes() == path.read_bytes()
+    again, delta = project.refresh()  # the new ETag is the one that last verified: nothing to do
+    assert again.ran == [] and delta == Counter()
 
 
 def test_new_bytes_that_break_the_pin_fail_clearly_and_keep_the_last_good_file(project):

@@ -47,12 +47,8 @@ class Clock:
         }
 
     def observe(self) -> None:
-        """The daily_refresh schedule's run: observe the sources."""
-        defs = self.project.defs()
-        assert defs.resolve_schedule_def("daily_refresh").job_name == "observe_sources"
-        assert (
-            defs.resolve_job_def("observe_sources").execute_in_process(instance=self.project.instance).success
-        )
+        """The daily_refresh schedule's evaluation: it observes the sources, without a run."""
+        self.project.run_daily_schedule()
 
     def launch(self, requested: dict[str, set]) -> list[bool]:
         """Run what the tick requested, one run per asset partition, as the sensor's runs do."""
@@ -110,7 +106,7 @@ def test_an_unreachable_mirror_is_retried_per_backoff_step_and_at_once_when_it_a
     clock = Clock(project)
     launched = []  # the ticks that requested the failed partitions again
     for minute in range(40):
-        clock.observe()  # no mirror answers: no observation is recorded, nothing changes
+        clock.observe()  # no mirror answers: the pinned (then the previous) version, nothing changes
         due = minute == 0 or (clock.now + timedelta(minutes=1)).timestamp() >= next_retry(
             project, "test-images"
         )

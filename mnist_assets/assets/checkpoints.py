@@ -14,8 +14,16 @@ import dagster as dg
 import mnist_assets.assets.metadata as metadata
 import mnist_assets.assets.pictures as pictures
 from mnist_assets import loader, models, shards
-from mnist_assets.assets.common import STORAGE, BlockingCheck, asset_key, refuse_if_failed, versioned_asset
+from mnist_assets.assets.common import (
+    STORAGE,
+    BlockingCheck,
+    Observer,
+    asset_key,
+    refuse_if_failed,
+    versioned_asset,
+)
 from mnist_assets.catalog import Dataset
+from mnist_assets.dagster_private import observation
 from mnist_assets.hashing import sha256
 from mnist_assets.manifest import CheckpointRecord
 from mnist_assets.models import TrainConfig, TrainOverrides
@@ -123,8 +131,22 @@ def best_model_metadata(record: models.BestModelRecord) -> dict:
 # --- wiring: one factory per asset ---------------------------------------------------------------
 
 
+def observe_model_configs(dataset: Dataset, configs: dict[str, TrainConfig]) -> list[dg.AssetObservation]:
+    """Each configuration's data version, its resolved settings beside it."""
+    key = asset_key(dataset, "model_configs")
+    return [
+        observation(
+            key, name, models.config_version(config), {"config": dg.MetadataValue.json(config.model_dump())}
+        )
+        for name, config in configs.items()
+    ]
+
+
 def model_configs_asset(dataset: Dataset, configs: dict[str, TrainConfig]) -> dg.SourceAsset:
-    @dg.observable_source_asset(
+    def look(instance: dg.DagsterInstance, warn) -> list[dg.AssetObservation]:
+        return observe_model_configs(dataset, configs)
+
+    return dg.observable_source_asset(
         key=asset_key(dataset, "model_configs"),
         group_name=dataset.id,
         partitions_def=dg.StaticPartitionsDefinition(list(configs)),
@@ -132,11 +154,7 @@ def model_configs_asset(dataset: Dataset, configs: dict[str, TrainConfig]) -> dg
         "on top of `training`, on top of TrainConfig's defaults), resolved. A change to one makes exactly "
         "its checkpoint partition stale; a new one is a new partition, built alone.",
         metadata={"configs": dg.MetadataValue.json({n: c.model_dump() for n, c in configs.items()})},
-    )
-    def model_configs(context) -> dg.DataVersionsByPartition:
-        return dg.DataVersionsByPartition({n: models.config_version(c) for n, c in configs.items()})
-
-    return model_configs
+    )(Observer("model_configs", look))
 
 
 CHECKPOINT_USES = (

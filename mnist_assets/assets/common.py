@@ -1,10 +1,12 @@
-"""What every stage of the graph shares: keys, partitions, the versioned asset, blocking checks.
+"""What every stage of the graph shares: keys, partitions, the versioned asset, blocking checks, the
+sources' observers.
 
 A stage's asset is built by :func:`versioned_asset`, whose code version hashes the code that computes it
 and the blocking checks it judges (:class:`BlockingCheck`), so editing either makes the asset stale.
 """
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -86,6 +88,35 @@ def versioned_asset(uses: tuple = (), checks: tuple[BlockingCheck, ...] = (), **
         return dg.asset(code_version=version, **settings)(leases.shared_step(fn, store))
 
     return wrap
+
+
+Observe = Callable[[dg.DagsterInstance, Callable[[str], None]], list[dg.AssetObservation]]
+"""A source's observation: given the instance (what was recorded before) and a way to warn, its
+observations now, each with its data version."""
+
+
+class Observer:
+    """An observable source's observation as a plain function, so observing needs no run.
+
+    ``refresh`` and the daily schedule call :attr:`observe` and report what it returns as runless
+    events (no run, no event-log database per observation); a dry run only compares it with what is
+    recorded. As the source's observe function (the UI's Observe button) it logs the same
+    observations in that run, so the asset page shows both alike.
+    """
+
+    def __init__(self, name: str, observe: Observe):
+        self.__name__, self.observe = name, observe
+
+    def __call__(self, context) -> dg.DataVersionsByPartition:
+        for found in self.observe(context.instance, context.log.warning):
+            context.log_event(found)
+        return dg.DataVersionsByPartition({})  # each observation is logged above, with its metadata
+
+
+def observer_of(source: object) -> Observer | None:
+    """The observer behind a source asset made with one (None for any other asset)."""
+    found = getattr(source, "observe_fn", None)
+    return found if isinstance(found, Observer) else None
 
 
 ConfigT = TypeVar("ConfigT", bound=dg.Config)

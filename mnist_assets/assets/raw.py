@@ -18,14 +18,16 @@ from mnist_assets.assets.common import (
     FILES,
     STORAGE,
     BlockingCheck,
+    Observer,
     asset_key,
     refuse_if_failed,
     versioned_asset,
 )
-from mnist_assets.catalog import FILE_KEYS, Dataset, redact_url
+from mnist_assets.catalog import FILE_KEYS, Dataset, SourceFile, redact_url
+from mnist_assets.dagster_private import observation
 from mnist_assets.hashing import json_version
 from mnist_assets.storage.backends import Stored
-from mnist_assets.tags import OBSERVED_DAILY, ROW_COUNT
+from mnist_assets.tags import ANSWERED, FETCHED_FROM, OBSERVED_DAILY, PINNED, ROW_COUNT, SERVED_AS
 
 
 class FetchConfig(dg.Config):
@@ -48,47 +50,123 @@ LABELS_CHECK = BlockingCheck(
 )
 
 
-def url_entry(dataset: Dataset, file_key: str, mirrors: list[str]) -> dict:
-    """What identifies a source file: where to look (in order) and what its content must be."""
-    file = dataset.file(file_key)
-    return {
-        "filename": file.filename,
-        "urls": dataset.file_urls(mirrors)[file_key],
-        "payload_size": file.payload_size,
-        "payload_sha256": file.payload_sha256,
-        "gzip_md5": file.gzip_md5,
-    }
-
-
 def expected_kind(key: str, dataset: Dataset) -> tuple[int, tuple[int, ...]]:
     """(ndim, trailing shape) an IDX file of this partition must have."""
     return (3, dataset.image_shape) if key.endswith("images") else (1, ())
 
 
-def observe_urls(dataset: Dataset, mirrors: list[str], log) -> dict[str, str]:
-    """Each file's data version: its candidate URLs, pins and what the first answering mirror says about
-    it now. A file no mirror answered for is left out, so its previous observation stands."""
-    entries = {k: url_entry(dataset, k, mirrors) for k in FILE_KEYS}
+def pinned_version(file: SourceFile) -> str:
+    """The data version of a file whose mirror serves the pinned payload: the catalog's pins alone, so
+    where the file is served from (a mirror, an override, a trailing slash) is no part of it."""
+    return json_version(
+        {"payload_sha256": file.payload_sha256, "payload_size": file.payload_size, "gzip_md5": file.gzip_md5}
+    )
+
+
+def observe_urls(
+    dataset: Dataset, mirrors: list[str], instance: dg.DagsterInstance, warn
+) -> list[dg.AssetObservation]:
+    """Each file's observation (:func:`url_observation`), the mirrors asked for all files at once."""
+    urls = dataset.file_urls(mirrors)
 
     def look(k: str):
-        return download.fingerprint(dataset, dataset.file(k), entries[k]["urls"])
+        return download.fingerprint(dataset, dataset.file(k), urls[k])
 
     with ThreadPoolExecutor(len(FILE_KEYS)) as pool:
         remote = dict(zip(FILE_KEYS, pool.map(look, FILE_KEYS), strict=True))
     silent = [k for k, seen in remote.items() if seen is None]
     if silent:
-        log.warning(
-            f"{dataset.id}: no mirror answered for {', '.join(silent)}; their previous observation "
-            f"stands (set {dataset.mirror_env_var} to a reachable mirror)"
+        warn(
+            f"{dataset.id}: no mirror answered for {', '.join(silent)}; their previous data version "
+            f"stands, or the pinned payload's on a first observation (set {dataset.mirror_env_var} to a "
+            "reachable mirror)"
         )
-    return {k: json_version({**entries[k], "remote": remote[k]}) for k in FILE_KEYS if remote[k] is not None}
+    return [url_observation(dataset, k, remote[k], instance) for k in FILE_KEYS]
+
+
+def url_observation(
+    dataset: Dataset, file_key: str, remote: dict | None, instance: dg.DagsterInstance
+) -> dg.AssetObservation:
+    """The data version raw_gzip[file_key] is built against: the payload, not the way to it.
+
+    Evidence that the mirror serves another payload (:func:`served_differs`) gives a version that makes
+    raw_gzip stale: the rebuild downloads and verifies against the pin (a wrong payload fails clearly,
+    the last good file kept). Without evidence (the mirror did not answer, was never downloaded from,
+    or serves what last verified) the previous version stands when it was judged against these very
+    pins, else it is the pins' own. So a cold build whose HEAD failed, then verified the pinned payload,
+    leaves nothing stale, and a re-download after a changed ETag is the version it was built against.
+    Mirror and answer go in the metadata (the asset page shows them), never in the version.
+    """
+    file, key = dataset.file(file_key), asset_key(dataset, "urls")
+    pinned = pinned_version(file)
+    previous = latest_observation(instance, key, file_key)
+    standing = None
+    if previous is not None and previous.data_version and _text(previous.metadata.get(PINNED)) == pinned:
+        standing = previous.data_version
+    fetched = last_fetch(instance, asset_key(dataset, "raw_gzip"), file_key)
+    evidence = served_differs(file, remote, fetched) if remote is not None else None
+    if evidence is not None:
+        version = json_version({"pinned": pinned, "served": evidence})
+        judged = "the mirror serves other bytes than last verified: raw_gzip downloads and verifies again"
+    elif standing is not None:
+        version, judged = standing, "nothing says the served payload changed: the previous version stands"
+    else:
+        version, judged = pinned, "the pinned payload (no observation against these pins yet)"
+    metadata = {
+        "mirror": remote["url"] if remote else "none answered",
+        "remote": dg.MetadataValue.json({k: v for k, v in (remote or {}).items() if k != "url"}),
+        "judged": judged,
+        PINNED: pinned,
+        ANSWERED: remote is not None,
+    }
+    return observation(key, file_key, version, metadata)
+
+
+def served_differs(file: SourceFile, remote: dict, fetched: dict | None) -> dict | None:
+    """What says the mirror's payload is not the verified one, or None.
+
+    A local mirror's payload is read: it differs when it is not the pinned one (or cannot be read). An
+    HTTP mirror gives only headers: they differ when the same URL identified its file otherwise the last
+    time it delivered a verified payload (``fetched``). A URL never downloaded from is no evidence: the
+    pin still guards whatever a download brings.
+    """
+    state = {k: v for k, v in remote.items() if k != "url"}
+    if "unreadable" in state:
+        return state
+    if "payload_sha256" in state:
+        return state if file.payload_sha256 and state["payload_sha256"] != file.payload_sha256 else None
+    if fetched is None or fetched.get(FETCHED_FROM) != remote["url"] or SERVED_AS not in fetched:
+        return None
+    return state if state != fetched[SERVED_AS] else None
+
+
+def latest_observation(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str
+) -> dg.AssetObservation | None:
+    records_filter = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition])
+    records = instance.fetch_observations(records_filter, limit=1).records
+    return records[0].asset_observation if records else None
+
+
+def last_fetch(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict | None:
+    """Where raw_gzip[partition]'s verified bytes came from and how the server identified them."""
+    records_filter = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition])
+    records = instance.fetch_materializations(records_filter, limit=1).records
+    materialization = records[0].asset_materialization if records else None
+    if materialization is None:
+        return None
+    return {k: v.value for k, v in materialization.metadata.items() if k in (FETCHED_FROM, SERVED_AS)}
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value.value)
 
 
 def fetch_raw_gzip(
     dataset: Dataset, file_key: str, mirrors: list[str], staged, log
 ) -> tuple[download.Fetched, Stored]:
     """Stream the first mirror's copy whose content verifies into ``staged``, then commit it."""
-    urls = url_entry(dataset, file_key, mirrors)["urls"]
+    urls = dataset.file_urls(mirrors)[file_key]
     fetched = download.fetch_into(staged.restart, dataset, dataset.file(file_key), urls, log=log)
     return fetched, staged.commit()
 
@@ -158,28 +236,30 @@ def header_problem(dataset: Dataset, file_key: str, parsed: idx.Parsed) -> str |
 
 
 def urls_asset(dataset: Dataset, mirrors: list[str]) -> dg.SourceAsset:
-    @dg.observable_source_asset(
+    def look(instance: dg.DagsterInstance, warn) -> list[dg.AssetObservation]:
+        return observe_urls(dataset, mirrors, instance, warn)
+
+    return dg.observable_source_asset(
         key=asset_key(dataset, "urls"),
         group_name=dataset.id,
         partitions_def=FILES,
-        description=f"{dataset.title}: each file's candidate URLs, pinned checksums and what the first "
-        "answering mirror says about it now (HEAD ETag / Last-Modified / Content-Length, or the payload "
-        "sha256 of a local mirror). A change to any of these makes exactly that file's raw_gzip "
-        "partition stale. The daily_refresh schedule observes it; `mnist-assets refresh` does too.",
+        description=f"{dataset.title}: each file's payload as the catalog pins it, unless the first "
+        "answering mirror gives evidence it now serves other bytes (a local mirror's payload sha256; an "
+        "HTTP mirror's HEAD ETag / Last-Modified / Content-Length unlike those of the download from the "
+        "same URL that last verified). A new pin or such evidence makes exactly that file's raw_gzip "
+        "partition stale; another mirror or a trailing slash does not. Each observation's metadata names "
+        "the mirror and what it answered. The daily_refresh schedule observes it; `mnist-assets refresh` "
+        "does too.",
         metadata={"mirrors": dg.MetadataValue.json([redact_url(m) for m in mirrors])},
         tags={OBSERVED_DAILY: "true"},
-    )
-    def urls(context) -> dg.DataVersionsByPartition:
-        return dg.DataVersionsByPartition(observe_urls(dataset, mirrors, context.log))
-
-    return urls
+    )(Observer("urls", look))
 
 
 def raw_gzip_asset(dataset: Dataset, mirrors: list[str]) -> dg.AssetsDefinition:
     key = asset_key(dataset, "raw_gzip")
 
     @versioned_asset(
-        uses=(download, url_entry, fetch_raw_gzip),
+        uses=(download, fetch_raw_gzip),
         key=key,
         group_name=dataset.id,
         partitions_def=FILES,
@@ -200,7 +280,11 @@ def raw_gzip_asset(dataset: Dataset, mirrors: list[str]) -> dg.AssetsDefinition:
         return dg.Output(
             stored,
             data_version=dg.DataVersion(fetched.payload_sha256),
-            metadata={"url": fetched.url, "payload_sha256": fetched.payload_sha256},
+            metadata={
+                FETCHED_FROM: fetched.url,
+                SERVED_AS: dg.MetadataValue.json(fetched.served),
+                "payload_sha256": fetched.payload_sha256,
+            },
         )
 
     return raw_gzip

@@ -24,7 +24,7 @@ from pathlib import Path
 import dagster as dg
 
 from mnist_assets.settings import DEFAULT_BACKOFF_SECONDS
-from mnist_assets.tags import PARTITION, PROCESS_GONE_TAG
+from mnist_assets.tags import ANSWERED, PARTITION, PROCESS_GONE_TAG
 
 MAX_BACKOFF_SECONDS = 86_400.0
 FAILED_RUNS_COUNTED = 30
@@ -137,7 +137,8 @@ def change_since(
     """What this partition is built from that changed after the failed attempt, or None.
 
     A source changed when it was observed with a data version other than the one it had when the
-    attempt started (a mirror that answers again, a new remote file); an asset changed when another
+    attempt started (a new remote file, a new pin), or when a mirror answers again that did not answer
+    then (an unanswered observation keeps the previous version); an asset changed when another
     run materialized it. Code and catalog changes are code versions, which Dagster's own
     ``code_version_changed`` sees.
     """
@@ -163,12 +164,22 @@ def change_since(
             then = before[0].asset_observation if before else None
             if now is not None and (then is None or now.data_version != then.data_version):
                 return f"{_label(parent.asset_key, parent.partition_key)} answered with a new data version"
+            if now is not None and _answered(now) and not _answered(then):
+                return f"{_label(parent.asset_key, parent.partition_key)} answered again"
         elif any(
             r.run_id != failure.run_id
             for r in instance.fetch_materializations(records_filter, limit=5).records
         ):
             return f"{_label(parent.asset_key, parent.partition_key)} was rebuilt"
     return None
+
+
+def _answered(observation: dg.AssetObservation | None) -> bool:
+    """Whether a mirror answered this observation (one that did not keeps the previous data version)."""
+    if observation is None:
+        return False
+    answered = observation.metadata.get(ANSWERED)
+    return answered is None or bool(answered.value)
 
 
 class BackingOff(dg.AutomationCondition):

@@ -4,8 +4,9 @@ Every materializable asset carries :func:`refresh_condition`. The automation sen
 default) evaluates it in the code server, because the condition reads storage, so ``dagster dev``
 rebuilds missing partitions (including those missing from the start), stale ones and deleted ones
 without clicks, upstream first, one hop per tick. The ``daily_refresh`` schedule observes every
-dataset's sources; a changed remote file or catalog entry then makes exactly its raw partition stale
-and the sensor takes it from there. A partition whose last attempt failed waits for a change or a
+dataset's sources in its own evaluation, recorded as runless observations (no run is launched); a
+changed remote file or catalog entry then makes exactly its raw partition stale and the sensor takes it
+from there. A partition whose last attempt failed waits for a change or a
 backoff (:mod:`mnist_assets.rebuild.attempts`), and the ``fail_dead_runs`` sensor marks failed the runs whose
 process was killed, so they neither stay STARTED nor block their partitions. All are listed, with
 descriptions, under Automation in the UI.
@@ -17,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
+from mnist_assets.assets.common import Observer, observer_of
 from mnist_assets.rebuild.attempts import BackingOff, fail_dead_runs
 from mnist_assets.rebuild.staleness import NeedsRebuild, Stores, stores_of
 from mnist_assets.settings import DEFAULT_BACKOFF_SECONDS, DEFAULT_REFRESH_CRON
@@ -80,11 +82,12 @@ def automation(
         else a
         for a in assets
     ]
-    sources = [a.key for a in assets if isinstance(a, dg.SourceAsset) and OBSERVED_DAILY in a.tags]
+    daily = [a for a in assets if isinstance(a, dg.SourceAsset) and OBSERVED_DAILY in a.tags]
     observe = dg.define_asset_job(
         "observe_sources",
-        selection=dg.AssetSelection.assets(*sources),
-        description="Observe every dataset's source files (HEAD or local checksum) and catalog entries.",
+        selection=dg.AssetSelection.assets(*(a.key for a in daily)),
+        description="Observe every dataset's source files (HEAD or local checksum) in a run; the "
+        "daily_refresh schedule does the same without one.",
     )
     return {
         "assets": automated,
@@ -94,8 +97,10 @@ def automation(
                 name="daily_refresh",
                 job=observe,
                 cron_schedule=cron,
+                execution_fn=observe_without_a_run([o for a in daily if (o := observer_of(a))]),
                 default_status=dg.DefaultScheduleStatus.RUNNING,
-                description="Observes the sources; a changed file makes its raw partition stale and the "
+                description="Observes the sources in its evaluation, recorded as runless observations "
+                "(it launches no run); a changed file makes its raw partition stale and the "
                 "refresh_stale_assets sensor rebuilds it and what is built from it.",
             )
         ],
@@ -120,6 +125,19 @@ def automation(
             ),
         ],
     }
+
+
+def observe_without_a_run(observers: Sequence[Observer]):
+    """The daily_refresh schedule's evaluation: observe, report each observation as a runless event,
+    and skip, so observing costs no run."""
+
+    def evaluate(context: dg.ScheduleEvaluationContext) -> dg.SkipReason:
+        found = [o for observer in observers for o in observer.observe(context.instance, context.log.warning)]
+        for observation in found:
+            context.instance.report_runless_asset_event(observation)
+        return dg.SkipReason(f"recorded {len(found)} source observation(s) without a run")
+
+    return evaluate
 
 
 def _fail_dead_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:

@@ -33,8 +33,9 @@ from typing import Any
 import dagster as dg
 
 from mnist_assets import quiet
+from mnist_assets.assets.common import Observer, observer_of
 from mnist_assets.catalog_errors import catalog_errors
-from mnist_assets.dagster_private import observe_sources, observed_data_versions, reconstructable_asset_job
+from mnist_assets.dagster_private import reconstructable_asset_job
 from mnist_assets.rebuild import attempts, selection, staleness
 from mnist_assets.rebuild.progress import Lines
 from mnist_assets.rebuild.steps import Step, Summary, failure_message
@@ -86,6 +87,23 @@ def _check_rebuildable(defs: dg.Definitions, executor: str) -> None:
         )
 
 
+def observers(defs: dg.Definitions, sources: Sequence[dg.AssetKey]) -> list[Observer]:
+    """The observers of ``sources`` (:class:`~mnist_assets.assets.common.Observer`): refresh calls them
+    itself, so observing needs no run."""
+    found = {
+        a.key: observer
+        for a in defs.assets or ()
+        if isinstance(a, dg.SourceAsset) and (observer := observer_of(a)) is not None
+    }
+    missing = [key.to_user_string() for key in sources if key not in found]
+    if missing:
+        raise TypeError(
+            f"source asset(s) {', '.join(missing)} have no Observer as their observe function; make them "
+            "with mnist_assets.assets.common.Observer so refresh can observe them without a run"
+        )
+    return [found[key] for key in sources]
+
+
 class Refresher:
     """Judges and runs the assets of some datasets against one instance and one set of definitions."""
 
@@ -117,6 +135,7 @@ class Refresher:
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
         self.selected = None if select is None else selection.in_datasets(select, self.datasets, self.graph)
         """``--select``: the only partitions this refresh judges and runs (None: every one)."""
+        self.observers = observers(defs, self.sources)
         self.stores = staleness.stores_of(defs.assets or (), defs.resources or {})
         # its runs' console: the steps' messages; refresh reports each failure itself (quiet.console_logger)
         with_console = dg.Definitions.merge(defs, dg.Definitions(loggers={"console": quiet.console_logger}))
@@ -177,7 +196,7 @@ class Refresher:
         if self.selected is not None:
             shown.log(f"selected: {selection.described(self.selected)}")
         judge = self.look_around(dry_run, shown.log)
-        changed = self.unrecorded_changes(judge) if dry_run else {}
+        changed = self.unrecorded_changes(judge, shown.log) if dry_run else {}
         visit = _Pass(summary, dry_run, verify, shown, judge, changed)
         for key in self.keys:
             for partition in self.partitions(key):
@@ -421,37 +440,32 @@ class Refresher:
         else:
             for run_id in attempts.fail_dead_runs(self.instance):
                 log(f"marked run {run_id} failed: its process disappeared")
-            self.observe()
+            self.observe(log)
         return staleness.resolver(self.instance, self.graph)
 
-    def observe(self) -> None:
-        """Record the sources' current data versions (catalog entries, remote files)."""
-        for sources in self.source_groups():
-            observe_sources(sources, self.instance, self.run_config)
+    def observe(self, log=print) -> None:
+        """Record the sources' current data versions (catalog entries, remote files) as runless
+        observations: computed in this process, no run, no event-log database per observation."""
+        for found in self.observations(log):
+            self.instance.report_runless_asset_event(found)
 
-    def source_groups(self) -> list[list[dg.AssetsDefinition]]:
-        """The sources (catalog entries, remote files), one group per partitions definition: Dagster
-        observes only alike sources together."""
-        groups: dict[object, list[dg.AssetsDefinition]] = {}
-        for key in self.sources:
-            groups.setdefault(self.graph.get(key).partitions_def, []).append(
-                self.defs.resolve_assets_def(key)
-            )
-        return list(groups.values())
+    def observations(self, log) -> list[dg.AssetObservation]:
+        """What observing the sources now finds, recorded nowhere yet."""
+        return [found for observer in self.observers for found in observer.observe(self.instance, log)]
 
-    def unrecorded_changes(self, judge) -> dict[Partition, str]:
+    def unrecorded_changes(self, judge, log) -> dict[Partition, str]:
         """A dry run's observation: the source partitions whose data version now differs from the one
         recorded, each with the cause it gives the partitions built from it, observed in this process and
         recorded nowhere. Their children are judged as a refresh would after recording it (a partition
         already due for another reason keeps that reason)."""
         changed: dict[Partition, str] = {}
-        for sources in self.source_groups():
-            for (key, partition), version in observed_data_versions(sources, self.run_config).items():
-                if version != judge.get_current_data_version(key, partition).value:
-                    label = key.to_user_string() + (f"[{partition}]" if partition else "")
-                    changed[(key, partition)] = (
-                        f"has a new dependency data version ({label}), observed by this dry run, not recorded"
-                    )
+        for found in self.observations(log):
+            key, partition = found.asset_key, found.partition
+            if found.data_version != judge.get_current_data_version(key, partition).value:
+                label = key.to_user_string() + (f"[{partition}]" if partition else "")
+                changed[(key, partition)] = (
+                    f"has a new dependency data version ({label}), observed by this dry run, not recorded"
+                )
         return changed
 
     def parents(self, key: dg.AssetKey, partition: str | None) -> list[Partition]:
