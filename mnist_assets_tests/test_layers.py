@@ -24,9 +24,6 @@ LAYERS: list[list[str]] = [
     ["mnist_assets.settings", "mnist_assets.tags", "mnist_assets.hashing"],
     # the project's view of Dagster and its libraries: noise, the private API
     ["mnist_assets.quiet", "mnist_assets.dagster_private"],
-    # rebuilding, judging: what is stale and why, past attempts (below storage and the assets: a lease's
-    # holder judges whether the partition it waited for is fresh; best_model lists last failures)
-    ["mnist_assets.rebuild.staleness", "mnist_assets.rebuild.attempts"],
     # formats: what a dataset is and how its files and records are written
     [
         "mnist_assets.catalog",
@@ -43,8 +40,8 @@ LAYERS: list[list[str]] = [
     ["mnist_assets.models", "mnist_assets.training", "mnist_assets.loader"],
     # the asset graph and what it shows in the UI: the mnist_assets.assets package and everything in it
     ["mnist_assets.assets"],
-    # rebuilding, acting: the rest of mnist_assets.rebuild (what ran and why, how it shows, the sensor
-    # and schedule, refresh)
+    # rebuilding: the mnist_assets.rebuild package (what is stale and why, past attempts, what ran and
+    # why, how it shows, the sensor and schedule, refresh); the steps below are handed its judgement
     ["mnist_assets.rebuild"],
     ["mnist_assets.definitions"],
     # on top: the commands and the package's own face (``mnist_assets.defs``, ``load``)
@@ -52,7 +49,7 @@ LAYERS: list[list[str]] = [
 ]
 """Bottom first. A module may import its own layer's modules and lower layers' ones, never higher ones.
 An entry names a module, or a package together with every module inside it (``mnist_assets.storage``,
-``mnist_assets.assets``);
+``mnist_assets.assets``, ``mnist_assets.rebuild``);
 the package ``mnist_assets`` itself stands for its ``__init__`` only."""
 
 

@@ -14,12 +14,18 @@ import dagster as dg
 import mnist_assets.assets.metadata as metadata
 import mnist_assets.assets.pictures as pictures
 from mnist_assets import loader, models, shards
-from mnist_assets.assets.common import STORAGE, BlockingCheck, asset_key, refuse_if_failed, versioned_asset
+from mnist_assets.assets.common import (
+    STORAGE,
+    BlockingCheck,
+    Judgement,
+    asset_key,
+    refuse_if_failed,
+    versioned_asset,
+)
 from mnist_assets.catalog import Dataset
 from mnist_assets.hashing import sha256
 from mnist_assets.manifest import CheckpointRecord
 from mnist_assets.models import TrainConfig, TrainOverrides
-from mnist_assets.rebuild import attempts
 from mnist_assets.storage.faults import REPAIR
 from mnist_assets.tags import TOLERATES_FAILED_INPUTS
 
@@ -155,10 +161,13 @@ CHECKPOINT_USES = (
 """What the checkpoint asset's code version hashes besides its body."""
 
 
-def checkpoint_asset(dataset: Dataset, configs: dict[str, TrainConfig]) -> dg.AssetsDefinition:
+def checkpoint_asset(
+    dataset: Dataset, configs: dict[str, TrainConfig], judgement: Judgement
+) -> dg.AssetsDefinition:
     key = asset_key(dataset, "checkpoint")
 
     @versioned_asset(
+        judgement.fresh,
         uses=CHECKPOINT_USES,
         checks=(FLOOR_CHECK,),
         key=key,
@@ -202,10 +211,11 @@ def checkpoint_asset(dataset: Dataset, configs: dict[str, TrainConfig]) -> dg.As
     return checkpoint
 
 
-def best_model_asset(dataset: Dataset) -> dg.AssetsDefinition:
+def best_model_asset(dataset: Dataset, judgement: Judgement) -> dg.AssetsDefinition:
     checkpoint_key = asset_key(dataset, "checkpoint")
 
     @versioned_asset(
+        judgement.fresh,
         uses=("mnist_assets.models", candidates, choose_best, best_model_metadata, metadata.ranking_table),
         key=asset_key(dataset, "best_model"),
         group_name=dataset.id,
@@ -224,8 +234,7 @@ def best_model_asset(dataset: Dataset) -> dg.AssetsDefinition:
     )
     def best_model(context: dg.AssetExecutionContext) -> dg.Output[models.BestModelRecord]:
         def failure_of(name: str) -> str | None:
-            failure = attempts.last_failure(context.instance, checkpoint_key, name)
-            return failure.describe() if failure else None
+            return judgement.last_failure(context.instance, checkpoint_key, name)
 
         store = context.resources.keras_io_manager
         entries, paths = candidates(dataset.model_names, store, checkpoint_key, failure_of)

@@ -18,6 +18,7 @@ from mnist_assets.assets.common import (
     FILES,
     STORAGE,
     BlockingCheck,
+    Judgement,
     asset_key,
     refuse_if_failed,
     versioned_asset,
@@ -175,10 +176,11 @@ def urls_asset(dataset: Dataset, mirrors: list[str]) -> dg.SourceAsset:
     return urls
 
 
-def raw_gzip_asset(dataset: Dataset, mirrors: list[str]) -> dg.AssetsDefinition:
+def raw_gzip_asset(dataset: Dataset, mirrors: list[str], judgement: Judgement) -> dg.AssetsDefinition:
     key = asset_key(dataset, "raw_gzip")
 
     @versioned_asset(
+        judgement.fresh,
         uses=(download, url_entry, fetch_raw_gzip),
         key=key,
         group_name=dataset.id,
@@ -221,10 +223,11 @@ IDX_USES = (
 """What the idx asset's code version hashes besides its body."""
 
 
-def idx_asset(dataset: Dataset) -> dg.AssetsDefinition:
+def idx_asset(dataset: Dataset, judgement: Judgement) -> dg.AssetsDefinition:
     key = asset_key(dataset, "idx")
 
     @versioned_asset(
+        judgement.fresh,
         uses=IDX_USES,
         checks=(HEADER_CHECK, LABELS_CHECK),
         key=key,

@@ -19,6 +19,7 @@ from mnist_assets.assets.common import (
     SPLITS,
     STORAGE,
     BlockingCheck,
+    Judgement,
     asset_key,
     versioned_asset,
     with_defaults,
@@ -194,7 +195,7 @@ SHARDS_USES = (
 """What the shards asset's code version hashes besides its body and its settings' defaults."""
 
 
-def shards_asset(dataset: Dataset) -> dg.AssetsDefinition:
+def shards_asset(dataset: Dataset, judgement: Judgement) -> dg.AssetsDefinition:
     key, idx_key = asset_key(dataset, "shards"), asset_key(dataset, "idx")
     if TYPE_CHECKING:
         # mypy cannot take a class made at runtime as an annotation; this subclass only changes the
@@ -206,6 +207,7 @@ def shards_asset(dataset: Dataset) -> dg.AssetsDefinition:
         )
 
     @versioned_asset(
+        judgement.fresh,
         uses=(*SHARDS_USES, DatasetShardConfig().model_dump()),
         checks=(MANIFEST_CHECK, SPLIT_CHECK),
         key=key,
