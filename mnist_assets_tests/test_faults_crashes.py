@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from mnist_assets import shards
+from mnist_assets.manifest import TrainedCheckpoint
 from mnist_assets.storage.faults import StorageError
 from mnist_assets.storage.io_managers import KerasIOManager, ShardSetIOManager
 from mnist_assets_tests.faults import scenario
@@ -42,14 +43,14 @@ def synthetic_shard_set(seed: int, rows_per_shard: int) -> shards.EncodedShardSe
 def checkpoint_value(seed: int) -> SimpleNamespace:
     """What the checkpoint asset hands its IO manager: model bytes and what training recorded."""
     body = np.random.default_rng(seed).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
-    record = {
-        "metrics": {"holdout": {"accuracy": 0.5, "loss": 1.0}},
-        "epochs": 1,
-        "training_seconds": 0.1,
-        "parameter_count": 10,
-        "config": {"seed": seed},
-        "shards_root_sha256": {},
-    }
+    record = TrainedCheckpoint(
+        metrics={"holdout": {"accuracy": 0.5, "loss": 1.0}},
+        epochs=1,
+        training_seconds=0.1,
+        parameter_count=10,
+        config={"seed": seed},
+        shards_root_sha256={},
+    )
     return SimpleNamespace(keras_bytes=body, record=record)
 
 

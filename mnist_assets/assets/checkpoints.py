@@ -24,7 +24,7 @@ from mnist_assets.assets.common import (
 )
 from mnist_assets.catalog import Dataset
 from mnist_assets.hashing import sha256
-from mnist_assets.manifest import CheckpointRecord
+from mnist_assets.manifest import CheckpointRecord, TrainedCheckpoint
 from mnist_assets.models import TrainConfig, TrainOverrides
 from mnist_assets.storage.faults import REPAIR
 from mnist_assets.tags import TOLERATES_FAILED_INPUTS
@@ -60,16 +60,16 @@ def train_checkpoint(dataset: Dataset, config: TrainConfig, store, log) -> "Trai
             for split in shards.SPLITS
         }
         model = training.train(splits, len(dataset.class_names), config, log=log)
-    record = {
-        **model.record,
-        "config": config.model_dump(),
-        "shards_root_sha256": {k: v.manifest.root_sha256 for k, v in splits.items()},
-    }
+    record = TrainedCheckpoint(
+        **dict(model.record),
+        config=config.model_dump(),
+        shards_root_sha256={k: v.manifest.root_sha256 for k, v in splits.items()},
+    )
     return dataclasses.replace(model, record=record)
 
 
 def floor_check(model: "TrainedModel", config: TrainConfig) -> dg.AssetCheckResult:
-    accuracy = model.record["metrics"]["holdout"]["accuracy"]
+    accuracy = model.record.holdout_accuracy
     return FLOOR_CHECK.result(
         accuracy >= config.accuracy_floor,
         {"holdout_accuracy": round(accuracy, metadata.PLACES["metric"]), "floor": config.accuracy_floor},
@@ -193,7 +193,7 @@ def checkpoint_asset(
         resolved = models.with_overrides(configs[name], config)
         model = train_checkpoint(dataset, resolved, context.resources.shards_io_manager, context.log)
         floor = floor_check(model, resolved)
-        accuracy = model.record["metrics"]["holdout"]["accuracy"]
+        accuracy = model.record.holdout_accuracy
         yield from refuse_if_failed(
             [floor],
             f"{dataset.id}: checkpoint[{name}] reached holdout accuracy {accuracy:.4f}, below the floor "

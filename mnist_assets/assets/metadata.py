@@ -94,13 +94,13 @@ def checkpoint_metadata(model, dataset: Dataset, name: str) -> dict[str, Any]:
     record, holdout, names = model.record, model.holdout, dataset.class_names
     metadata: dict[str, Any] = {
         f"{split}_{name}": round(value, PLACES["metric"])
-        for split, metrics in record["metrics"].items()
+        for split, metrics in record.metrics.items()
         for name, value in metrics.items()
     }
     metadata |= {
-        "epochs": record["epochs"],
-        "training_seconds": round(record["training_seconds"], PLACES["seconds"]),
-        "parameter_count": record["parameter_count"],
+        "epochs": record.epochs,
+        "training_seconds": round(record.training_seconds, PLACES["seconds"]),
+        "parameter_count": record.parameter_count,
         "history": history_table(model.history),
         "training_curves": picture(
             pictures.training_curves(model.history),

@@ -19,7 +19,7 @@ import numpy as np
 from upath import UPath
 
 from mnist_assets.hashing import sha256
-from mnist_assets.manifest import CheckpointRecord, Manifest
+from mnist_assets.manifest import CheckpointRecord, Manifest, TrainedCheckpoint
 from mnist_assets.settings import DEFAULT_KEEP, DEFAULT_LEASE_SECONDS
 from mnist_assets.shards import EncodedShardSet, ShardSet, decode
 from mnist_assets.storage.artifact_io import ArtifactIOManager, label
@@ -282,8 +282,11 @@ class KerasIOManager(ArtifactIOManager):
         logs = {
             f"{logs_dir}/{safe_relative(path)}": data for path, data in getattr(value, "logs", {}).items()
         }
+        trained = value.record
+        if not isinstance(trained, TrainedCheckpoint):  # the checkpoint asset adds what it trained from
+            raise TypeError(f"a checkpoint is stored with a TrainedCheckpoint record, not {type(trained)}")
         record = CheckpointRecord(
-            **value.record, file=name, sha256=digest, bytes=len(keras_bytes), logs=tuple(sorted(logs))
+            **dict(trained), file=name, sha256=digest, bytes=len(keras_bytes), logs=tuple(sorted(logs))
         )
         target = directory if partition is None else directory / partition
         data = record.model_dump_json(indent=2).encode()
