@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mnist_assets.hyperparameters import Hyperparameters
 from mnist_assets.manifest import Split, TrainingRecord
 from mnist_assets.quiet import tensorflow_import
 from mnist_assets.shards import READ_AHEAD
@@ -24,17 +25,6 @@ with tensorflow_import():
     import keras
     import tensorflow as tf
     from tensorflow.core.framework import summary_pb2
-
-
-class Hyperparameters(Protocol):
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    conv_filters: list[int]
-    dense_units: int
-    dropout: float
-    batch_norm: bool
-    seed: int
 
 
 PROGRESS_SECONDS = 10.0

@@ -30,6 +30,7 @@ LAYERS: list[list[str]] = [
         "mnist_assets.catalog_errors",
         "mnist_assets.download",
         "mnist_assets.download_progress",
+        "mnist_assets.hyperparameters",
         "mnist_assets.idx",
         "mnist_assets.manifest",
         "mnist_assets.shards",
