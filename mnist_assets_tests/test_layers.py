@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS: list[list[str]] = [
     # ground floor: what every module may read
-    ["mnist_assets.settings", "mnist_assets.tags", "mnist_assets.hashing"],
+    ["mnist_assets.settings", "mnist_assets.tags", "mnist_assets.hashing", "mnist_assets.keys"],
     # the project's view of Dagster and its libraries: noise, the private API
     ["mnist_assets.quiet", "mnist_assets.dagster_private"],
     # formats: what a dataset is and how its files and records are written

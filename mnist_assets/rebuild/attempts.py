@@ -22,6 +22,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from mnist_assets.keys import label
 from mnist_assets.settings import DEFAULT_BACKOFF_SECONDS
 from mnist_assets.tags import PARTITION, PROCESS_GONE_TAG
 
@@ -108,10 +109,6 @@ def last_failure(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str 
     )
 
 
-def _label(key: dg.AssetKey, partition: str | None) -> str:
-    return key.to_user_string() + (f"[{partition}]" if partition else "")
-
-
 def change_since(
     instance: dg.DagsterInstance, graph, key: dg.AssetKey, partition: str | None, failure: Failure
 ):
@@ -143,12 +140,12 @@ def change_since(
             now = after[0].asset_observation
             then = before[0].asset_observation if before else None
             if now is not None and (then is None or now.data_version != then.data_version):
-                return f"{_label(parent.asset_key, parent.partition_key)} answered with a new data version"
+                return f"{label(parent.asset_key, parent.partition_key)} answered with a new data version"
         elif any(
             r.run_id != failure.run_id
             for r in instance.fetch_materializations(records_filter, limit=5).records
         ):
-            return f"{_label(parent.asset_key, parent.partition_key)} was rebuilt"
+            return f"{label(parent.asset_key, parent.partition_key)} was rebuilt"
     return None
 
 

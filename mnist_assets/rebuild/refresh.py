@@ -32,6 +32,7 @@ import dagster as dg
 from mnist_assets import quiet
 from mnist_assets.catalog_errors import catalog_errors
 from mnist_assets.dagster_private import observe_sources, observed_data_versions, reconstructable_asset_job
+from mnist_assets.keys import label, partition_keys
 from mnist_assets.rebuild import attempts, staleness
 from mnist_assets.rebuild.progress import Lines
 from mnist_assets.rebuild.steps import Step, Summary, failure_message
@@ -119,8 +120,7 @@ class Refresher:
             _check_rebuildable(defs, self.job.executor_def.name)
 
     def partitions(self, key: dg.AssetKey) -> list[str | None]:
-        partitions_def = self.graph.get(key).partitions_def
-        return list(partitions_def.get_partition_keys()) if partitions_def else [None]
+        return partition_keys(self.graph.get(key).partitions_def)
 
     def run(
         self, dry_run: bool = False, verify: bool = False, log=print, progress: Lines | None = None
@@ -393,9 +393,9 @@ class Refresher:
         for sources in self.source_groups():
             for (key, partition), version in observed_data_versions(sources, self.run_config).items():
                 if version != judge.get_current_data_version(key, partition).value:
-                    label = key.to_user_string() + (f"[{partition}]" if partition else "")
                     changed[(key, partition)] = (
-                        f"has a new dependency data version ({label}), observed by this dry run, not recorded"
+                        f"has a new dependency data version ({label(key, partition)}), "
+                        "observed by this dry run, not recorded"
                     )
         return changed
 

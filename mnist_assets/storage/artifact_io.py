@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import dagster as dg
 from upath import UPath
 
+from mnist_assets.keys import label
 from mnist_assets.settings import DEFAULT_KEEP, DEFAULT_LEASE_SECONDS, DEFAULT_STORAGE
 from mnist_assets.storage import versions
 from mnist_assets.storage.backends import Backend, StagedFile, Stored
@@ -34,11 +35,6 @@ from mnist_assets.storage.faults import StorageError, ensure_room, plainly, safe
 from mnist_assets.storage.records import RecordKind
 from mnist_assets.storage.registry import backend_for
 from mnist_assets.storage.versions import Artifact, Kept, new_id
-
-
-def label(asset_key: dg.AssetKey, partition: str | None) -> str:
-    """``dataset/asset[partition]``, as people write it."""
-    return asset_key.to_user_string() + (f"[{partition}]" if partition else "")
 
 
 class ArtifactIOManager(dg.ConfigurableIOManager):

@@ -19,10 +19,11 @@ import numpy as np
 from upath import UPath
 
 from mnist_assets.hashing import sha256
+from mnist_assets.keys import label
 from mnist_assets.manifest import CheckpointRecord, Manifest, TrainedCheckpoint
 from mnist_assets.settings import DEFAULT_KEEP, DEFAULT_LEASE_SECONDS
 from mnist_assets.shards import EncodedShardSet, ShardSet, decode
-from mnist_assets.storage.artifact_io import ArtifactIOManager, label
+from mnist_assets.storage.artifact_io import ArtifactIOManager
 from mnist_assets.storage.backends import Backend, Put, Stored
 from mnist_assets.storage.faults import (
     REPAIR,
@@ -203,7 +204,7 @@ class ShardSetIOManager(ArtifactIOManager):
     def open(self, asset_key: dg.AssetKey, split: str) -> OpenShardSet:
         """The current manifest of ``split`` with every shard file opened, not yet read or verified."""
         split_dir = self.asset_dir(asset_key) / safe_name(split)
-        what = f"{asset_key.to_user_string()}[{split}]"
+        what = label(asset_key, split)
         with self.backend().reading(split_dir):
             manifest = _read_manifest(split_dir, what)
             files: dict[str, BinaryIO] = {}

@@ -53,6 +53,7 @@ from typing import Any, Protocol, runtime_checkable
 import dagster as dg
 from upath import UPath
 
+from mnist_assets.keys import label
 from mnist_assets.storage.backends import Stored
 from mnist_assets.storage.faults import is_precondition_failure
 from mnist_assets.storage.files import is_local, write_atomic
@@ -267,8 +268,7 @@ def lease_of(store: LeaseSettings, key: dg.AssetKey, partition: str | None) -> L
     unsafe = [p for p in parts if not _PLAIN.match(p) or ".." in p]
     if unsafe:
         raise ValueError(f"refusing unsafe lease name {unsafe[0]!r} for {key.to_user_string()}")
-    label = key.to_user_string() + (f"[{partition}]" if partition else "")
-    return Lease(UPath(store.root).joinpath(LEASES, *parts), store.lease_seconds, label)
+    return Lease(UPath(store.root).joinpath(LEASES, *parts), store.lease_seconds, label(key, partition))
 
 
 def refresh_lease_of(store: LeaseSettings, dataset: str) -> Lease:
