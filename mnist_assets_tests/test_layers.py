@@ -11,6 +11,7 @@ The same walk checks the ground floor's promise: an ``MNIST_ASSETS_*`` variable 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -313,6 +314,32 @@ def test_only_settings_reads_the_projects_environment_variables():
         if module != "mnist_assets.settings" and (reads := environment_reads(path))
     }
     assert not found, f"read these through mnist_assets.settings: {found}"
+
+
+README = ROOT.parent / "README.md"
+
+
+def layout_names(readme: Path = README) -> set[str]:
+    """The files and folders the README's "Layout" section names: each ``name.py``, ``path/name.py`` or
+    ``folder/`` written as code."""
+    text = readme.read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"`([\w/.]+\.py|\w+/)`", text))
+
+
+def test_the_readme_layout_names_every_module_and_none_that_is_not_there():
+    """A newcomer reads the tree in the README: every module of the package (a subpackage as its
+    folder, its ``__init__`` with it) is named, and every file or folder named exists (a bare name in
+    the package or among the tests' own modules, a path from the repository's top)."""
+    names = layout_names()
+    modules = {path for path in module_names().values() if path.name != "__init__.py"}
+    folders = {path.parent.name + "/" for path in module_names().values() if path.name == "__init__.py"}
+    folders.discard(PACKAGE + "/")
+    unnamed = sorted({path.name for path in modules} - names) + sorted(folders - names)
+    assert not unnamed, f"README.md's Layout does not name: {', '.join(unnamed)}"
+    tests = ROOT.parent / f"{PACKAGE}_tests"
+    known = {path.name for path in modules} | {p.name for p in tests.glob("*.py")} | folders
+    missing = sorted(name for name in names if name not in known and not (ROOT.parent / name).exists())
+    assert not missing, f"README.md's Layout names what is not there: {', '.join(missing)}"
 
 
 if __name__ == "__main__":
