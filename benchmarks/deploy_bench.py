@@ -31,8 +31,8 @@ import report
 
 from mnist_assets import idx
 from mnist_assets.catalog import DEFAULT_CATALOG
-from mnist_assets_tests.deploy import conftest as deploy
-from mnist_assets_tests.deploy.conftest import PG_BIN, Deployment, MotoS3
+from mnist_assets_tests.deploy import servers as deploy
+from mnist_assets_tests.deploy.servers import PG_BIN, Deployment, MotoS3
 from mnist_assets_tests.support import real_mnist_file, write_mini_mirror
 
 MINI = "mini_mnist"

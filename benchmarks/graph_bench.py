@@ -21,6 +21,7 @@ import report
 
 from mnist_assets.assets import dataset_assets, materialization_steps
 from mnist_assets.catalog import load_catalog
+from mnist_assets.rebuild.judgement import JUDGEMENT
 from mnist_assets.storage.io_managers import io_managers
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -39,7 +40,7 @@ def plain_script_ingest(dataset) -> float:
 
 def run(out: Path, epochs: int | None) -> dict:
     dataset = load_catalog()["fashion_mnist"]
-    assets = dataset_assets(dataset)
+    assets = dataset_assets(dataset, JUDGEMENT)
     stages: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch, dg.instance_for_test() as instance:
         resources = io_managers(scratch)

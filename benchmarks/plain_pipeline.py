@@ -8,7 +8,8 @@ and save the ``.keras`` file with its sha256. Prints one JSON document (seconds 
 
     python benchmarks/plain_pipeline.py --mirror http://127.0.0.1:8000/ --out /tmp/plain [--ingest-only]
 
-It imports the project's helpers (``idx``, ``shards.split_order``, ``training.build_model``) but not the
+It imports the project's helpers (``idx``, ``shards.split_order``, ``training.build_model``, and its
+``Params`` are ``hyperparameters.Hyperparameters``) but not the
 package itself: ``mnist_assets/__init__.py`` loads the Dagster definitions, which this script is the
 comparison against, so the package is registered as a bare namespace and only those modules load.
 """
@@ -23,7 +24,6 @@ import sys
 import time
 import types
 import urllib.request
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STARTED = time.perf_counter()
@@ -46,24 +46,11 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from mnist_assets import idx  # noqa: E402
+from mnist_assets.hyperparameters import Hyperparameters as Params  # noqa: E402
 from mnist_assets.shards import ShardOptions, split_order  # noqa: E402
 
 FILES = ("train-images", "train-labels", "test-images", "test-labels")
 SPLITS = {"train": "train", "test": "train", "holdout": "test"}  # split -> the official file it is cut from
-
-
-@dataclass
-class Params:
-    """The checkpoint's training settings (the suite passes the project's TrainConfig values)."""
-
-    epochs: int = 1
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    conv_filters: list[int] = field(default_factory=lambda: [32, 64])
-    dense_units: int = 128
-    dropout: float = 0.4
-    batch_norm: bool = True
-    seed: int = 0
 
 
 def ingest(mirror: str, catalog: dict, out: Path, rows_per_shard: int, seconds: dict) -> dict:
@@ -161,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog", type=Path, default=None, help="catalog JSON (pins and file names)")
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--rows-per-shard", type=int, default=10_000)
-    parser.add_argument("--params", default="{}", help="training settings as JSON (Params fields)")
+    parser.add_argument(
+        "--params",
+        default="{}",
+        help="Hyperparameters fields as JSON (epochs 1 unless given)",
+    )
     parser.add_argument("--ingest-only", action="store_true", help="stop after writing the shards")
     args = parser.parse_args(argv)
     catalog_path = args.catalog or Path(sys.modules["mnist_assets"].__path__[0]) / "catalog.json"
@@ -172,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = ingest(mirror, catalog, args.out, args.rows_per_shard, seconds)
     metrics = None
     if not args.ingest_only:
-        params = Params(**json.loads(args.params))
+        params = Params(**{"epochs": 1, **json.loads(args.params)})
         metrics = train(splits, params, args.out, seconds)
     seconds["total_in_process"] = time.perf_counter() - STARTED
     json.dump(
@@ -180,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
             "rows": {k: len(v[1]) for k, v in splits.items()},
             "metrics": metrics,
-            "params": None if args.ingest_only else asdict(params),
+            "params": None if args.ingest_only else params.model_dump(),
         },
         sys.stdout,
         indent=2,

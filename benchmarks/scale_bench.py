@@ -128,10 +128,11 @@ def run_stages(document: dict, storage: str, stages) -> dict:
     from mnist_assets import load, shards
     from mnist_assets.assets import dataset_assets
     from mnist_assets.catalog import FILE_KEYS, parse_catalog
+    from mnist_assets.rebuild.judgement import JUDGEMENT
     from mnist_assets.storage.io_managers import io_managers
 
     after_imports = peak_rss_mb()
-    assets = dataset_assets(parse_catalog(document)[DATASET])
+    assets = dataset_assets(parse_catalog(document)[DATASET], JUDGEMENT)
     resources = io_managers(storage)
     measured = {}
     for stage in stages:

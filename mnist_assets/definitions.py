@@ -17,6 +17,7 @@ from mnist_assets.assets import dataset_assets
 from mnist_assets.catalog import Catalog, CatalogError, Dataset, read_catalog
 from mnist_assets.catalog_errors import placeholder
 from mnist_assets.rebuild.automation import automation
+from mnist_assets.rebuild.judgement import JUDGEMENT
 from mnist_assets.settings import (
     DEFAULT_BACKOFF_SECONDS,
     DEFAULT_KEEP,
@@ -53,12 +54,13 @@ def dataset_parts(
 ) -> tuple[list[dg.AssetsDefinition | dg.SourceAsset], list[dg.AssetSpec], list[dg.AssetChecksDefinition]]:
     """The assets of every good dataset, and a placeholder with a failing check for each broken one
     (:mod:`mnist_assets.catalog_errors`): an entry can be wrong where the catalog is parsed or where its
-    assets are made (training and shard settings, a ``MNIST_ASSETS_MIRROR_<DATASET>`` override)."""
+    assets are made (training and shard settings, a ``MNIST_ASSETS_MIRROR_<DATASET>`` override).
+    ``assets_factory(dataset, judgement)`` makes a dataset's assets, given rebuilding's judgement."""
     assets: list[dg.AssetsDefinition | dg.SourceAsset] = []
     errors = {dataset_id: str(error) for dataset_id, error in catalog.problems.items()}
     for dataset_id, dataset in catalog.datasets.items():
         try:
-            assets += assets_factory(dataset)
+            assets += assets_factory(dataset, JUDGEMENT)
         except CatalogError as error:
             errors[dataset_id] = str(error.in_catalog(catalog.path) if catalog.path else error)
         except SettingError as error:

@@ -18,6 +18,7 @@ import dagster as dg
 
 from mnist_assets import tags
 from mnist_assets.catalog_errors import catalog_errors
+from mnist_assets.keys import label, partition_keys
 from mnist_assets.rebuild.staleness import stores_of
 from mnist_assets.storage import versions
 from mnist_assets.storage.artifact_io import ArtifactIOManager
@@ -56,7 +57,7 @@ class Target:
 
     @property
     def label(self) -> str:
-        return self.key.to_user_string() + (f"[{self.partition}]" if self.partition else "")
+        return label(self.key, self.partition)
 
     def artifact(self) -> versions.Artifact:
         return self.store.artifact(self.key, self.partition)
@@ -187,8 +188,7 @@ def collect(defs: dg.Definitions, datasets: list[str], dry_run: bool) -> list[ve
         store = stores[key]
         if (datasets and key.path[0] not in datasets) or not isinstance(store, ArtifactIOManager):
             continue
-        partitions_def = graph.get(key).partitions_def
-        for partition in partitions_def.get_partition_keys() if partitions_def else [None]:
+        for partition in partition_keys(graph.get(key).partitions_def):
             artifact = store.artifact(key, partition)
             removed += versions.collect(artifact, dry_run, store.grace_seconds)
     return removed

@@ -27,9 +27,12 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
+import pydantic
 
 from mnist_assets import settings
 from mnist_assets.hashing import sha256
+from mnist_assets.keys import label
+from mnist_assets.models import BestModelRecord
 from mnist_assets.shards import READ_AHEAD, SPLITS, to_numpy
 from mnist_assets.storage.faults import StorageError
 from mnist_assets.storage.io_managers import OpenShardSet, ShardSetIOManager, damaged_shard
@@ -169,8 +172,8 @@ def open_split(
     """A loader over the split as ``store`` holds it now (what :func:`load` and training use)."""
     if split not in SPLITS:
         raise ValueError(f"{dataset}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    shard_set = store.open(dg.AssetKey([dataset, "shards"]), split)
-    return SplitLoader(shard_set, f"{dataset}/shards[{split}]", batch_size, seed, epochs, drop_remainder)
+    key = dg.AssetKey([dataset, "shards"])
+    return SplitLoader(store.open(key, split), label(key, split), batch_size, seed, epochs, drop_remainder)
 
 
 def load(
@@ -192,6 +195,22 @@ def load(
     )
 
 
+def best_model_record(dataset: str, store) -> BestModelRecord:
+    """``dataset``'s stored best_model record, parsed once here: a record that is not one is a storage
+    fault naming its file."""
+    key = dg.AssetKey([dataset, "best_model"])
+    directory = store.asset_dir(key)
+    try:
+        return BestModelRecord.model_validate(store.read(directory, None, f"{dataset}/best_model"))
+    except pydantic.ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "the record"
+        raise StorageError(
+            f"{dataset}/best_model: {store.record_path(directory, None)} is not a best_model record "
+            f"({where}: {problem['msg']}); materialize {dataset}/best_model again"
+        ) from None
+
+
 def load_model(dataset: str, model: str = "best", *, storage: str | None = None):
     """The ``keras.Model`` of ``dataset``'s checkpoint ``model`` (a configuration name), or of the one
     ``best_model`` promoted (``"best"``), verified against its recorded sha256. Imports TensorFlow."""
@@ -202,12 +221,10 @@ def load_model(dataset: str, model: str = "best", *, storage: str | None = None)
     keras_store = KerasIOManager(root=root)
     expected = None
     if model == "best":
-        best = JsonRecordIOManager(root=root)
-        key = dg.AssetKey([dataset, "best_model"])
-        record = best.fetch(best.asset_dir(key), None, f"{dataset}/best_model")
-        model, expected = record["winner"], record["checkpoint_sha256"]
+        record = best_model_record(dataset, JsonRecordIOManager(root=root))
+        model, expected = record.winner, record.checkpoint_sha256
     key = dg.AssetKey([dataset, "checkpoint"])
-    stored = keras_store.fetch(keras_store.asset_dir(key), model, f"{dataset}/checkpoint[{model}]")
+    stored = keras_store.read(keras_store.asset_dir(key), model, label(key, model))
     if expected is not None and stored.record.sha256 != expected:
         raise StorageError(
             f"{dataset}/best_model promotes checkpoint[{model}] {expected[:16]}, but {stored.location} is "

@@ -84,22 +84,38 @@ class Manifest(BaseModel):
         return manifest
 
 
-class CheckpointRecord(BaseModel):
-    """``checkpoint.json``: the model file it commits, how the model was trained and how it scored."""
+class TrainingRecord(BaseModel):
+    """How a model trained and scored: what :func:`mnist_assets.training.train` reports, typed from the
+    start so the checkpoint's check, metadata and record read the same fields."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    file: str = Field(pattern=r"^model-[0-9a-f]{16}\.keras$")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    bytes: int | None = Field(default=None, ge=0)
-    """None in records written before sizes were recorded: then only presence can be checked."""
     metrics: dict[str, dict[str, float]]
     """split → metric → value, every split evaluated once after training."""
     epochs: int
     training_seconds: float
     parameter_count: int
+
+    @property
+    def holdout_accuracy(self) -> float:
+        return self.metrics["holdout"]["accuracy"]
+
+
+class TrainedCheckpoint(TrainingRecord):
+    """A training record with what the model was trained from (the checkpoint asset adds it): the
+    ``checkpoint.json`` to be, before storage names its files."""
+
     config: dict[str, Any]
     shards_root_sha256: dict[str, str]
     """The shard sets it was trained on (their manifests' root hashes)."""
+
+
+class CheckpointRecord(TrainedCheckpoint):
+    """``checkpoint.json``: the model file it commits, how the model was trained and how it scored."""
+
+    file: str = Field(pattern=r"^model-[0-9a-f]{16}\.keras$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int | None = Field(default=None, ge=0)
+    """None in records written before sizes were recorded: then only presence can be checked."""
     logs: tuple[str, ...] = ()
     """The training run's TensorBoard files, relative to the record's directory (committed with it)."""

@@ -12,28 +12,23 @@ No TensorFlow here: ranking reads the checkpoint records, never the models.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import dagster as dg
 import pydantic
 from pydantic import Field
+from pydantic.fields import FieldInfo
 
 from mnist_assets.catalog import CatalogError, Dataset, explain
 from mnist_assets.hashing import json_version
+from mnist_assets.hyperparameters import Hyperparameters
 from mnist_assets.manifest import CheckpointRecord
 
 
-class TrainConfig(dg.Config):
-    """One training configuration; the bounds refuse a mistake where it is written (catalog, launchpad)."""
+class TrainConfig(dg.Config, Hyperparameters):
+    """One training configuration: the hyperparameters (:mod:`mnist_assets.hyperparameters`) and the
+    floor its checkpoint must reach; the bounds refuse a mistake where it is written (catalog, launchpad)."""
 
-    epochs: int = Field(default=8, ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    conv_filters: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
-    dense_units: int = Field(default=128, ge=1)
-    dropout: float = Field(default=0.4, ge=0, lt=1)
-    batch_norm: bool = True
-    seed: int = 0
     accuracy_floor: float = Field(
         default=0.8,
         ge=0,
@@ -41,20 +36,19 @@ class TrainConfig(dg.Config):
         description="Blocking check: holdout accuracy below this fails the checkpoint.",
     )
 
-    @pydantic.field_validator("conv_filters")
-    @classmethod
-    def _positive(cls, filters: list[int]) -> list[int]:
-        if any(count < 1 for count in filters):
-            raise ValueError(f"found {filters}, expected a list of positive filter counts")
-        return filters
+
+def _bounded(field: FieldInfo) -> Any:
+    """The field's type with its bounds (``ge``, ``min_length``: pydantic keeps them as metadata)."""
+    return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
 
 
 def _overrides_of(base: type[dg.Config]) -> type[dg.Config]:
-    """``base`` with every field optional and None by default: a run's overrides of one configuration."""
+    """``base`` with every field optional and None by default: a run's overrides of one configuration.
+    A value given keeps the field's bounds (``epochs: 0`` is refused where the run config is written)."""
     # Any: mypy matches ``**fields`` against create_model's own keywords (``__base__``, ...)
     fields: dict[str, Any] = {
         name: (
-            field.annotation | None,  # type: ignore[operator]  # every field is annotated
+            _bounded(field) | None,
             Field(default=None, description=f"{field.description or name} (None: the catalog's value)"),
         )
         for name, field in base.model_fields.items()

@@ -16,6 +16,7 @@ import dagster as dg
 
 from mnist_assets import tags
 from mnist_assets.catalog_errors import catalog_errors
+from mnist_assets.keys import partition_keys
 from mnist_assets.rebuild.staleness import stores_of
 
 
@@ -30,8 +31,7 @@ def dataset_status(instance: dg.DagsterInstance, defs: dg.Definitions, dataset_i
     step_seconds: dict[str, dict[str, float | None]] = {}  # run id → step key → how long it took
     stores = stores_of(defs.assets or (), defs.resources or {})
     for key in keys:
-        partitions_def = graph.get(key).partitions_def
-        for partition in partitions_def.get_partition_keys() if partitions_def else [None]:
+        for partition in partition_keys(graph.get(key).partitions_def):
             records = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None),
                 limit=1,

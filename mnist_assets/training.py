@@ -10,11 +10,12 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from mnist_assets.manifest import Split
+from mnist_assets.hyperparameters import Hyperparameters
+from mnist_assets.manifest import Split, TrainingRecord
 from mnist_assets.quiet import tensorflow_import
 from mnist_assets.shards import READ_AHEAD
 
@@ -24,17 +25,6 @@ with tensorflow_import():
     import keras
     import tensorflow as tf
     from tensorflow.core.framework import summary_pb2
-
-
-class Hyperparameters(Protocol):
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    conv_filters: list[int]
-    dense_units: int
-    dropout: float
-    batch_norm: bool
-    seed: int
 
 
 PROGRESS_SECONDS = 10.0
@@ -60,7 +50,9 @@ class HoldoutPredictions:
 @dataclass(frozen=True)
 class TrainedModel:
     keras_bytes: bytes
-    record: dict[str, Any]
+    record: TrainingRecord
+    """A :class:`~mnist_assets.manifest.TrainedCheckpoint` once the checkpoint asset adds what it was
+    trained from."""
     history: dict[str, list[float]] = field(default_factory=dict)
     holdout: HoldoutPredictions | None = None
     logs: dict[str, bytes] = field(default_factory=dict)
@@ -135,19 +127,19 @@ def train(
         )
         training_seconds = time.perf_counter() - started
         logs = files_under(logs_dir)
-    metrics = {name: evaluate(model, split) for name, split in splits.items()}
+    metrics: dict[str, dict[str, float]] = {name: evaluate(model, split) for name, split in splits.items()}
     holdout = predict_holdout(model, splits["holdout"], num_classes)
     with tempfile.TemporaryDirectory() as scratch:
         path = os.path.join(scratch, "model.keras")
         model.save(path)
         with open(path, "rb") as handle:
             keras_bytes = handle.read()
-    record = {
-        "metrics": metrics,
-        "epochs": params.epochs,
-        "training_seconds": round(training_seconds, 3),
-        "parameter_count": int(model.count_params()),
-    }
+    record = TrainingRecord(
+        metrics=metrics,
+        epochs=params.epochs,
+        training_seconds=round(training_seconds, 3),
+        parameter_count=int(model.count_params()),
+    )
     history_lists = {k: [float(x) for x in v] for k, v in history.history.items()}
     return TrainedModel(keras_bytes, record, history_lists, holdout, logs)
 

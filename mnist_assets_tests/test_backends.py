@@ -226,7 +226,7 @@ class TestToyBackend(BackendContract):
         assert artifact.current_version() == second
         versions.rollback(artifact, first)
         assert artifact.current_version() == first
-        assert store.fetch(store.asset_dir(key), "x", "toy/idx[x]").tolist() == [0, 1, 2]
+        assert store.read(store.asset_dir(key), "x", "toy/idx[x]").tolist() == [0, 1, 2]
 
 
 @scenario(

@@ -15,6 +15,7 @@ import pytest
 from mnist_assets import download, hashing, idx
 from mnist_assets.assets import dataset_assets
 from mnist_assets.catalog import load_catalog, parse_catalog
+from mnist_assets.rebuild.judgement import JUDGEMENT
 from mnist_assets.storage.io_managers import GzipIOManager, io_managers
 from mnist_assets_tests.faults import scenario
 from mnist_assets_tests.support import MINI_FILENAMES, REAL_MNIST, mini_catalog_document, real_mnist_file
@@ -180,7 +181,7 @@ def test_a_slow_download_logs_progress_at_most_once_per_interval_then_a_last_lin
 
 def _materialize_raw_gzip(dataset, root, instance, key):
     return dg.materialize(
-        dataset_assets(dataset),
+        dataset_assets(dataset, JUDGEMENT),
         selection=[dg.AssetKey([dataset.id, "raw_gzip"])],
         partition_key=key,
         instance=instance,

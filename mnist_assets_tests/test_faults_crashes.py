@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from mnist_assets import shards
+from mnist_assets.manifest import TrainedCheckpoint
 from mnist_assets.storage.faults import StorageError
 from mnist_assets.storage.io_managers import KerasIOManager, ShardSetIOManager
 from mnist_assets_tests.faults import scenario
@@ -42,14 +43,14 @@ def synthetic_shard_set(seed: int, rows_per_shard: int) -> shards.EncodedShardSe
 def checkpoint_value(seed: int) -> SimpleNamespace:
     """What the checkpoint asset hands its IO manager: model bytes and what training recorded."""
     body = np.random.default_rng(seed).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
-    record = {
-        "metrics": {"holdout": {"accuracy": 0.5, "loss": 1.0}},
-        "epochs": 1,
-        "training_seconds": 0.1,
-        "parameter_count": 10,
-        "config": {"seed": seed},
-        "shards_root_sha256": {},
-    }
+    record = TrainedCheckpoint(
+        metrics={"holdout": {"accuracy": 0.5, "loss": 1.0}},
+        epochs=1,
+        training_seconds=0.1,
+        parameter_count=10,
+        config={"seed": seed},
+        shards_root_sha256={},
+    )
     return SimpleNamespace(keras_bytes=body, record=record)
 
 
@@ -125,14 +126,14 @@ def test_sigkill_during_a_shard_set_write_keeps_the_previous_set(tmp_path, point
     )
 
     assert child.returncode == -signal.SIGKILL, child.stderr
-    assert store.fetch(directory, None, "crash/shards").manifest == good.manifest
+    assert store.read(directory, None, "crash/shards").manifest == good.manifest
     assert store.exists(SHARDS_KEY, None)
     replacement = synthetic_shard_set(2, 500)
     store.store(directory, None, replacement)
     after = stored_files(tmp_path / "crash/shards/all")
     assert not any(name.endswith(".tmp") for name in after)
     assert set(after) == {*replacement.files, "_manifest.json"} and after != before
-    assert store.fetch(directory, None, "crash/shards").manifest == replacement.manifest
+    assert store.read(directory, None, "crash/shards").manifest == replacement.manifest
 
 
 @scenario(
@@ -152,10 +153,10 @@ def test_sigkill_during_a_checkpoint_save_keeps_the_last_good_one(tmp_path, part
     )
 
     assert child.returncode == -signal.SIGKILL, child.stderr
-    kept = store.fetch(directory, None, "crash/checkpoint")
+    kept = store.read(directory, None, "crash/checkpoint")
     assert kept.keras_bytes == checkpoint_value(1).keras_bytes and kept.record.config["seed"] == 1
     store.store(directory, None, checkpoint_value(2))
-    assert store.fetch(directory, None, "crash/checkpoint").record.config["seed"] == 2
+    assert store.read(directory, None, "crash/checkpoint").record.config["seed"] == 2
     assert [p.suffix for p in (tmp_path / "crash/checkpoint").iterdir() if p.name != ".lock"] in (
         [".json", ".keras"],
         [".keras", ".json"],
@@ -179,7 +180,7 @@ def test_a_flipped_bit_in_a_stored_checkpoint_is_detected_on_load(tmp_path):
     with pytest.raises(
         StorageError, match=r"crash/checkpoint: .*model-.*\.keras does not match its recorded sha256"
     ):
-        store.fetch(directory, None, "crash/checkpoint")
+        store.read(directory, None, "crash/checkpoint")
 
 
 @scenario(
@@ -230,7 +231,7 @@ READER = """
     seen, errors, deadline = set(), [], time.monotonic() + 60
     while time.monotonic() < deadline and not __import__("os").path.exists({done!r}):
         try:
-            seen.add(store.fetch(store.asset_dir(SHARDS_KEY), None, "crash/shards").manifest.root_sha256)
+            seen.add(store.read(store.asset_dir(SHARDS_KEY), None, "crash/shards").manifest.root_sha256)
         except Exception as error:
             errors.append(repr(error))
     print(json.dumps({{"seen": sorted(seen), "errors": errors[:5]}}))
@@ -272,7 +273,7 @@ def test_concurrent_writers_never_mix_versions_and_readers_never_see_a_partial_s
     versions = {synthetic_shard_set(s, r).manifest.root_sha256 for s, r in ((3, 400), (4, 300))}
     assert report["errors"] == []
     assert set(report["seen"]) <= versions
-    final = store.fetch(store.asset_dir(SHARDS_KEY), None, "crash/shards")
+    final = store.read(store.asset_dir(SHARDS_KEY), None, "crash/shards")
     assert final.manifest.root_sha256 in versions
     names = {p.name for p in (tmp_path / "crash/shards/all").iterdir()} - {".lock"}
     assert names == {*(s.file for s in final.manifest.shards), "_manifest.json"}
@@ -334,14 +335,14 @@ def test_a_refresh_killed_while_saving_the_checkpoint_is_repaired_by_the_next_on
     assert any(p.name.endswith(".dying.tmp") for p in directory.iterdir())
     store = KerasIOManager(root=str(project.storage))
     assert (
-        store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), "cnn", "c").record.epochs == 3
+        store.read(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), "cnn", "c").record.epochs == 3
     )
 
     summary, delta = project.refresh()
 
     assert delta == Counter({("checkpoint", "cnn"): 1, ("best_model", None): 1})
     assert summary.ran[0].causes == ["has a new dependency data version (mini_mnist/model_configs[cnn])"]
-    repaired = store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), "cnn", "c")
+    repaired = store.read(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), "cnn", "c")
     assert repaired.record.epochs == 2
     assert not any(p.name.endswith(".tmp") for p in directory.iterdir())
 

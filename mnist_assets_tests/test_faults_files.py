@@ -206,7 +206,7 @@ def test_an_npy_holding_a_pickle_is_refused_without_unpickling(tmp_path):
     assert not marker.exists()
 
     with pytest.raises(StorageError) as raised:
-        store.fetch(directory, "train-labels", "mini_mnist/idx[train-labels]")
+        store.read(directory, "train-labels", "mini_mnist/idx[train-labels]")
     message = str(raised.value)
     assert message.startswith(f"mini_mnist/idx[train-labels]: {path} is not a plain .npy array")
     assert "allow_pickle=False" in message

@@ -69,7 +69,7 @@ def test_a_below_floor_model_never_replaces_the_last_good_checkpoint(project):
     assert _latest_check_passed(project.instance, "holdout_accuracy_above_floor") is False
     assert record.read_bytes() == good
     store = KerasIOManager(root=str(project.storage))
-    kept = store.fetch(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), "cnn", "checkpoint")
+    kept = store.read(store.asset_dir(dg.AssetKey(["mini_mnist", "checkpoint"])), "cnn", "checkpoint")
     assert kept.record.metrics["holdout"]["accuracy"] >= 0.5
 
 

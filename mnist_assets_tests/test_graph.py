@@ -16,6 +16,7 @@ from mnist_assets import hashing, idx
 from mnist_assets.assets import dataset_assets, materialization_steps
 from mnist_assets.assets.common import BlockingCheck, versioned_asset
 from mnist_assets.catalog import FILE_KEYS, load_catalog, parse_catalog
+from mnist_assets.rebuild.judgement import JUDGEMENT
 from mnist_assets.storage.io_managers import io_managers
 from mnist_assets_tests.support import (
     FASHION_DEBIAN,
@@ -28,7 +29,7 @@ from mnist_assets_tests.support import (
 def materialize(dataset, root, instance, names, partition=None, run_config=None, raise_on_error=True):
     prefix = dataset.id
     return dg.materialize(
-        dataset_assets(dataset),
+        dataset_assets(dataset, JUDGEMENT),
         selection=[dg.AssetKey([prefix, n]) for n in names],
         partition_key=partition,
         instance=instance,
@@ -102,7 +103,7 @@ def test_a_blocking_check_is_part_of_its_assets_code_version():
     key = dg.AssetKey(["mini_mnist", "probe"])
 
     def build(*checks: BlockingCheck) -> dg.AssetsDefinition:
-        @versioned_asset(checks=checks, key=key, io_manager_key="json_io_manager")
+        @versioned_asset(JUDGEMENT.fresh, checks=checks, key=key, io_manager_key="json_io_manager")
         def probe(context):
             return None
 
@@ -120,7 +121,7 @@ def test_a_blocking_check_is_part_of_its_assets_code_version():
 
 def test_every_asset_has_a_code_version_and_a_content_data_version(built, mini_mirror):
     instance, dataset = built["instance"], built["dataset"]
-    for assets_def in dataset_assets(dataset):
+    for assets_def in dataset_assets(dataset, JUDGEMENT):
         if isinstance(assets_def, dg.AssetsDefinition):
             assert all(assets_def.code_versions_by_key.values())
     for key in FILE_KEYS:

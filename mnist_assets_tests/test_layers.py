@@ -11,6 +11,7 @@ The same walk checks the ground floor's promise: an ``MNIST_ASSETS_*`` variable 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -21,18 +22,16 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS: list[list[str]] = [
     # ground floor: what every module may read
-    ["mnist_assets.settings", "mnist_assets.tags", "mnist_assets.hashing"],
+    ["mnist_assets.settings", "mnist_assets.tags", "mnist_assets.hashing", "mnist_assets.keys"],
     # the project's view of Dagster and its libraries: noise, the private API
     ["mnist_assets.quiet", "mnist_assets.dagster_private"],
-    # rebuilding, judging: what is stale and why, past attempts (below storage and the assets: a lease's
-    # holder judges whether the partition it waited for is fresh; best_model lists last failures)
-    ["mnist_assets.rebuild.staleness", "mnist_assets.rebuild.attempts"],
     # formats: what a dataset is and how its files and records are written
     [
         "mnist_assets.catalog",
         "mnist_assets.catalog_errors",
         "mnist_assets.download",
         "mnist_assets.download_progress",
+        "mnist_assets.hyperparameters",
         "mnist_assets.idx",
         "mnist_assets.manifest",
         "mnist_assets.shards",
@@ -43,8 +42,8 @@ LAYERS: list[list[str]] = [
     ["mnist_assets.models", "mnist_assets.training", "mnist_assets.loader"],
     # the asset graph and what it shows in the UI: the mnist_assets.assets package and everything in it
     ["mnist_assets.assets"],
-    # rebuilding, acting: the rest of mnist_assets.rebuild (what ran and why, how it shows, the sensor
-    # and schedule, refresh)
+    # rebuilding: the mnist_assets.rebuild package (what is stale and why, past attempts, what ran and
+    # why, how it shows, the sensor and schedule, refresh); the steps below are handed its judgement
     ["mnist_assets.rebuild"],
     ["mnist_assets.definitions"],
     # on top: the commands and the package's own face (``mnist_assets.defs``, ``load``)
@@ -52,7 +51,7 @@ LAYERS: list[list[str]] = [
 ]
 """Bottom first. A module may import its own layer's modules and lower layers' ones, never higher ones.
 An entry names a module, or a package together with every module inside it (``mnist_assets.storage``,
-``mnist_assets.assets``);
+``mnist_assets.assets``, ``mnist_assets.rebuild``);
 the package ``mnist_assets`` itself stands for its ``__init__`` only."""
 
 
@@ -315,6 +314,32 @@ def test_only_settings_reads_the_projects_environment_variables():
         if module != "mnist_assets.settings" and (reads := environment_reads(path))
     }
     assert not found, f"read these through mnist_assets.settings: {found}"
+
+
+README = ROOT.parent / "README.md"
+
+
+def layout_names(readme: Path = README) -> set[str]:
+    """The files and folders the README's "Layout" section names: each ``name.py``, ``path/name.py`` or
+    ``folder/`` written as code."""
+    text = readme.read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"`([\w/.]+\.py|\w+/)`", text))
+
+
+def test_the_readme_layout_names_every_module_and_none_that_is_not_there():
+    """A newcomer reads the tree in the README: every module of the package (a subpackage as its
+    folder, its ``__init__`` with it) is named, and every file or folder named exists (a bare name in
+    the package or among the tests' own modules, a path from the repository's top)."""
+    names = layout_names()
+    modules = {path for path in module_names().values() if path.name != "__init__.py"}
+    folders = {path.parent.name + "/" for path in module_names().values() if path.name == "__init__.py"}
+    folders.discard(PACKAGE + "/")
+    unnamed = sorted({path.name for path in modules} - names) + sorted(folders - names)
+    assert not unnamed, f"README.md's Layout does not name: {', '.join(unnamed)}"
+    tests = ROOT.parent / f"{PACKAGE}_tests"
+    known = {path.name for path in modules} | {p.name for p in tests.glob("*.py")} | folders
+    missing = sorted(name for name in names if name not in known and not (ROOT.parent / name).exists())
+    assert not missing, f"README.md's Layout names what is not there: {', '.join(missing)}"
 
 
 if __name__ == "__main__":

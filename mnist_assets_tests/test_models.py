@@ -4,6 +4,7 @@ import json
 from collections import Counter
 
 import dagster as dg
+import pydantic
 import pytest
 
 from mnist_assets import models
@@ -203,3 +204,21 @@ def test_training_returns_per_epoch_tensorboard_scalars_for_train_and_validation
         ]
         assert [(s, t) for s, t, _ in scalars] == [(s, t) for s, t, _ in expected]
         assert [v for *_, v in scalars] == pytest.approx([v for *_, v in expected])
+
+
+def test_the_hyperparameters_are_one_list_and_a_run_override_keeps_their_bounds():
+    """TrainConfig is the hyperparameters plus the accuracy floor; the run config's overrides are the
+    same fields, None by default, refusing what the configuration refuses (was: any value accepted)."""
+    from mnist_assets.hyperparameters import Hyperparameters
+    from mnist_assets.models import TrainConfig, TrainOverrides
+
+    assert list(TrainConfig.model_fields) == [*Hyperparameters.model_fields, "accuracy_floor"]
+    assert list(TrainOverrides.model_fields) == list(TrainConfig.model_fields)
+    assert TrainOverrides().model_dump(exclude_none=True) == {}
+    given = TrainOverrides(epochs=2, dropout=0.1)
+    assert given.model_dump(exclude_none=True) == {"epochs": 2, "dropout": 0.1}
+    for wrong in ({"epochs": 0}, {"dropout": 1.5}, {"accuracy_floor": 2}, {"conv_filters": []}):
+        with pytest.raises(pydantic.ValidationError):
+            TrainOverrides(**wrong)
+    for name, field in Hyperparameters.model_fields.items():
+        assert field.description, f"{name} has no description for the launchpad"

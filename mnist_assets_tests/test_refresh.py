@@ -110,10 +110,10 @@ def test_changed_compute_code_recomputes_that_asset_and_downstream_only(project,
     sys.modules["edited_splits"] = edited_splits
     spec.loader.exec_module(edited_splits)
 
-    def dataset_assets(dataset):
+    def dataset_assets(dataset, judgement):
         return [
-            edited_splits.shards_asset(dataset) if asset.key.path[-1] == "shards" else asset
-            for asset in mnist_assets.assets.dataset_assets(dataset)
+            edited_splits.shards_asset(dataset, judgement) if asset.key.path[-1] == "shards" else asset
+            for asset in mnist_assets.assets.dataset_assets(dataset, judgement)
         ]
 
     module = types.SimpleNamespace(dataset_assets=dataset_assets)

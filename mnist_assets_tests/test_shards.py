@@ -122,7 +122,7 @@ def test_commit_replaces_a_shard_set_whole_and_removes_unreferenced_files(encode
     split_dir = tmp_path / "mini" / "shards" / "train"
     visible = sorted(p.name for p in split_dir.iterdir() if not p.name.startswith("."))
     assert visible == sorted([*smaller.files, "_manifest.json"])
-    assert store.fetch(directory, "train", "mini/shards").manifest == smaller.manifest
+    assert store.read(directory, "train", "mini/shards").manifest == smaller.manifest
 
 
 @scenario(
@@ -140,7 +140,7 @@ def test_a_flipped_bit_in_a_stored_shard_is_detected_on_load(encoded, tmp_path):
     data[len(data) // 2] ^= 0x10
     shard.write_bytes(bytes(data))
     with pytest.raises(StorageError, match=r"mini/shards\[test\].*damaged.*materialize it again"):
-        store.fetch(directory, "test", "mini/shards[test]")
+        store.read(directory, "test", "mini/shards[test]")
 
 
 def test_bad_options_are_refused():

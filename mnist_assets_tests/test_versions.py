@@ -62,7 +62,7 @@ def test_single_file_versions_are_hard_links_and_roll_back_whole(tmp_path):
     assert not os.path.samefile(kept[0].path, artifact.current.path)
 
     assert versions.rollback(artifact, ids[1]) == ids[2]
-    np.testing.assert_array_equal(store.fetch(directory, "labels", "v/idx"), np.full(50, 2, np.uint8))
+    np.testing.assert_array_equal(store.read(directory, "labels", "v/idx"), np.full(50, 2, np.uint8))
     assert artifact.current_version() == ids[1] and artifact.versions() == ids[1:]
 
 
@@ -76,7 +76,7 @@ def test_the_current_version_stays_after_a_rollback_whatever_the_retention(tmp_p
 
     assert removed == []  # ids[2] is the newest (retention 1), ids[1] is current
     assert artifact.versions() == ids[1:]
-    fetched = narrow.fetch(narrow.asset_dir(CHECKPOINT), None, "v/checkpoint")
+    fetched = narrow.read(narrow.asset_dir(CHECKPOINT), None, "v/checkpoint")
     assert fetched.keras_bytes == checkpoint_value(2).keras_bytes
 
 
@@ -124,7 +124,7 @@ def test_gc_dry_run_lists_what_gc_then_deletes_and_nothing_a_kept_version_names(
     assert all(r.bytes > 0 for r in deleted)
     assert artifact.versions() == ids[2:] and _models(directory) == {f"model-{checkpoint_digest(3)}.keras"}
     assert (
-        store.fetch(store.asset_dir(CHECKPOINT), None, "v/checkpoint").keras_bytes
+        store.read(store.asset_dir(CHECKPOINT), None, "v/checkpoint").keras_bytes
         == checkpoint_value(3).keras_bytes
     )
     assert versions.collect(artifact, dry_run=True, grace_seconds=3600) == []
@@ -170,7 +170,7 @@ def test_gc_while_a_writer_commits_removes_only_what_no_kept_version_names(tmp_p
 
     assert writer.returncode == 0 and out.split() == [str(s) for s in range(12)]
     assert store.verify(SHARDS, "train") is None
-    final = store.fetch(store.asset_dir(SHARDS), "train", "v/shards[train]")
+    final = store.read(store.asset_dir(SHARDS), "train", "v/shards[train]")
     assert final.manifest == synthetic_shard_set(11, 300 + 50 * 2).manifest
     assert len(artifact.versions()) == 2 and passes > 1
     assert versions.collect(artifact, dry_run=True, grace_seconds=3600) == []
@@ -229,7 +229,7 @@ def test_rollback_restores_verified_versions_and_refresh_does_exactly_what_stale
     with loader.load("mini_mnist", "train", storage=str(project.storage)) as loaded:
         assert loaded.shard_set.manifest.root_sha256 == _root(project, s1.version)
     keras = KerasIOManager(root=str(project.storage))
-    stored = keras.fetch(keras.asset_dir(checkpoint.key), "cnn", "mini_mnist/checkpoint[cnn]")
+    stored = keras.read(keras.asset_dir(checkpoint.key), "cnn", "mini_mnist/checkpoint[cnn]")
     assert stored.record.shards_root_sha256["train"] == _root(project, s1.version)
 
     # S2 back: the checkpoint reads it, so it retrains; nothing else does
@@ -308,7 +308,7 @@ def test_tensorboard_logs_are_committed_with_their_checkpoint_and_go_with_its_ve
     assert runs[1]["tensorboard"].value == str(second)
     assert (second / "train/events.out.tfevents.2.v2").read_bytes() == b"ee"
     assert not first.exists()  # its version went beyond retention: logs and their directories too
-    record = store.fetch(directory, None, "v/checkpoint").record
+    record = store.read(directory, None, "v/checkpoint").record
     assert set(record.logs) == {
         f"tensorboard/{checkpoint_digest(2)}/train/events.out.tfevents.2.v2",
         f"tensorboard/{checkpoint_digest(2)}/validation/events.out.tfevents.1.v2",

@@ -17,6 +17,7 @@ from mnist_assets import loader, models, shards
 from mnist_assets.assets.common import (
     STORAGE,
     BlockingCheck,
+    Judgement,
     Observer,
     asset_key,
     refuse_if_failed,
@@ -25,9 +26,8 @@ from mnist_assets.assets.common import (
 from mnist_assets.catalog import Dataset
 from mnist_assets.dagster_private import observation
 from mnist_assets.hashing import sha256
-from mnist_assets.manifest import CheckpointRecord
+from mnist_assets.manifest import CheckpointRecord, TrainedCheckpoint
 from mnist_assets.models import TrainConfig, TrainOverrides
-from mnist_assets.rebuild import attempts
 from mnist_assets.storage.faults import REPAIR
 from mnist_assets.tags import TOLERATES_FAILED_INPUTS
 
@@ -62,16 +62,16 @@ def train_checkpoint(dataset: Dataset, config: TrainConfig, store, log) -> "Trai
             for split in shards.SPLITS
         }
         model = training.train(splits, len(dataset.class_names), config, log=log)
-    record = {
-        **model.record,
-        "config": config.model_dump(),
-        "shards_root_sha256": {k: v.manifest.root_sha256 for k, v in splits.items()},
-    }
+    record = TrainedCheckpoint(
+        **dict(model.record),
+        config=config.model_dump(),
+        shards_root_sha256={k: v.manifest.root_sha256 for k, v in splits.items()},
+    )
     return dataclasses.replace(model, record=record)
 
 
 def floor_check(model: "TrainedModel", config: TrainConfig) -> dg.AssetCheckResult:
-    accuracy = model.record["metrics"]["holdout"]["accuracy"]
+    accuracy = model.record.holdout_accuracy
     return FLOOR_CHECK.result(
         accuracy >= config.accuracy_floor,
         {"holdout_accuracy": round(accuracy, metadata.PLACES["metric"]), "floor": config.accuracy_floor},
@@ -173,10 +173,13 @@ CHECKPOINT_USES = (
 """What the checkpoint asset's code version hashes besides its body."""
 
 
-def checkpoint_asset(dataset: Dataset, configs: dict[str, TrainConfig]) -> dg.AssetsDefinition:
+def checkpoint_asset(
+    dataset: Dataset, configs: dict[str, TrainConfig], judgement: Judgement
+) -> dg.AssetsDefinition:
     key = asset_key(dataset, "checkpoint")
 
     @versioned_asset(
+        judgement.fresh,
         uses=CHECKPOINT_USES,
         checks=(FLOOR_CHECK,),
         key=key,
@@ -202,7 +205,7 @@ def checkpoint_asset(dataset: Dataset, configs: dict[str, TrainConfig]) -> dg.As
         resolved = models.with_overrides(configs[name], config)
         model = train_checkpoint(dataset, resolved, context.resources.shards_io_manager, context.log)
         floor = floor_check(model, resolved)
-        accuracy = model.record["metrics"]["holdout"]["accuracy"]
+        accuracy = model.record.holdout_accuracy
         yield from refuse_if_failed(
             [floor],
             f"{dataset.id}: checkpoint[{name}] reached holdout accuracy {accuracy:.4f}, below the floor "
@@ -220,10 +223,11 @@ def checkpoint_asset(dataset: Dataset, configs: dict[str, TrainConfig]) -> dg.As
     return checkpoint
 
 
-def best_model_asset(dataset: Dataset) -> dg.AssetsDefinition:
+def best_model_asset(dataset: Dataset, judgement: Judgement) -> dg.AssetsDefinition:
     checkpoint_key = asset_key(dataset, "checkpoint")
 
     @versioned_asset(
+        judgement.fresh,
         uses=("mnist_assets.models", candidates, choose_best, best_model_metadata, metadata.ranking_table),
         key=asset_key(dataset, "best_model"),
         group_name=dataset.id,
@@ -242,8 +246,7 @@ def best_model_asset(dataset: Dataset) -> dg.AssetsDefinition:
     )
     def best_model(context: dg.AssetExecutionContext) -> dg.Output[models.BestModelRecord]:
         def failure_of(name: str) -> str | None:
-            failure = attempts.last_failure(context.instance, checkpoint_key, name)
-            return failure.describe() if failure else None
+            return judgement.last_failure(context.instance, checkpoint_key, name)
 
         store = context.resources.keras_io_manager
         entries, paths = candidates(dataset.model_names, store, checkpoint_key, failure_of)

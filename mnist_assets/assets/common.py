@@ -1,5 +1,5 @@
 """What every stage of the graph shares: keys, partitions, the versioned asset, blocking checks, the
-sources' observers.
+sources' observers, and what the steps ask of rebuilding (:class:`Judgement`).
 
 A stage's asset is built by :func:`versioned_asset`, whose code version hashes the code that computes it
 and the blocking checks it judges (:class:`BlockingCheck`), so editing either makes the asset stale.
@@ -43,6 +43,18 @@ def asset_key(dataset: Dataset, name: str) -> dg.AssetKey:
 
 
 @dataclasses.dataclass(frozen=True)
+class Judgement:
+    """What the steps ask of rebuilding, handed to the graph by whoever builds it (the assets sit below
+    :mod:`mnist_assets.rebuild`, so they are given its judgement rather than importing it):
+    :data:`mnist_assets.rebuild.judgement.JUDGEMENT` is the one the definitions use."""
+
+    fresh: leases.Fresh
+    """Whether a partition another process built while a step waited for its lease is fresh (reused)."""
+    last_failure: Callable[[dg.DagsterInstance, dg.AssetKey, str | None], str | None]
+    """The partition's last failed attempt, as one line, or None when its last attempt did not fail."""
+
+
+@dataclasses.dataclass(frozen=True)
 class BlockingCheck:
     """A blocking check, written once: it makes the asset's check spec and names its results, and it is
     part of the asset's code version (:func:`versioned_asset`), so adding or rewording one makes the
@@ -71,11 +83,12 @@ def refuse_if_failed(checks: list[dg.AssetCheckResult], message: str):
         raise dg.Failure(f"{lead}{message} Failed checks: {names}.", metadata={"failed_checks": names})
 
 
-def versioned_asset(uses: tuple = (), checks: tuple[BlockingCheck, ...] = (), **kwargs):
+def versioned_asset(fresh: leases.Fresh, uses: tuple = (), checks: tuple[BlockingCheck, ...] = (), **kwargs):
     """``dg.asset`` whose code version hashes the function's own source plus what it ``uses``
     (modules, helpers, settings dicts) and its blocking ``checks``: editing any of them makes the asset
     stale. Its step runs under the partition's lease (:func:`leases.shared_step`): work another process
-    is doing is waited for and reused, not repeated; the asset's IO manager says where the lease lives."""
+    is doing is waited for and reused when ``fresh`` judges it so, not repeated; the asset's IO manager
+    says where the lease lives."""
 
     def wrap(fn):
         store = kwargs["io_manager_key"]
@@ -85,7 +98,7 @@ def versioned_asset(uses: tuple = (), checks: tuple[BlockingCheck, ...] = (), **
             "check_specs": [check.spec(kwargs["key"]) for check in checks],
         }
         version = code_version(fn, *uses, *(dataclasses.asdict(check) for check in checks))
-        return dg.asset(code_version=version, **settings)(leases.shared_step(fn, store))
+        return dg.asset(code_version=version, **settings)(leases.shared_step(fn, store, fresh))
 
     return wrap
 

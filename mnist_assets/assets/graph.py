@@ -4,23 +4,25 @@ import dagster as dg
 
 from mnist_assets import models, shards
 from mnist_assets.assets.checkpoints import best_model_asset, checkpoint_asset, model_configs_asset
-from mnist_assets.assets.common import FILES
+from mnist_assets.assets.common import FILES, Judgement
 from mnist_assets.assets.raw import idx_asset, raw_gzip_asset, urls_asset
 from mnist_assets.assets.splits import shards_asset
 from mnist_assets.catalog import Dataset
 
 
-def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition | dg.SourceAsset]:
-    """The assets of ``dataset``, keyed ``<dataset.id>/<name>`` and grouped by dataset."""
+def dataset_assets(dataset: Dataset, judgement: Judgement) -> list[dg.AssetsDefinition | dg.SourceAsset]:
+    """The assets of ``dataset``, keyed ``<dataset.id>/<name>`` and grouped by dataset; their steps ask
+    rebuilding's ``judgement`` (:data:`mnist_assets.rebuild.judgement.JUDGEMENT`) what is fresh and what
+    last failed."""
     mirrors, configs = dataset.resolve_mirrors(), models.training_configs(dataset)
     return [
         urls_asset(dataset, mirrors),
-        raw_gzip_asset(dataset, mirrors),
-        idx_asset(dataset),
-        shards_asset(dataset),
+        raw_gzip_asset(dataset, mirrors, judgement),
+        idx_asset(dataset, judgement),
+        shards_asset(dataset, judgement),
         model_configs_asset(dataset, configs),
-        checkpoint_asset(dataset, configs),
-        best_model_asset(dataset),
+        checkpoint_asset(dataset, configs, judgement),
+        best_model_asset(dataset, judgement),
     ]
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import mnist_assets.assets.pictures as pictures
 from mnist_assets import manifest, shards
 from mnist_assets.catalog import Dataset
+from mnist_assets.keys import label
 from mnist_assets.models import BestModelRecord
 from mnist_assets.storage.faults import StorageError
 
@@ -31,11 +32,11 @@ def idx_pictures(store, asset_key: dg.AssetKey, file_key: str, dataset: Dataset)
     (the labels file is another partition, materialized in its own run: before it, rows are shown)."""
     if not file_key.endswith("images"):
         return {}
-    images = store.fetch(store.asset_dir(asset_key), file_key, f"{dataset.id}/idx[{file_key}]")
+    images = store.read(store.asset_dir(asset_key), file_key, label(asset_key, file_key))
     labels_key = file_key.replace("images", "labels")
     labels = None
     with contextlib.suppress(StorageError):  # absent or unreadable: the picture goes without names
-        labels = store.fetch(store.asset_dir(asset_key), labels_key, f"{dataset.id}/idx[{labels_key}]")
+        labels = store.read(store.asset_dir(asset_key), labels_key, label(asset_key, labels_key))
     if labels is not None and len(labels) != len(images):
         labels = None
     named = "with their class names" if labels is not None else f"by row ({labels_key} not stored yet)"
@@ -94,13 +95,13 @@ def checkpoint_metadata(model, dataset: Dataset, name: str) -> dict[str, Any]:
     record, holdout, names = model.record, model.holdout, dataset.class_names
     metadata: dict[str, Any] = {
         f"{split}_{name}": round(value, PLACES["metric"])
-        for split, metrics in record["metrics"].items()
+        for split, metrics in record.metrics.items()
         for name, value in metrics.items()
     }
     metadata |= {
-        "epochs": record["epochs"],
-        "training_seconds": round(record["training_seconds"], PLACES["seconds"]),
-        "parameter_count": record["parameter_count"],
+        "epochs": record.epochs,
+        "training_seconds": round(record.training_seconds, PLACES["seconds"]),
+        "parameter_count": record.parameter_count,
         "history": history_table(model.history),
         "training_curves": picture(
             pictures.training_curves(model.history),

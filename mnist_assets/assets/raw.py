@@ -18,6 +18,7 @@ from mnist_assets.assets.common import (
     FILES,
     STORAGE,
     BlockingCheck,
+    Judgement,
     Observer,
     asset_key,
     refuse_if_failed,
@@ -255,10 +256,11 @@ def urls_asset(dataset: Dataset, mirrors: list[str]) -> dg.SourceAsset:
     )(Observer("urls", look))
 
 
-def raw_gzip_asset(dataset: Dataset, mirrors: list[str]) -> dg.AssetsDefinition:
+def raw_gzip_asset(dataset: Dataset, mirrors: list[str], judgement: Judgement) -> dg.AssetsDefinition:
     key = asset_key(dataset, "raw_gzip")
 
     @versioned_asset(
+        judgement.fresh,
         uses=(download, fetch_raw_gzip),
         key=key,
         group_name=dataset.id,
@@ -305,10 +307,11 @@ IDX_USES = (
 """What the idx asset's code version hashes besides its body."""
 
 
-def idx_asset(dataset: Dataset) -> dg.AssetsDefinition:
+def idx_asset(dataset: Dataset, judgement: Judgement) -> dg.AssetsDefinition:
     key = asset_key(dataset, "idx")
 
     @versioned_asset(
+        judgement.fresh,
         uses=IDX_USES,
         checks=(HEADER_CHECK, LABELS_CHECK),
         key=key,

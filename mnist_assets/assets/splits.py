@@ -19,12 +19,14 @@ from mnist_assets.assets.common import (
     SPLITS,
     STORAGE,
     BlockingCheck,
+    Judgement,
     asset_key,
     versioned_asset,
     with_defaults,
 )
 from mnist_assets.catalog import Dataset
 from mnist_assets.hashing import sha256
+from mnist_assets.keys import label
 from mnist_assets.manifest import Codec, Split
 from mnist_assets.storage.backends import Stored
 from mnist_assets.storage.faults import REPAIR, StorageError
@@ -194,7 +196,7 @@ SHARDS_USES = (
 """What the shards asset's code version hashes besides its body and its settings' defaults."""
 
 
-def shards_asset(dataset: Dataset) -> dg.AssetsDefinition:
+def shards_asset(dataset: Dataset, judgement: Judgement) -> dg.AssetsDefinition:
     key, idx_key = asset_key(dataset, "shards"), asset_key(dataset, "idx")
     if TYPE_CHECKING:
         # mypy cannot take a class made at runtime as an annotation; this subclass only changes the
@@ -206,6 +208,7 @@ def shards_asset(dataset: Dataset) -> dg.AssetsDefinition:
         )
 
     @versioned_asset(
+        judgement.fresh,
         uses=(*SHARDS_USES, DatasetShardConfig().model_dump()),
         checks=(MANIFEST_CHECK, SPLIT_CHECK),
         key=key,
@@ -240,7 +243,7 @@ def shards_asset(dataset: Dataset) -> dg.AssetsDefinition:
             data_version=dg.DataVersion(encoded.root_sha256),
             metadata=split_metadata(dataset, split, arrays, encoded, options),
         )
-        source_rows, what = len(arrays[labels_key]), f"{dataset.id}/shards[{split}]"
+        source_rows, what = len(arrays[labels_key]), label(key, split)
         yield from check_committed_split(store, key, split, encoded, source_rows, options, what)
 
     return shard_sets

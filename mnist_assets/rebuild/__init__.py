@@ -1,9 +1,9 @@
 """Rebuilding: what is stale and why, past attempts, and what acts on it (refresh, the sensor, the schedule).
 
-Two floors (see ``mnist_assets_tests/test_layers.py``): judging, :mod:`.staleness` and :mod:`.attempts`,
-reads the instance and the stores and sits below storage and the assets (a lease holder judges whether
-the partition it waited for is fresh; the best model lists each configuration's last failure); acting,
-:mod:`.steps`, :mod:`.progress`, :mod:`.automation`, :mod:`.selection` and :mod:`.refresh`, sits above the
-assets it runs.
-Nothing is imported here, so importing a judging module pulls in nothing of the acting floor.
+One floor, above the assets it judges and runs (see ``mnist_assets_tests/test_layers.py``): judging,
+:mod:`.staleness` and :mod:`.attempts`, reads the instance and the stores; acting, :mod:`.steps`,
+:mod:`.progress`, :mod:`.automation`, :mod:`.selection`, :mod:`.observing`, :mod:`.runs` and
+:mod:`.refresh`, runs what they find. The steps below it ask rebuilding what is fresh and what last
+failed through :mod:`.judgement`, which the definitions hand down to the graph. Nothing is imported
+here, so importing one module pulls in no other.
 """

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from mnist_assets.keys import label
 from mnist_assets.settings import DEFAULT_BACKOFF_SECONDS
 from mnist_assets.tags import ANSWERED, PARTITION, PROCESS_GONE_TAG
 
@@ -127,10 +128,6 @@ def failure_suspects(instance: dg.DagsterInstance, key: dg.AssetKey, partitions:
     return {partition for partition, plan in planned.items() if built.get(partition, -1) < plan}
 
 
-def _label(key: dg.AssetKey, partition: str | None) -> str:
-    return key.to_user_string() + (f"[{partition}]" if partition else "")
-
-
 def change_since(
     instance: dg.DagsterInstance, graph, key: dg.AssetKey, partition: str | None, failure: Failure
 ):
@@ -163,14 +160,14 @@ def change_since(
             now = after[0].asset_observation
             then = before[0].asset_observation if before else None
             if now is not None and (then is None or now.data_version != then.data_version):
-                return f"{_label(parent.asset_key, parent.partition_key)} answered with a new data version"
+                return f"{label(parent.asset_key, parent.partition_key)} answered with a new data version"
             if now is not None and _answered(now) and not _answered(then):
-                return f"{_label(parent.asset_key, parent.partition_key)} answered again"
+                return f"{label(parent.asset_key, parent.partition_key)} answered again"
         elif any(
             r.run_id != failure.run_id
             for r in instance.fetch_materializations(records_filter, limit=5).records
         ):
-            return f"{_label(parent.asset_key, parent.partition_key)} was rebuilt"
+            return f"{label(parent.asset_key, parent.partition_key)} was rebuilt"
     return None
 
 

@@ -23,7 +23,6 @@ asset for all the partitions a run writes.
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -32,15 +31,15 @@ from typing import Any
 
 import dagster as dg
 
-from mnist_assets import quiet
-from mnist_assets.assets.common import Observer, observer_of
 from mnist_assets.catalog_errors import catalog_errors
-from mnist_assets.dagster_private import reconstructable_asset_job
+from mnist_assets.keys import partition_keys
 from mnist_assets.rebuild import attempts, selection, staleness
+from mnist_assets.rebuild.observing import Sources
 from mnist_assets.rebuild.progress import Lines
-from mnist_assets.rebuild.steps import Step, Summary, failure_message
+from mnist_assets.rebuild.runs import Runs
+from mnist_assets.rebuild.steps import Step, Summary
 from mnist_assets.storage import leases
-from mnist_assets.tags import HOLDER_TAG, PARTITION, TOLERATES_FAILED_INPUTS
+from mnist_assets.tags import TOLERATES_FAILED_INPUTS
 
 Partition = tuple[dg.AssetKey, str | None]
 
@@ -68,40 +67,6 @@ class _Pass:
     @property
     def log(self):
         return self.progress.log
-
-
-DEFINITIONS_MODULE = "mnist_assets.definitions"
-
-
-def _check_rebuildable(defs: dg.Definitions, executor: str) -> None:
-    """Runs on another executor rebuild the job by importing :data:`DEFINITIONS_MODULE` (in this process
-    and in every worker), so only those very definitions can be refreshed that way. They are looked up,
-    not imported: the definitions are built on top of this module, and definitions that were never
-    loaded cannot be the ones passed in."""
-    loaded = sys.modules.get(DEFINITIONS_MODULE)
-    if getattr(loaded, "defs", None) is not defs:
-        raise ValueError(
-            f"the {executor} executor runs the job rebuilt from {DEFINITIONS_MODULE} in every worker; "
-            "refresh those definitions (catalog and storage through MNIST_ASSETS_CATALOG and "
-            "MNIST_ASSETS_STORAGE)"
-        )
-
-
-def observers(defs: dg.Definitions, sources: Sequence[dg.AssetKey]) -> list[Observer]:
-    """The observers of ``sources`` (:class:`~mnist_assets.assets.common.Observer`): refresh calls them
-    itself, so observing needs no run."""
-    found = {
-        a.key: observer
-        for a in defs.assets or ()
-        if isinstance(a, dg.SourceAsset) and (observer := observer_of(a)) is not None
-    }
-    missing = [key.to_user_string() for key in sources if key not in found]
-    if missing:
-        raise TypeError(
-            f"source asset(s) {', '.join(missing)} have no Observer as their observe function; make them "
-            "with mnist_assets.assets.common.Observer so refresh can observe them without a run"
-        )
-    return [found[key] for key in sources]
 
 
 class Refresher:
@@ -135,23 +100,18 @@ class Refresher:
         self.sources = [k for k in ours if self.graph.get(k).is_observable]
         self.selected = None if select is None else selection.in_datasets(select, self.datasets, self.graph)
         """``--select``: the only partitions this refresh judges and runs (None: every one)."""
-        self.observers = observers(defs, self.sources)
+        self.observing = Sources(defs, self.sources)
         self.stores = staleness.stores_of(defs.assets or (), defs.resources or {})
-        # its runs' console: the steps' messages; refresh reports each failure itself (quiet.console_logger)
-        with_console = dg.Definitions.merge(defs, dg.Definitions(loggers={"console": quiet.console_logger}))
-        self.job = with_console.resolve_implicit_global_asset_job_def()
         self.token = f"refresh-{uuid.uuid4().hex}"
         """This refresh's leases: held before a partition's run is launched, so no other process starts it."""
-        if self.job.executor_def is not dg.in_process_executor:
-            _check_rebuildable(defs, self.job.executor_def.name)
+        self.runs = Runs(defs, instance, self.run_config, holder=self.token)
 
     def visits(self, key: dg.AssetKey, partition: str | None) -> bool:
         """Whether this refresh judges ``key[partition]``: an asset of its datasets, and selected."""
         return key in self.keys and (self.selected is None or (key, partition) in self.selected)
 
     def partitions(self, key: dg.AssetKey) -> list[str | None]:
-        partitions_def = self.graph.get(key).partitions_def
-        return list(partitions_def.get_partition_keys()) if partitions_def else [None]
+        return partition_keys(self.graph.get(key).partitions_def)
 
     def run(
         self, dry_run: bool = False, verify: bool = False, log=print, progress: Lines | None = None
@@ -196,7 +156,7 @@ class Refresher:
         if self.selected is not None:
             shown.log(f"selected: {selection.described(self.selected)}")
         judge = self.look_around(dry_run, shown.log)
-        changed = self.unrecorded_changes(judge, shown.log) if dry_run else {}
+        changed = self.observing.unrecorded_changes(self.instance, judge, shown.log) if dry_run else {}
         visit = _Pass(summary, dry_run, verify, shown, judge, changed)
         for key in self.keys:
             for partition in self.partitions(key):
@@ -228,7 +188,7 @@ class Refresher:
         with claims:
             steps = [step, *self.claimed_companions(visit, claims, key, partition)]
             visit.progress.started(steps)
-            outcomes = self.execute(partition, steps)
+            outcomes = self.runs.execute(partition, steps)
         for outcome in outcomes:
             if outcome.blocked_by and self.tolerates_failed_inputs(_partition_of(outcome)[0]):
                 self.judge_later(visit, outcome)
@@ -375,60 +335,6 @@ class Refresher:
         judged = upstream in visit.settled or upstream in visit.done
         return judged and upstream not in visit.failed_roots
 
-    def execute(self, partition: str | None, steps: list[Step]) -> list[Step]:
-        """Materialize ``steps`` (of ``partition`` or unpartitioned, upstream first) in one run; fills in
-        each step's seconds, and its error when it failed or did not run."""
-        keys = [dg.AssetKey.from_user_string(step.asset) for step in steps]
-        with self.launch(keys, partition) as result:
-            return self.outcomes(result, keys, steps)
-
-    def launch(self, keys: list[dg.AssetKey], partition: str | None):
-        """One run of ``keys[partition]`` on the definitions' executor, its result as a context manager.
-
-        In process unless the definitions chose another executor (``MNIST_ASSETS_EXECUTOR``): then this
-        process orchestrates a real run whose steps run elsewhere (e.g. Celery workers).
-        """
-        holder = {HOLDER_TAG: self.token}  # its steps' leases are held (and renewed) here
-        if self.job.executor_def is dg.in_process_executor:
-            return contextlib.nullcontext(
-                self.job.execute_in_process(
-                    run_config=self.run_config,
-                    asset_selection=keys,
-                    partition_key=partition,
-                    instance=self.instance,
-                    raise_on_error=False,
-                    tags=holder,
-                )
-            )
-        return dg.execute_job(
-            reconstructable_asset_job(DEFINITIONS_MODULE),
-            self.instance,
-            run_config=self.run_config,
-            tags={**holder, PARTITION: partition} if partition else holder,
-            asset_selection=keys,
-            raise_on_error=False,
-        )
-
-    def outcomes(self, result, keys: list[dg.AssetKey], steps: list[Step]) -> list[Step]:
-        """Each step's seconds and, when it failed or did not run, its error, from a finished run."""
-        stats = {s.step_key: s for s in self.instance.get_run_step_stats(result.run_id)}
-        succeeded = {event.step_key for event in result.get_step_success_events()}
-        failed: list[str] = []
-        for key, step in zip(keys, steps, strict=True):
-            step_key = self.defs.resolve_assets_def(key).node_def.name
-            stat = stats.get(step_key)
-            if stat and stat.start_time is not None and stat.end_time is not None:
-                step.seconds = round(stat.end_time - stat.start_time, 3)
-            if step_key in succeeded:
-                continue
-            if stat is None and failed:  # never started: an input in this run failed
-                step.blocked_by = list(failed)
-                step.error = f"not run: its input {', '.join(failed)} failed in this refresh"
-                continue
-            step.error = failure_message(result, step_key)
-            failed.append(step.label)
-        return steps
-
     def look_around(self, dry_run: bool, log):
         """Before judging: mark the runs whose process died failed and record the sources' current data
         versions, so the plan reflects the catalog and the mirrors as they are now; the judge of it all.
@@ -444,29 +350,8 @@ class Refresher:
         return staleness.resolver(self.instance, self.graph)
 
     def observe(self, log=print) -> None:
-        """Record the sources' current data versions (catalog entries, remote files) as runless
-        observations: computed in this process, no run, no event-log database per observation."""
-        for found in self.observations(log):
-            self.instance.report_runless_asset_event(found)
-
-    def observations(self, log) -> list[dg.AssetObservation]:
-        """What observing the sources now finds, recorded nowhere yet."""
-        return [found for observer in self.observers for found in observer.observe(self.instance, log)]
-
-    def unrecorded_changes(self, judge, log) -> dict[Partition, str]:
-        """A dry run's observation: the source partitions whose data version now differs from the one
-        recorded, each with the cause it gives the partitions built from it, observed in this process and
-        recorded nowhere. Their children are judged as a refresh would after recording it (a partition
-        already due for another reason keeps that reason)."""
-        changed: dict[Partition, str] = {}
-        for found in self.observations(log):
-            key, partition = found.asset_key, found.partition
-            if found.data_version != judge.get_current_data_version(key, partition).value:
-                label = key.to_user_string() + (f"[{partition}]" if partition else "")
-                changed[(key, partition)] = (
-                    f"has a new dependency data version ({label}), observed by this dry run, not recorded"
-                )
-        return changed
+        """Record the sources' current data versions (:meth:`Sources.record`)."""
+        self.observing.record(self.instance, log)
 
     def parents(self, key: dg.AssetKey, partition: str | None) -> list[Partition]:
         """The upstream partitions this partition is built from."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import dagster as dg
 
 from mnist_assets.dagster_private import StaleStatus, StaleStatusResolver, stale_status_resolver
+from mnist_assets.keys import label
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -61,10 +62,7 @@ resolver = stale_status_resolver
 def _describe(cause) -> str:
     if cause.dependency is None:
         return cause.reason
-    dependency = cause.dependency.asset_key.to_user_string()
-    if cause.dependency.partition_key:
-        dependency += f"[{cause.dependency.partition_key}]"
-    return f"{cause.reason} ({dependency})"
+    return f"{cause.reason} ({label(cause.dependency.asset_key, cause.dependency.partition_key)})"
 
 
 def causes(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from mnist_assets.keys import label
+
 
 @dataclass
 class Step:
@@ -24,7 +26,7 @@ class Step:
     @property
     def label(self) -> str:
         """``dataset/asset[partition]``, as people write it."""
-        return self.asset + (f"[{self.partition}]" if self.partition else "")
+        return label(self.asset, self.partition)
 
 
 @dataclass

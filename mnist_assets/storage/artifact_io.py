@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import dagster as dg
 from upath import UPath
 
+from mnist_assets.keys import label
 from mnist_assets.settings import DEFAULT_KEEP, DEFAULT_LEASE_SECONDS, DEFAULT_STORAGE
 from mnist_assets.storage import versions
 from mnist_assets.storage.backends import Backend, StagedFile, Stored
@@ -34,11 +35,6 @@ from mnist_assets.storage.faults import StorageError, ensure_room, plainly, safe
 from mnist_assets.storage.records import RecordKind
 from mnist_assets.storage.registry import backend_for
 from mnist_assets.storage.versions import Artifact, Kept, new_id
-
-
-def label(asset_key: dg.AssetKey, partition: str | None) -> str:
-    """``dataset/asset[partition]``, as people write it."""
-    return asset_key.to_user_string() + (f"[{partition}]" if partition else "")
 
 
 class ArtifactIOManager(dg.ConfigurableIOManager):
@@ -101,7 +97,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         """Thorough: load and check the artifact; the problem, or None when it is intact."""
         directory, partition = self.asset_dir(asset_key), None if partition is None else safe_name(partition)
         try:
-            self.fetch(directory, partition, asset_key.to_user_string())
+            self.read(directory, partition, asset_key.to_user_string())
         except (StorageError, ValueError, OSError) as error:
             return str(error)
         return None
@@ -132,7 +128,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     def store(self, directory: UPath, partition: str | None, value: Any) -> dict[str, Any]:
         raise NotImplementedError
 
-    def fetch(self, directory: UPath, partition: str | None, what: str) -> Any:
+    def read(self, directory: UPath, partition: str | None, what: str) -> Any:
         raise NotImplementedError
 
     def write_file(self, directory: UPath, partition: str | None, data: bytes) -> dict[str, Any]:
@@ -158,4 +154,4 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     def _load(self, asset_key: dg.AssetKey, partition: str | None) -> Any:
         what = label(asset_key, partition)
         with plainly("read", what, self.location(asset_key, partition)):
-            return self.fetch(self.asset_dir(asset_key), partition, what)
+            return self.read(self.asset_dir(asset_key), partition, what)

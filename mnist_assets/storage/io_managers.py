@@ -19,10 +19,11 @@ import numpy as np
 from upath import UPath
 
 from mnist_assets.hashing import sha256
-from mnist_assets.manifest import CheckpointRecord, Manifest
+from mnist_assets.keys import label
+from mnist_assets.manifest import CheckpointRecord, Manifest, TrainedCheckpoint
 from mnist_assets.settings import DEFAULT_KEEP, DEFAULT_LEASE_SECONDS
 from mnist_assets.shards import EncodedShardSet, ShardSet, decode
-from mnist_assets.storage.artifact_io import ArtifactIOManager, label
+from mnist_assets.storage.artifact_io import ArtifactIOManager
 from mnist_assets.storage.backends import Backend, Put, Stored
 from mnist_assets.storage.faults import (
     REPAIR,
@@ -51,7 +52,7 @@ class GzipIOManager(ArtifactIOManager):
     def store(self, directory, partition, value: bytes):
         return self.write_file(directory, partition, value)
 
-    def fetch(self, directory, partition, what) -> bytes | mmap.mmap:
+    def read(self, directory, partition, what) -> bytes | mmap.mmap:
         path = self.record_path(directory, partition)
         if not is_local(path):
             return read_stored(path, what)
@@ -82,7 +83,7 @@ class NumpyIOManager(ArtifactIOManager):
         np.save(sink, value, allow_pickle=False)
         return self.write_file(directory, partition, sink.getvalue())
 
-    def fetch(self, directory, partition, what):
+    def read(self, directory, partition, what):
         path = self.record_path(directory, partition)
         try:
             if is_local(path):  # memory-mapped: pages are read when used, never the whole file at once
@@ -108,7 +109,7 @@ class JsonRecordIOManager(ArtifactIOManager):
     def store(self, directory, partition, value):
         return self.write_file(directory, partition, value.model_dump_json(indent=2).encode())
 
-    def fetch(self, directory, partition, what) -> Any:
+    def read(self, directory, partition, what) -> Any:
         import json
 
         path = self.record_path(directory, partition)
@@ -203,7 +204,7 @@ class ShardSetIOManager(ArtifactIOManager):
     def open(self, asset_key: dg.AssetKey, split: str) -> OpenShardSet:
         """The current manifest of ``split`` with every shard file opened, not yet read or verified."""
         split_dir = self.asset_dir(asset_key) / safe_name(split)
-        what = f"{asset_key.to_user_string()}[{split}]"
+        what = label(asset_key, split)
         with self.backend().reading(split_dir):
             manifest = _read_manifest(split_dir, what)
             files: dict[str, BinaryIO] = {}
@@ -215,7 +216,7 @@ class ShardSetIOManager(ArtifactIOManager):
                 raise StorageError(f"{what}: {error.filename} is missing; {REPAIR}") from None
         return OpenShardSet(manifest, files, str(split_dir))
 
-    def fetch(self, directory, partition, what):
+    def read(self, directory, partition, what):
         split_dir = directory / (partition or "all")
         with self.backend().reading(split_dir):
             manifest = _read_manifest(split_dir, what)
@@ -282,8 +283,11 @@ class KerasIOManager(ArtifactIOManager):
         logs = {
             f"{logs_dir}/{safe_relative(path)}": data for path, data in getattr(value, "logs", {}).items()
         }
+        trained = value.record
+        if not isinstance(trained, TrainedCheckpoint):  # the checkpoint asset adds what it trained from
+            raise TypeError(f"a checkpoint is stored with a TrainedCheckpoint record, not {type(trained)}")
         record = CheckpointRecord(
-            **value.record, file=name, sha256=digest, bytes=len(keras_bytes), logs=tuple(sorted(logs))
+            **dict(trained), file=name, sha256=digest, bytes=len(keras_bytes), logs=tuple(sorted(logs))
         )
         target = directory if partition is None else directory / partition
         data = record.model_dump_json(indent=2).encode()
@@ -302,7 +306,7 @@ class KerasIOManager(ArtifactIOManager):
             return False
         return _all_present(record_path.parent, {record.file: record.bytes})
 
-    def fetch(self, directory, partition, what):
+    def read(self, directory, partition, what):
         target = directory if partition is None else directory / partition
         with self.backend().reading(target):
             try:

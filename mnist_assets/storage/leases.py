@@ -23,13 +23,14 @@ stay safe against concurrent writers on their own.
 
 A step (:func:`shared_step`) takes its partition's lease before it computes; if it had to wait and the
 partition is now fresh (the code version and input data versions it would record are the ones stored,
-and the artifact is there), it reuses that result instead: its materialization repeats the stored one
-(same data version, same files, same kept version, the same check results) and names the run whose
-result it reused. ``mnist-assets refresh`` takes the lease itself before it launches a partition's run,
-and judges the partition again under it; the run's steps see from the run's :data:`HOLDER_TAG` that
-the lease is their launcher's and compute. A refresh also holds its dataset's refresh lease
-(:func:`refresh_lease_of`) from start to end, so a second refresh waits for the whole first one instead
-of racing it to the partitions it has not reached yet.
+and the artifact is there: rebuilding's judgement, which the step is given as a :data:`Fresh` callable
+since storage sits below :mod:`mnist_assets.rebuild`), it reuses that result instead: its
+materialization repeats the stored one (same data version, same files, same kept version, the same check
+results) and names the run whose result it reused. ``mnist-assets refresh`` takes the lease itself
+before it launches a partition's run, and judges the partition again under it; the run's steps see from
+the run's :data:`HOLDER_TAG` that the lease is their launcher's and compute. A refresh also holds its
+dataset's refresh lease (:func:`refresh_lease_of`) from start to end, so a second refresh waits for the
+whole first one instead of racing it to the partitions it has not reached yet.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from typing import Any, Protocol, runtime_checkable
 import dagster as dg
 from upath import UPath
 
-from mnist_assets.rebuild import staleness
+from mnist_assets.keys import label
 from mnist_assets.storage.backends import Stored
 from mnist_assets.storage.faults import is_precondition_failure
 from mnist_assets.storage.files import is_local, write_atomic
@@ -267,8 +268,7 @@ def lease_of(store: LeaseSettings, key: dg.AssetKey, partition: str | None) -> L
     unsafe = [p for p in parts if not _PLAIN.match(p) or ".." in p]
     if unsafe:
         raise ValueError(f"refusing unsafe lease name {unsafe[0]!r} for {key.to_user_string()}")
-    label = key.to_user_string() + (f"[{partition}]" if partition else "")
-    return Lease(UPath(store.root).joinpath(LEASES, *parts), store.lease_seconds, label)
+    return Lease(UPath(store.root).joinpath(LEASES, *parts), store.lease_seconds, label(key, partition))
 
 
 def refresh_lease_of(store: LeaseSettings, dataset: str) -> Lease:
@@ -281,7 +281,13 @@ def refresh_lease_of(store: LeaseSettings, dataset: str) -> Lease:
 # --- in a step ----------------------------------------------------------------------------------
 
 
-def shared_step(fn: Callable[..., Any], io_manager_key: str) -> Callable[..., Any]:
+Fresh = Callable[[dg.AssetExecutionContext, Any, str | None], bool]
+"""Whether a step's partition (context, its store, partition key) is fresh now, so the result another
+process built while the step waited can be reused: :func:`mnist_assets.rebuild.judgement.fresh`, handed
+down by whoever builds the assets."""
+
+
+def shared_step(fn: Callable[..., Any], io_manager_key: str, fresh: Fresh) -> Callable[..., Any]:
     """An asset body run under its partition's lease (its store, ``io_manager_key``, says where).
 
     Whatever launched the run (a refresh, the sensor, the UI), a step that finds another process
@@ -306,10 +312,11 @@ def shared_step(fn: Callable[..., Any], io_manager_key: str) -> Callable[..., An
 
         run_id = context.run.run_id
         with lease.held(run_id, run_id, waiting, context.log.warning) as waited_for:
-            if waited_for is not None and not _configured(context):
-                if (reused := _reuse(context, store, partition)) is not None:
-                    yield from reused
-                    return
+            waited = waited_for is not None and not _configured(context)
+            reused = _reuse(context, partition) if waited and fresh(context, store, partition) else None
+            if reused is not None:
+                yield from reused
+                return
             yield from _results(fn(context, *args, **kwargs))
 
     # a reused step yields a Stored receipt, whatever type the body's own value has
@@ -340,12 +347,9 @@ def _configured(context: dg.AssetExecutionContext) -> bool:
     return isinstance(ops, dict) and bool(ops.get(context.op_def.name, {}).get("config"))
 
 
-def _reuse(context: dg.AssetExecutionContext, store, partition: str | None) -> list[Any] | None:
-    """What the step yields to reuse the stored result, or None when the partition is not fresh."""
+def _reuse(context: dg.AssetExecutionContext, partition: str | None) -> list[Any] | None:
+    """What the step yields to reuse the fresh partition's stored result, or None when none is recorded."""
     key = context.asset_key
-    judge = staleness.resolver(context.instance, context.job_def.asset_layer.asset_graph)
-    if staleness.causes(judge, store, key, partition):
-        return None
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
     ).records

@@ -62,7 +62,7 @@ def commit(store: ShardSetIOManager, encoded: shards.EncodedShardSet) -> None:
 def loaded_manifest(store: ShardSetIOManager):
     """The committed manifest, after every shard it names was read and matched its sha256."""
     assert store.verify(KEY, "train") is None
-    return store.fetch(store.asset_dir(KEY), "train", "mini_mnist/shards[train]").manifest
+    return store.read(store.asset_dir(KEY), "train", "mini_mnist/shards[train]").manifest
 
 
 def objects(root: str) -> set[str]:

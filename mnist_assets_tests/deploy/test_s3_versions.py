@@ -24,7 +24,7 @@ def test_shard_set_versions_are_kept_on_s3_and_roll_back_verified(s3):
     assert artifact.versions() == ids[1:] and artifact.current_version() == ids[2]
     assert versions.rollback(artifact, ids[1]) == ids[2]
     assert store.verify(key, "train") is None
-    assert store.fetch(store.asset_dir(key), "train", "v/shards[train]").manifest == sets[1].manifest
+    assert store.read(store.asset_dir(key), "train", "v/shards[train]").manifest == sets[1].manifest
     assert artifact.current_version() == ids[1]
     # the replaced set's files were copied to the kept ones (server-side), the restored set's copies went
     kept_only = artifact.named_by_kept() - artifact.named_by_current()
@@ -43,6 +43,6 @@ def test_single_file_versions_are_server_side_copies_on_s3(s3):
     assert artifact.versions() == ids[1:] and artifact.current_version() == ids[2]
     versions.rollback(artifact, ids[1])
     np.testing.assert_array_equal(
-        store.fetch(store.asset_dir(key), "labels", "v/idx"), np.full(40, 2, np.uint8)
+        store.read(store.asset_dir(key), "labels", "v/idx"), np.full(40, 2, np.uint8)
     )
     assert artifact.current_version() == ids[1]
