@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mnist_assets import model_file
 from mnist_assets.manifest import Split
 from mnist_assets.quiet import tensorflow_import
 from mnist_assets.shards import READ_AHEAD
@@ -137,11 +138,7 @@ def train(
         logs = files_under(logs_dir)
     metrics = {name: evaluate(model, split) for name, split in splits.items()}
     holdout = predict_holdout(model, splits["holdout"], num_classes)
-    with tempfile.TemporaryDirectory() as scratch:
-        path = os.path.join(scratch, "model.keras")
-        model.save(path)
-        with open(path, "rb") as handle:
-            keras_bytes = handle.read()
+    keras_bytes = model_to_bytes(model)
     record = {
         "metrics": metrics,
         "epochs": params.epochs,
@@ -252,6 +249,16 @@ def _most_confident(kept: Mistakes, found: Mistakes, keep: int) -> Mistakes:
     top = np.argsort(-joined[-1], kind="stable")[:keep]
     images, true, predicted, confidence = (a[top] for a in joined)
     return images, true, predicted, confidence
+
+
+def model_to_bytes(model: keras.Model) -> bytes:
+    """``model`` as ``.keras`` bytes written canonically (:func:`mnist_assets.model_file.canonical_keras`):
+    the same model saved twice, in two processes, is the same bytes."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "model.keras")
+        model.save(path)
+        with open(path, "rb") as handle:
+            return model_file.canonical_keras(handle.read())
 
 
 def model_from_bytes(keras_bytes: bytes) -> keras.Model:

@@ -35,6 +35,7 @@ LAYERS: list[list[str]] = [
         "mnist_assets.download_progress",
         "mnist_assets.idx",
         "mnist_assets.manifest",
+        "mnist_assets.model_file",
         "mnist_assets.shards",
     ],
     # storage: the mnist_assets.storage package and everything in it
