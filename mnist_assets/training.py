@@ -115,7 +115,12 @@ def train(
 
     Every split streams from its shards (one epoch of ``train`` per Keras epoch, reshuffled by the
     loader's seed), so memory does not grow with the dataset. ``train`` and ``test`` must repeat
-    forever (Keras reads a fixed number of batches from them each epoch)."""
+    forever (Keras reads a fixed number of batches from them each epoch).
+
+    The same splits and ``params`` give the same model, to the byte, whether the process trained
+    before or not: Keras numbers the layers it names per process (``dense``, then ``dense_1``), and
+    the names are in the model's config and weight paths, so the count starts afresh here."""
+    keras.backend.clear_session()
     keras.utils.set_random_seed(params.seed)
     train_split, test_split = splits["train"], splits["test"]
     steps_per_epoch = _batches_per_epoch(train_split)
