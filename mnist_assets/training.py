@@ -42,6 +42,13 @@ PROGRESS_SECONDS = 10.0
 """Within an epoch, training logs its progress at most this often (and at every epoch's end)."""
 MISTAKES_KEPT = 16
 """How many of the most confident holdout mistakes a trained model keeps to show."""
+DETERMINISTIC_OPS = False
+"""Whether training runs TensorFlow's deterministic kernels (``enable_op_determinism``, for the whole
+process). Off: on these 2 CPU cores the default kernels already give the same model to the byte in
+every process (same shards, settings, code, thread count), while the deterministic ones cost ~40 % of
+training time on a lightly loaded machine (``benchmarks/determinism.py``: 300 steps of ``cnn``, median
+58.9 s off, 83.3 s on; they also give other, equally reproducible, weights). What they would add is a
+promise: TensorFlow refuses an op it cannot run deterministically, which matters on a GPU."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,8 @@ def train(
     the names are in the model's config and weight paths, so the count starts afresh here."""
     keras.backend.clear_session()
     keras.utils.set_random_seed(params.seed)
+    if DETERMINISTIC_OPS:
+        tf.config.experimental.enable_op_determinism()
     train_split, test_split = splits["train"], splits["test"]
     steps_per_epoch = _batches_per_epoch(train_split)
     model = build_model(train_split.image_shape, num_classes, params, steps_per_epoch)
