@@ -48,7 +48,9 @@ process). Off: on these 2 CPU cores the default kernels already give the same mo
 every process (same shards, settings, code, thread count), while the deterministic ones cost ~40 % of
 training time on a lightly loaded machine (``benchmarks/determinism.py``: 300 steps of ``cnn``, median
 58.9 s off, 83.3 s on; they also give other, equally reproducible, weights). What they would add is a
-promise: TensorFlow refuses an op it cannot run deterministically, which matters on a GPU."""
+promise: TensorFlow refuses an op it cannot run deterministically, which matters on a GPU. Neither
+mode makes the weights independent of the thread count (1 intra/inter-op thread instead of 2 trains
+other weights, on or off), so another machine may train another model."""
 
 
 @dataclass(frozen=True)
