@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mnist_assets import model_file
 from mnist_assets.hyperparameters import Hyperparameters
 from mnist_assets.manifest import Split, TrainingRecord
 from mnist_assets.quiet import tensorflow_import
@@ -31,6 +32,15 @@ PROGRESS_SECONDS = 10.0
 """Within an epoch, training logs its progress at most this often (and at every epoch's end)."""
 MISTAKES_KEPT = 16
 """How many of the most confident holdout mistakes a trained model keeps to show."""
+DETERMINISTIC_OPS = False
+"""Whether training runs TensorFlow's deterministic kernels (``enable_op_determinism``, for the whole
+process). Off: on these 2 CPU cores the default kernels already give the same model to the byte in
+every process (same shards, settings, code, thread count), while the deterministic ones cost ~40 % of
+training time on a lightly loaded machine (``benchmarks/determinism.py``: 300 steps of ``cnn``, median
+58.9 s off, 83.3 s on; they also give other, equally reproducible, weights). What they would add is a
+promise: TensorFlow refuses an op it cannot run deterministically, which matters on a GPU. Neither
+mode makes the weights independent of the thread count (1 intra/inter-op thread instead of 2 trains
+other weights, on or off), so another machine may train another model."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,15 @@ def train(
 
     Every split streams from its shards (one epoch of ``train`` per Keras epoch, reshuffled by the
     loader's seed), so memory does not grow with the dataset. ``train`` and ``test`` must repeat
-    forever (Keras reads a fixed number of batches from them each epoch)."""
+    forever (Keras reads a fixed number of batches from them each epoch).
+
+    The same splits and ``params`` give the same model, to the byte, whether the process trained
+    before or not: Keras numbers the layers it names per process (``dense``, then ``dense_1``), and
+    the names are in the model's config and weight paths, so the count starts afresh here."""
+    keras.backend.clear_session()
     keras.utils.set_random_seed(params.seed)
+    if DETERMINISTIC_OPS:
+        tf.config.experimental.enable_op_determinism()
     train_split, test_split = splits["train"], splits["test"]
     steps_per_epoch = _batches_per_epoch(train_split)
     model = build_model(train_split.image_shape, num_classes, params, steps_per_epoch)
@@ -129,11 +146,7 @@ def train(
         logs = files_under(logs_dir)
     metrics: dict[str, dict[str, float]] = {name: evaluate(model, split) for name, split in splits.items()}
     holdout = predict_holdout(model, splits["holdout"], num_classes)
-    with tempfile.TemporaryDirectory() as scratch:
-        path = os.path.join(scratch, "model.keras")
-        model.save(path)
-        with open(path, "rb") as handle:
-            keras_bytes = handle.read()
+    keras_bytes = model_to_bytes(model)
     record = TrainingRecord(
         metrics=metrics,
         epochs=params.epochs,
@@ -244,6 +257,16 @@ def _most_confident(kept: Mistakes, found: Mistakes, keep: int) -> Mistakes:
     top = np.argsort(-joined[-1], kind="stable")[:keep]
     images, true, predicted, confidence = (a[top] for a in joined)
     return images, true, predicted, confidence
+
+
+def model_to_bytes(model: keras.Model) -> bytes:
+    """``model`` as ``.keras`` bytes written canonically (:func:`mnist_assets.model_file.canonical_keras`):
+    the same model saved twice, in two processes, is the same bytes."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "model.keras")
+        model.save(path)
+        with open(path, "rb") as handle:
+            return model_file.canonical_keras(handle.read())
 
 
 def model_from_bytes(keras_bytes: bytes) -> keras.Model:

@@ -34,6 +34,7 @@ LAYERS: list[list[str]] = [
         "mnist_assets.hyperparameters",
         "mnist_assets.idx",
         "mnist_assets.manifest",
+        "mnist_assets.model_file",
         "mnist_assets.shards",
     ],
     # storage: the mnist_assets.storage package and everything in it

@@ -12,7 +12,9 @@ import dagster as dg
 import numpy as np
 
 import mnist_assets.assets
+import mnist_assets.assets.checkpoints
 import mnist_assets.assets.splits
+from mnist_assets import models
 from mnist_assets.rebuild.refresh import refresh
 from mnist_assets.status import dataset_status
 from mnist_assets_tests.faults import scenario
@@ -99,16 +101,9 @@ def test_new_bytes_that_break_the_pin_fail_clearly_and_keep_the_last_good_file(p
 
 def test_changed_compute_code_recomputes_that_asset_and_downstream_only(project, tmp_path):
     """Build the graph with a copy of the shards stage's module whose code differs, as an edit would."""
-    text = Path(mnist_assets.assets.splits.__file__).read_text()
-    line = "config.options()  # a SPLITS partition\n"  # in the asset's body, so in its code version
-    edited = text.replace(line, line.replace("\n", "; edited: a comment is enough\n"), 1)
-    assert edited != text
-    module_path = tmp_path / "edited_splits.py"
-    module_path.write_text(edited)
-    spec = importlib.util.spec_from_file_location("edited_splits", module_path)
-    edited_splits = importlib.util.module_from_spec(spec)
-    sys.modules["edited_splits"] = edited_splits
-    spec.loader.exec_module(edited_splits)
+    edited_splits = edited_copy(
+        mnist_assets.assets.splits, "config.options()  # a SPLITS partition\n", tmp_path
+    )
 
     def dataset_assets(dataset, judgement):
         return [
@@ -121,6 +116,58 @@ def test_changed_compute_code_recomputes_that_asset_and_downstream_only(project,
     # the shards rerun; their content is identical, so the checkpoint stays fresh
     assert delta == Counter({("shards", "train"): 1, ("shards", "test"): 1, ("shards", "holdout"): 1})
     assert all(step.causes == ["has a new code version"] for step in summary.ran)
+
+
+def edited_copy(module: types.ModuleType, line: str, directory: Path) -> types.ModuleType:
+    """A copy of ``module`` whose ``line`` (in an asset's body, so in its code version) has a comment
+    added, imported under a name of its own: what an edit that changes no result looks like."""
+    text = Path(module.__file__).read_text()
+    edited = text.replace(line, line.replace("\n", "  # edited: a comment is enough\n"), 1)
+    assert edited != text, f"{line!r} is not in {module.__name__}"
+    name = f"edited_{module.__name__.rpartition('.')[2]}"
+    (directory / f"{name}.py").write_text(edited)
+    spec = importlib.util.spec_from_file_location(name, directory / f"{name}.py")
+    copy = importlib.util.module_from_spec(spec)
+    sys.modules[name] = copy
+    spec.loader.exec_module(copy)
+    return copy
+
+
+def checkpoint_data_version(project) -> str:
+    key = dg.AssetKey(["mini_mnist", "checkpoint"])
+    event = project.instance.get_latest_materialization_event(key)
+    return event.asset_materialization.tags["dagster/data_version"]
+
+
+def test_a_retrain_that_reproduces_the_model_keeps_its_version_and_best_model(project, tmp_path):
+    """The checkpoint's code changes (a comment in its body): it retrains on the same shards with the
+    same settings, gets the same model, so the same file and data version; best_model stays fresh and
+    storage keeps no second version of the same model."""
+    edited = edited_copy(mnist_assets.assets.checkpoints, "name = context.partition_key\n", tmp_path)
+
+    def dataset_assets(dataset, judgement):
+        configs = models.training_configs(dataset)
+        return [
+            edited.checkpoint_asset(dataset, configs, judgement)
+            if asset.key.path[-1] == "checkpoint"
+            else asset
+            for asset in mnist_assets.assets.dataset_assets(dataset, judgement)
+        ]
+
+    cnn = project.storage / "mini_mnist/checkpoint/cnn"
+    kept = project.storage / "_versions/mini_mnist/checkpoint/cnn"
+    before = (
+        checkpoint_data_version(project),
+        (cnn / "checkpoint.json").read_bytes(),
+        sorted(kept.iterdir()),
+    )
+    summary, delta = project.refresh(project.defs(types.SimpleNamespace(dataset_assets=dataset_assets)))
+    assert [(step.asset, step.causes) for step in summary.ran] == [
+        ("mini_mnist/checkpoint", ["has a new code version"])
+    ]
+    assert delta == Counter({("checkpoint", "cnn"): 1})
+    after = (checkpoint_data_version(project), (cnn / "checkpoint.json").read_bytes(), sorted(kept.iterdir()))
+    assert after == before
 
 
 def test_a_deleted_artifact_is_missing_and_rebuilt(project):

@@ -218,6 +218,7 @@ def test_rollback_restores_verified_versions_and_refresh_does_exactly_what_stale
     assert _ran(project) == ["mini_mnist/checkpoint[cnn]", "mini_mnist/best_model"]
     s2, old_s1 = history.history(project.instance, shards)
     assert old_s1.version == s1.version and s2.data_version != s1.data_version and s2.current
+    c2, _ = history.history(project.instance, checkpoint)
 
     # the checkpoint trained on S1, back while S2 is current: stale, truly
     history.rollback(project.instance, checkpoint, c1.version[:-4])
@@ -232,11 +233,15 @@ def test_rollback_restores_verified_versions_and_refresh_does_exactly_what_stale
     stored = keras.read(keras.asset_dir(checkpoint.key), "cnn", "mini_mnist/checkpoint[cnn]")
     assert stored.record.shards_root_sha256["train"] == _root(project, s1.version)
 
-    # S2 back: the checkpoint reads it, so it retrains; nothing else does
+    # S2 back: the checkpoint reads it, so it retrains, and reproduces C2, the model best_model last
+    # ranked: C2's kept version is current again (no second copy of it) and best_model stays fresh
     history.rollback(project.instance, shards, s2.version)
-    assert _ran(project) == ["mini_mnist/checkpoint[cnn]", "mini_mnist/best_model"]
+    assert _ran(project) == ["mini_mnist/checkpoint[cnn]"]
     rows = history.history(project.instance, shards)
     assert [(r.version, r.current) for r in rows] == [(s2.version, True), (s1.version, False)]
+    rows = history.history(project.instance, checkpoint)
+    assert [(r.version, r.current) for r in rows] == [(c2.version, True), (c1.version, False)]
+    assert rows[0].data_version == c2.data_version
 
 
 def _root(project, version: str) -> str:

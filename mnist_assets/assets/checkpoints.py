@@ -13,7 +13,7 @@ import dagster as dg
 
 import mnist_assets.assets.metadata as metadata
 import mnist_assets.assets.pictures as pictures
-from mnist_assets import loader, models, shards
+from mnist_assets import loader, model_file, models, shards
 from mnist_assets.assets.common import (
     STORAGE,
     BlockingCheck,
@@ -25,7 +25,6 @@ from mnist_assets.assets.common import (
 )
 from mnist_assets.catalog import Dataset
 from mnist_assets.dagster_private import observation
-from mnist_assets.hashing import sha256
 from mnist_assets.manifest import CheckpointRecord, TrainedCheckpoint
 from mnist_assets.models import TrainConfig, TrainOverrides
 from mnist_assets.storage.faults import REPAIR
@@ -160,6 +159,7 @@ def model_configs_asset(dataset: Dataset, configs: dict[str, TrainConfig]) -> dg
 CHECKPOINT_USES = (
     # code only: each configuration's settings reach it as model_configs' data version per partition
     "mnist_assets.training",
+    "mnist_assets.model_file",
     loader,
     train_checkpoint,
     floor_check,
@@ -215,7 +215,7 @@ def checkpoint_asset(
         )
         yield dg.Output(
             model,
-            data_version=dg.DataVersion(sha256(model.keras_bytes)),
+            data_version=dg.DataVersion(model_file.data_version(model.keras_bytes)),
             metadata={"model": name, **metadata.checkpoint_metadata(model, dataset, name)},
         )
         yield floor

@@ -310,7 +310,9 @@ class Refresher:
                     continue
                 if not all(p in in_run or self.settled(visit, p) for p in self.parents(*candidate)):
                     continue
-                causes = staleness.causes(visit.judge, self.stores[child], *candidate, verify=visit.verify)
+                causes = staleness.causes(
+                    visit.judge, self.stores[child], *candidate, verify=visit.verify, rebuilt_first=in_run
+                )
                 if causes:
                     found.append(Step(child.to_user_string(), candidate[1], causes))
                     in_run.append(candidate)

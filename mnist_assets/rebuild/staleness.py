@@ -9,7 +9,7 @@ not because something upstream is about to be rebuilt (that rebuild may reproduc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import dagster as dg
@@ -66,12 +66,20 @@ def _describe(cause) -> str:
 
 
 def causes(
-    resolver: StaleStatusResolver, store: Store, key: dg.AssetKey, partition: str | None, verify: bool = False
+    resolver: StaleStatusResolver,
+    store: Store,
+    key: dg.AssetKey,
+    partition: str | None,
+    verify: bool = False,
+    rebuilt_first: Collection[tuple[dg.AssetKey, str | None]] | None = None,
 ) -> list[str]:
     """Why this partition must be rebuilt; empty when it is fresh.
 
     ``verify`` also loads the artifact and checks it against its record (reads every byte), which
     finds files damaged in place; without it only presence and recorded sizes are checked.
+    ``rebuilt_first``: inputs rebuilt before it in the same run; then only the causes that stand
+    whatever they produce count (a cause naming one of them, or inherited from upstream, may vanish
+    when a rebuild reproduces what it was built from, as after a rollback).
     """
     status = resolver.get_status(key, partition)
     if status == StaleStatus.MISSING:
@@ -80,9 +88,20 @@ def causes(
         return [f"artifact missing from storage ({store.location(key, partition)})"]
     if verify and (problem := store.verify(key, partition)):
         return [f"artifact damaged in storage: {problem}"]
-    if status == StaleStatus.STALE:
-        return [_describe(cause) for cause in resolver.get_stale_causes(key, partition)] or ["stale"]
-    return []
+    if status != StaleStatus.STALE:
+        return []
+    found = resolver.get_stale_causes(key, partition)
+    if rebuilt_first is None:
+        return [_describe(cause) for cause in found] or ["stale"]
+    return [_describe(cause) for cause in found if _stands(cause, (key, partition), rebuilt_first)]
+
+
+def _stands(cause, partition: tuple[dg.AssetKey, str | None], rebuilt_first: Collection) -> bool:
+    """Whether ``cause`` is this partition's own and names none of the partitions rebuilt before it."""
+    if (cause.key.asset_key, cause.key.partition_key) != partition:
+        return False
+    dependency = cause.dependency
+    return dependency is None or (dependency.asset_key, dependency.partition_key) not in rebuilt_first
 
 
 class NeedsRebuild(dg.AutomationCondition):

@@ -23,6 +23,7 @@ from mnist_assets.keys import label
 from mnist_assets.manifest import CheckpointRecord, Manifest, TrainedCheckpoint
 from mnist_assets.settings import DEFAULT_KEEP, DEFAULT_LEASE_SECONDS
 from mnist_assets.shards import EncodedShardSet, ShardSet, decode
+from mnist_assets.storage import versions
 from mnist_assets.storage.artifact_io import ArtifactIOManager
 from mnist_assets.storage.backends import Backend, Put, Stored
 from mnist_assets.storage.faults import (
@@ -36,7 +37,7 @@ from mnist_assets.storage.faults import (
 )
 from mnist_assets.storage.files import file_sha256, is_local
 from mnist_assets.storage.records import CHECKPOINT, MANIFEST, RecordKind
-from mnist_assets.storage.versions import Kept
+from mnist_assets.storage.versions import Kept, VersionError
 from mnist_assets.tags import ROW_COUNT
 
 
@@ -278,8 +279,9 @@ class KerasIOManager(ArtifactIOManager):
     def store(self, directory, partition, value):
         keras_bytes = value.keras_bytes
         digest = sha256(keras_bytes)
-        name = f"model-{digest[:16]}.keras"
-        logs_dir = f"tensorboard/{digest[:16]}"
+        if committed := self.committed_as(directory if partition is None else directory / partition, digest):
+            return committed
+        name, logs_dir = f"model-{digest[:16]}.keras", _logs_dir(digest)
         logs = {
             f"{logs_dir}/{safe_relative(path)}": data for path, data in getattr(value, "logs", {}).items()
         }
@@ -293,10 +295,27 @@ class KerasIOManager(ArtifactIOManager):
         data = record.model_dump_json(indent=2).encode()
         kept = self.new_version(target / CHECKPOINT.name)
         commit_files(self.backend(), target, {name: keras_bytes, **logs}, CHECKPOINT, data, kept)
-        metadata = {"path": dg.MetadataValue.path(str(target / name)), "bytes": len(keras_bytes)}
-        if logs:
-            metadata["tensorboard"] = dg.MetadataValue.path(str(target / logs_dir))
-        return {**metadata, "version": kept.version}
+        return {**_checkpoint_metadata(target, record), "version": kept.version}
+
+    def committed_as(self, target: UPath, digest: str) -> dict[str, Any] | None:
+        """When a kept version already holds this very ``.keras`` file (a retrain that reproduced the
+        model: the file is written canonically, so to the byte), that version made current again, with
+        its record and logs, and its metadata; None when the model is new here. Committing it again
+        would keep a second version of the same model and push a real one out of those kept."""
+        artifact = self.artifact_at(target / CHECKPOINT.name)
+        same = [v for v in artifact.versions() if _model_sha256(artifact.path_of(v)) == digest]
+        if not same:
+            return None
+        version = same[-1]
+        try:
+            if version != artifact.current_version():
+                versions.rollback(artifact, version)  # verifies its files first
+            elif versions.verify(artifact, version):
+                return None  # a file of it is damaged or gone: committed afresh
+            record = CheckpointRecord.model_validate_json(artifact.current.read_bytes())
+        except (VersionError, ValueError, OSError):
+            return None
+        return {**_checkpoint_metadata(target, record), "version": version}
 
     def exists(self, asset_key, partition):
         record_path = self.location(asset_key, partition)
@@ -320,6 +339,26 @@ class KerasIOManager(ArtifactIOManager):
         if sha256(keras_bytes) != record.sha256:
             raise StorageError(f"{what}: {path} does not match its recorded sha256; {REPAIR}")
         return StoredCheckpoint(keras_bytes, record, str(path))
+
+
+def _model_sha256(record_path: UPath) -> str | None:
+    """The sha256 of the model a checkpoint record names (None: unreadable)."""
+    try:
+        return CheckpointRecord.model_validate_json(record_path.read_bytes()).sha256
+    except (ValueError, OSError):
+        return None
+
+
+def _logs_dir(digest: str) -> str:
+    """Where a checkpoint's TensorBoard logs go, beside its model: named by the model's sha256."""
+    return f"tensorboard/{digest[:16]}"
+
+
+def _checkpoint_metadata(target: UPath, record: CheckpointRecord) -> dict[str, Any]:
+    metadata = {"path": dg.MetadataValue.path(str(target / record.file)), "bytes": record.bytes}
+    if record.logs:
+        metadata["tensorboard"] = dg.MetadataValue.path(str(target / _logs_dir(record.sha256)))
+    return metadata
 
 
 def io_managers(
