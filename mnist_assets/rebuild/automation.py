@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 import dagster as dg
 
 from mnist_assets.assets.common import Observer, observer_of
+from mnist_assets.rebuild import observing
 from mnist_assets.rebuild.attempts import BackingOff, fail_dead_runs
 from mnist_assets.rebuild.staleness import NeedsRebuild, Stores, stores_of
 from mnist_assets.settings import DEFAULT_BACKOFF_SECONDS, DEFAULT_REFRESH_CRON
@@ -132,10 +133,8 @@ def observe_without_a_run(observers: Sequence[Observer]):
     and skip, so observing costs no run."""
 
     def evaluate(context: dg.ScheduleEvaluationContext) -> dg.SkipReason:
-        found = [o for observer in observers for o in observer.observe(context.instance, context.log.warning)]
-        for observation in found:
-            context.instance.report_runless_asset_event(observation)
-        return dg.SkipReason(f"recorded {len(found)} source observation(s) without a run")
+        recorded = observing.record(observers, context.instance, context.log.warning)
+        return dg.SkipReason(f"recorded {recorded} source observation(s) without a run")
 
     return evaluate
 

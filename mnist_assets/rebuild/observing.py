@@ -35,6 +35,15 @@ def observers(defs: dg.Definitions, sources: Sequence[dg.AssetKey]) -> list[Obse
     return [found[key] for key in sources]
 
 
+def record(observers: Sequence[Observer], instance: dg.DagsterInstance, warn) -> int:
+    """Observe with each of ``observers`` now and record what they find as runless observations (no
+    run, no event-log database per observation); how many were recorded."""
+    found = [o for observer in observers for o in observer.observe(instance, warn)]
+    for observation in found:
+        instance.report_runless_asset_event(observation)
+    return len(found)
+
+
 class Sources:
     """The sources of the datasets a refresh covers, observed in this process."""
 
@@ -46,10 +55,8 @@ class Sources:
         return [found for observer in self.observers for found in observer.observe(instance, log)]
 
     def record(self, instance: dg.DagsterInstance, log=print) -> None:
-        """Record the sources' current data versions (catalog entries, remote files) as runless
-        observations: no run, no event-log database per observation."""
-        for found in self.observed(instance, log):
-            instance.report_runless_asset_event(found)
+        """Record the sources' current data versions (catalog entries, remote files) (:func:`record`)."""
+        record(self.observers, instance, log)
 
     def unrecorded_changes(self, instance: dg.DagsterInstance, judge, log) -> dict[Partition, str]:
         """A dry run's observation: the source partitions whose data version now differs from the one

@@ -55,7 +55,7 @@ class _Pass:
     judge: Any
     """Dagster's stale-status resolver, renewed after each run (the event log moved on)."""
     changed: dict[Partition, str]
-    """A dry run's observed source changes (see ``Refresher.unrecorded_changes``)."""
+    """A dry run's observed source changes (see ``observing.Sources.unrecorded_changes``)."""
     planned: set[Partition] = field(default_factory=set)
     failed_roots: dict[Partition, set[str]] = field(default_factory=dict)
     """Each failed or blocked partition → the failures behind it."""
@@ -340,8 +340,8 @@ class Refresher:
     def look_around(self, dry_run: bool, log):
         """Before judging: mark the runs whose process died failed and record the sources' current data
         versions, so the plan reflects the catalog and the mirrors as they are now; the judge of it all.
-        A dry run writes nothing: it only says which runs it would mark (see :meth:`unrecorded_changes`
-        for the sources)."""
+        A dry run writes nothing: it only says which runs it would mark (for the sources see
+        :meth:`.observing.Sources.unrecorded_changes`)."""
         if dry_run:
             for run, pid in attempts.dead_runs(self.instance):
                 log(f"would mark run {run.run_id} failed: its process (pid {pid}) disappeared")
