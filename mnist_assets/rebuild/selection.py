@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 import dagster as dg
 
+from mnist_assets.keys import partition_keys
+
 Partition = tuple[dg.AssetKey, str | None]
 
 # one term of the text at a time: a quoted string, attribute:value, a name (with [partitions]), a comma
@@ -115,8 +117,7 @@ def _known_partitions(key: dg.AssetKey, parts: str, graph) -> set[str]:
 
 
 def _partitions(graph, key: dg.AssetKey) -> list[str | None]:
-    partitions_def = graph.get(key).partitions_def
-    return list(partitions_def.get_partition_keys()) if partitions_def else [None]
+    return partition_keys(graph.get(key).partitions_def)
 
 
 def _linked(graph, keys: set[dg.AssetKey], narrowed: dict[dg.AssetKey, set[str]]) -> set[Partition]:
